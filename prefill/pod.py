@@ -1,0 +1,45 @@
+"""What a prefill pod is: vLLM producing KV for remote decoders, on the serving port.
+
+The orchestrator sends prefill requests to port 8000 of a prefill pod (tandem's convention);
+decoders pull the KV over NIXL from the side channel at 5600.
+"""
+
+from __future__ import annotations
+
+from prefill.launch import VllmLaunch
+from simulator.kv_connector import KVLoadFailurePolicy
+
+PREFILL_VLLM_PORT = 8000
+
+
+def prefill_pod(
+    profile: str,
+    *,
+    port: int = PREFILL_VLLM_PORT,
+    served_model_name: str | None = None,
+    side_channel_port: int = 5600,
+    kv_load_failure_policy: KVLoadFailurePolicy = "fail",
+) -> VllmLaunch:
+    """A prefill-pool vLLM server (`kv_producer`)."""
+    return VllmLaunch(
+        pool_role="prefill",
+        profile=profile,
+        port=port,
+        kv_role="kv_producer",
+        served_model_name=served_model_name,
+        side_channel_port=side_channel_port,
+        kv_load_failure_policy=kv_load_failure_policy,
+    )
+
+
+def aggregated_pod(
+    profile: str, *, port: int = PREFILL_VLLM_PORT, served_model_name: str | None = None
+) -> VllmLaunch:
+    """A pod that prefills and decodes its own requests (`llm-d.ai/role: both`), no connector."""
+    return VllmLaunch(
+        pool_role="both",
+        profile=profile,
+        port=port,
+        kv_role=None,
+        served_model_name=served_model_name,
+    )

@@ -1,0 +1,87 @@
+"""Configuration of one simulated vLLM pod, validated at start."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from simulator.engine import EngineConfig
+from simulator.faults import FaultConfig
+from simulator.kv_connector import DEFAULT_KV_LEASE_DURATION_S, KVLoadFailurePolicy
+from simulator.profiles import EngineProfile, get_profile
+from simulator.scheduler import BatchingConfig
+from simulator.tokenizer import NUM_WORDS
+
+PodRole = Literal["prefill", "decode", "both"]
+
+VLLM_VERSION = "0.33.0"
+"""The vLLM release whose behaviour the simulated pod imitates."""
+
+
+class SimPodConfig(BaseModel):
+    """Everything a simulated pod needs; unset engine limits take vLLM's defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: PodRole = "both"
+    profile: str = "llama-3.1-8b-h100-tp1"
+    served_model_name: str | None = None
+    """Name clients use; defaults to the profile's model."""
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    side_channel_host: str = "127.0.0.1"
+    side_channel_port: int = Field(5600, ge=1, le=65535)
+    engine_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    time_scale: float = Field(1.0, gt=0.0)
+    """Wall seconds per model second: 10 runs the pod ten times slower than the hardware."""
+    block_size: int = Field(16, ge=1)
+    num_gpu_blocks: int | None = Field(None, ge=2)
+    """KV capacity in blocks; defaults to the profile's capacity."""
+    max_model_len: int | None = Field(None, ge=1)
+    max_num_seqs: int = Field(1024, ge=1)
+    max_num_batched_tokens: int = Field(8192, ge=1)
+    long_prefill_token_threshold: int = Field(0, ge=0)
+    enable_prefix_caching: bool = True
+    enable_prompt_tokens_details: bool = False
+    enable_server_load_tracking: bool = False
+    kv_lease_duration: int = Field(DEFAULT_KV_LEASE_DURATION_S, ge=1)
+    kv_load_failure_policy: KVLoadFailurePolicy = "fail"
+    natural_output_len: int = Field(256, ge=1)
+    """Tokens a request generates before the simulated model emits EOS (unless ignore_eos)."""
+    tokenizer: str | None = None
+    """Path to a Hugging Face tokenizer.json; the synthetic tokenizer when unset."""
+    faults: FaultConfig = Field(default_factory=FaultConfig)
+
+    @model_validator(mode="after")
+    def _check_profile(self) -> SimPodConfig:
+        get_profile(self.profile)  # raises with the list of known profiles
+        return self
+
+    @property
+    def engine_profile(self) -> EngineProfile:
+        return get_profile(self.profile)
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.engine_profile.model
+
+    def engine_config(self) -> EngineConfig:
+        """The pure engine's configuration derived from this pod's settings."""
+        profile = self.engine_profile
+        return EngineConfig(
+            num_gpu_blocks=self.num_gpu_blocks or profile.num_gpu_blocks(self.block_size),
+            max_model_len=self.max_model_len or profile.max_model_len,
+            step=profile.step,
+            batching=BatchingConfig(
+                block_size=self.block_size,
+                max_num_seqs=self.max_num_seqs,
+                max_num_batched_tokens=self.max_num_batched_tokens,
+                long_prefill_token_threshold=self.long_prefill_token_threshold,
+            ),
+            enable_prefix_caching=self.enable_prefix_caching,
+            kv_lease_duration=self.kv_lease_duration,
+            kv_load_failure_policy=self.kv_load_failure_policy,
+            sample_vocab_size=NUM_WORDS,
+        )

@@ -1,0 +1,156 @@
+"""The `tandem` command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from decode.pod import decode_pod
+from prefill.launch import VllmLaunch
+from prefill.pod import aggregated_pod, prefill_pod
+from simulator.config import SimPodConfig
+from simulator.faults import FaultConfig
+from simulator.profiles import PROFILES
+
+logger = logging.getLogger("tandem")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _pod_launch(role: str, profile: str, served_model_name: str | None) -> VllmLaunch:
+    if role == "prefill":
+        return prefill_pod(profile, served_model_name=served_model_name)
+    if role == "decode":
+        return decode_pod(profile, served_model_name=served_model_name).vllm
+    return aggregated_pod(profile, served_model_name=served_model_name)
+
+
+def _add_sim_parser(subparsers: Any) -> None:
+    sim = subparsers.add_parser(
+        "sim",
+        help="run one simulated vLLM pod (no GPU), or print the real vLLM command line",
+        description="Run one simulated vLLM pod that speaks vLLM's HTTP and P/D protocol.",
+    )
+    sim.add_argument("--role", choices=("prefill", "decode", "both"), default="both")
+    sim.add_argument("--profile", choices=sorted(PROFILES), default="llama-3.1-8b-h100-tp1")
+    sim.add_argument("--served-model-name", help="model name clients use (default: the model)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, help="HTTP port (default: the role's vLLM port)")
+    sim.add_argument("--side-channel-port", type=int, help="KV side-channel port (default 5600)")
+    sim.add_argument("--engine-id", help="engine id advertised to decoders (default: random)")
+    sim.add_argument(
+        "--time-scale", type=float, default=1.0,
+        help="wall seconds per model second; >1 imitates fast hardware on a slow machine",
+    )  # fmt: skip
+    sim.add_argument("--num-gpu-blocks", type=int, help="KV capacity in blocks")
+    sim.add_argument("--max-model-len", type=int)
+    sim.add_argument("--max-num-seqs", type=int)
+    sim.add_argument("--max-num-batched-tokens", type=int)
+    sim.add_argument("--kv-lease-duration", type=int)
+    sim.add_argument("--kv-load-failure-policy", choices=("fail", "recompute"))
+    sim.add_argument("--natural-output-len", type=int)
+    sim.add_argument("--tokenizer", help="path to a Hugging Face tokenizer.json")
+    faults = sim.add_argument_group("failure injection")
+    faults.add_argument("--fault-error-rate", type=float, default=0.0)
+    faults.add_argument("--fault-error-codes", default="503", help="comma-separated statuses")
+    faults.add_argument("--fault-latency", type=float, default=0.0, help="added seconds")
+    faults.add_argument("--fault-hang-rate", type=float, default=0.0)
+    faults.add_argument("--fault-crash-after", type=int)
+    faults.add_argument("--fault-ready-delay", type=float, default=0.0, help="seconds")
+    sim.add_argument(
+        "--print-vllm-command", action="store_true",
+        help="print the real `vllm serve` command line for this pod and exit",
+    )  # fmt: skip
+    sim.add_argument("--log-level", default="info")
+    sim.set_defaults(handler=_run_sim)
+
+
+def sim_config(args: argparse.Namespace) -> tuple[VllmLaunch, SimPodConfig]:
+    """The pod definition for the role, and its simulated config with the CLI's overrides."""
+    launch = dataclasses.replace(
+        _pod_launch(args.role, args.profile, args.served_model_name),
+        side_channel_host=args.host,
+    )
+    base = launch.simulated(host=args.host, time_scale=args.time_scale).model_dump()
+    overrides = {
+        "port": args.port,
+        "side_channel_port": args.side_channel_port,
+        "engine_id": args.engine_id,
+        "num_gpu_blocks": args.num_gpu_blocks,
+        "max_model_len": args.max_model_len,
+        "max_num_seqs": args.max_num_seqs,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "kv_lease_duration": args.kv_lease_duration,
+        "kv_load_failure_policy": args.kv_load_failure_policy,
+        "natural_output_len": args.natural_output_len,
+        "tokenizer": args.tokenizer,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    base["faults"] = FaultConfig(
+        error_rate=args.fault_error_rate,
+        error_codes=tuple(int(c) for c in args.fault_error_codes.split(",") if c),
+        added_latency_s=args.fault_latency,
+        hang_rate=args.fault_hang_rate,
+        crash_after=args.fault_crash_after,
+        ready_delay_s=args.fault_ready_delay,
+    )
+    return launch, SimPodConfig.model_validate(base)
+
+
+def _run_sim(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level)
+    launch, config = sim_config(args)
+    if args.print_vllm_command:
+        print(launch.shell_command())
+        return 0
+    import uvicorn
+
+    from simulator.server import create_app
+
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_keep_alive=30,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tandem", description="Prefill/decode disaggregated serving for vLLM."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_sim_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tandem` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except ValidationError as exc:
+        parser.exit(2, f"tandem: invalid configuration:\n{exc}\n")
+    except ValueError as exc:
+        parser.exit(2, f"tandem: {exc}\n")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
