@@ -18,13 +18,10 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass, field
-from typing import Literal
 
 from simulator.config import PodRole, SimPodConfig
-from simulator.kv_connector import DEFAULT_KV_LEASE_DURATION_S, KVLoadFailurePolicy
+from simulator.kv_connector import DEFAULT_KV_LEASE_DURATION_S, KVLoadFailurePolicy, KVRole
 from simulator.profiles import get_profile
-
-KVRole = Literal["kv_producer", "kv_consumer", "kv_both"]
 
 NIXL_SIDE_CHANNEL_PORT = 5600
 POD_IP_ENV = "POD_IP"
@@ -142,6 +139,7 @@ class VllmLaunch:
             max_model_len=self.max_model_len,
             enable_prompt_tokens_details=True,
             enable_server_load_tracking=True,
+            kv_role=self.kv_role,
             kv_lease_duration=self.kv_lease_duration,
             kv_load_failure_policy=self.kv_load_failure_policy,
         )

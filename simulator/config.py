@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from simulator.engine import EngineConfig
 from simulator.faults import FaultConfig
-from simulator.kv_connector import DEFAULT_KV_LEASE_DURATION_S, KVLoadFailurePolicy
+from simulator.kv_connector import DEFAULT_KV_LEASE_DURATION_S, KVLoadFailurePolicy, KVRole
 from simulator.profiles import EngineProfile, get_profile
 from simulator.scheduler import BatchingConfig
 from simulator.tokenizer import NUM_WORDS
@@ -46,6 +46,8 @@ class SimPodConfig(BaseModel):
     enable_prefix_caching: bool = True
     enable_prompt_tokens_details: bool = False
     enable_server_load_tracking: bool = False
+    kv_role: KVRole | None = None
+    """The NixlConnector's role; None runs without a KV connector (kv_transfer_params ignored)."""
     kv_lease_duration: int = Field(DEFAULT_KV_LEASE_DURATION_S, ge=1)
     kv_load_failure_policy: KVLoadFailurePolicy = "fail"
     natural_output_len: int = Field(256, ge=1)
@@ -81,6 +83,7 @@ class SimPodConfig(BaseModel):
                 long_prefill_token_threshold=self.long_prefill_token_threshold,
             ),
             enable_prefix_caching=self.enable_prefix_caching,
+            kv_connector=self.kv_role is not None,
             kv_lease_duration=self.kv_lease_duration,
             kv_load_failure_policy=self.kv_load_failure_policy,
             sample_vocab_size=NUM_WORDS,

@@ -50,6 +50,8 @@ class EngineConfig:
     step: StepCoefficients
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     enable_prefix_caching: bool = True
+    kv_connector: bool = True
+    """Without a KV connector, `kv_transfer_params` are ignored (as vLLM does)."""
     kv_lease_duration: int = DEFAULT_KV_LEASE_DURATION_S
     kv_load_failure_policy: KVLoadFailurePolicy = "fail"
     sample_vocab_size: int = 1000
@@ -89,6 +91,20 @@ class Engine:
             1 for r in self.scheduler.waiting if r.status is RequestStatus.WAITING_FOR_REMOTE_KV
         )
 
+    def kv_fetch_stages(self) -> dict[str, int]:
+        """Waiting remote-prefill requests by KV-load stage (vLLM's kv_fetch_by_stage)."""
+        stages = {"waiting_to_start": 0, "in_progress": 0, "completed_waiting": 0}
+        for request in self.scheduler.waiting:
+            if request.remote is None:
+                continue
+            if request.status is RequestStatus.WAITING_FOR_REMOTE_KV:
+                stages["in_progress"] += 1
+            elif not request.remote_kv_loaded:
+                stages["waiting_to_start"] += 1
+            else:
+                stages["completed_waiting"] += 1
+        return stages
+
     @property
     def kv_usage(self) -> float:
         return self.pool.usage
@@ -110,8 +126,11 @@ class Engine:
         if request.request_id in self._requests:
             raise ValueError(f"request id {request.request_id} is already in the engine")
         request.block_hashes = hash_prompt_blocks(request.prompt_token_ids, self.config.block_size)
-        request.remote = RemotePrefill.parse(request.kv_transfer_params)
-        request.remote_decode = wants_remote_decode(request.kv_transfer_params)
+        if self.config.kv_connector:
+            request.remote = RemotePrefill.parse(request.kv_transfer_params)
+            request.remote_decode = wants_remote_decode(request.kv_transfer_params)
+        else:
+            request.kv_transfer_params = None
         self._requests[request.request_id] = request
         self.scheduler.waiting.append(request)
 
@@ -151,18 +170,25 @@ class Engine:
             transfer.post_time.observe(min(transfer_seconds, 1e-4))
             transfer.bytes_transferred.observe(transfer_bytes)
             transfer.num_descriptors.observe(request.remote.num_blocks)
-            loaded = request.num_prompt_tokens - request.num_computed_tokens
-            # The last prompt token is recomputed locally to get logits to sample from.
-            request.num_external_tokens = loaded - 1
+            # All N - L tokens count as external; the last prompt token is then recomputed
+            # to get logits to sample from, without being counted again (vLLM's
+            # _update_waiting_for_remote_kv).
             request.num_computed_tokens = request.num_prompt_tokens - 1
+            request.remote_kv_loaded = True
             request.status = RequestStatus.WAITING
             self._register_full_blocks(request)
             return None
         transfer.num_failed_transfers += 1
-        logger.warning("kv_load_failed request_id=%s error=%s", request_id, error)
+        logger.warning(
+            "kv_load_failed request_id=%s policy=%s error=%s",
+            request_id, self.config.kv_load_failure_policy, error,
+        )  # fmt: skip
         if self.config.kv_load_failure_policy == "recompute":
             request.remote = None
             request.status = RequestStatus.WAITING
+            request.num_computed_tokens = 0
+            request.num_external_tokens = 0
+            self.scheduler.free(request)
             return None
         self.scheduler.waiting.remove(request)
         return self._finish(request, FinishReason.ERROR, now, error=f"KV load failed: {error}")
@@ -181,6 +207,7 @@ class Engine:
         """The consumer is done with the blocks; free them. False if nothing was held."""
         blocks = self.held.release(request_id)
         if blocks is None:
+            self.stats.transfer.num_notifications_after_expiry += 1
             return False
         self.pool.free(blocks)
         return True
@@ -215,6 +242,9 @@ class Engine:
         )
         end = now + step_seconds(self.config.step, shape)
         outputs = [out for c in schedule.chunks if (out := self._apply(c, end)) is not None]
+        if not shape.is_empty:
+            sampled = sum(len(out.new_token_ids) for out in outputs)
+            self.stats.iteration_tokens.observe(shape.num_prefill_tokens + sampled)
         return StepResult(
             start=now,
             end=end,
@@ -230,10 +260,19 @@ class Engine:
         for request in schedule.newly_admitted:
             if request.first_scheduled_time is None:
                 request.first_scheduled_time = now
-            if request.num_cached_tokens is None:
-                request.num_cached_tokens = request.num_computed_tokens
-                self.stats.prefix_cache_queries += request.num_prompt_tokens
-                self.stats.prefix_cache_hits += request.num_computed_tokens
+            if request.num_cached_tokens is not None:
+                continue  # counted at first admission only, as vLLM does
+            local = request.num_computed_tokens
+            request.num_cached_tokens = local
+            request.num_external_tokens = (
+                request.num_prompt_tokens - local if request.remote is not None else 0
+            )
+            stats = self.stats
+            stats.prefix_cache_queries += request.num_prompt_tokens
+            stats.prefix_cache_hits += local
+            if request.remote is not None or request.remote_decode:
+                stats.external_prefix_cache_queries += request.num_prompt_tokens - local
+                stats.external_prefix_cache_hits += request.num_external_tokens
 
     def _apply(self, chunk: ScheduledChunk, end: float) -> RequestOutput | None:
         request = chunk.request
@@ -297,10 +336,12 @@ class Engine:
             params = self._hold_for_remote_decode(request, now)
         else:
             self.scheduler.free(request)
-        self._account_finish(request, reason, now)
         cached = request.num_cached_tokens or 0
-        if request.num_external_tokens and request.remote is not None:
-            cached = request.remote.remote_prefill_cached_tokens
+        params_in = request.kv_transfer_params or {}
+        if params_in.get("do_remote_prefill"):
+            # The client sees the producer's prefix-cache hits (vLLM's output processor).
+            cached = int(params_in.get("remote_prefill_cached_tokens") or 0)
+        self._account_finish(request, reason, now, cached)
         return RequestOutput(
             request.request_id,
             (),
@@ -325,7 +366,9 @@ class Engine:
             cached_tokens=request.num_cached_tokens or 0,
         )
 
-    def _account_finish(self, request: EngineRequest, reason: FinishReason, now: float) -> None:
+    def _account_finish(
+        self, request: EngineRequest, reason: FinishReason, now: float, cached: int
+    ) -> None:
         stats = self.stats
         stats.request_success[reason.value] += 1
         if reason in (FinishReason.ABORT, FinishReason.ERROR) and not request.output_token_ids:
@@ -333,6 +376,11 @@ class Engine:
         stats.e2e_latency.observe(now - request.arrival_time)
         stats.prompt_tokens_per_request.observe(request.num_prompt_tokens)
         stats.generation_tokens_per_request.observe(len(request.output_token_ids))
+        stats.max_generation_tokens_per_request.observe(request.max_tokens)
+        stats.params_max_tokens.observe(request.max_tokens)
+        stats.params_n.observe(1)
+        stats.num_preemptions_per_request.observe(request.num_preemptions)
+        stats.prefill_kv_computed_tokens.observe(request.num_prompt_tokens - cached)
         first_scheduled = request.first_scheduled_time
         first_token = request.first_token_time
         last_token = request.last_token_time

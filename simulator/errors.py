@@ -54,17 +54,49 @@ def error_body(
     }
 
 
+def invalid_parameter(message: str, parameter: str, value: object = None) -> OpenAIError:
+    """A 400 for one bad parameter, worded as vLLM's VLLMValidationError prints itself."""
+    suffix = f"parameter={parameter}" if value is None else f"parameter={parameter}, value={value}"
+    return OpenAIError(400, f"{message} ({suffix})", param=parameter)
+
+
 def error_response(error: OpenAIError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 
 
-def validation_message(exc: RequestValidationError) -> str:
-    """One readable line per schema problem: where it is and what is wrong."""
-    parts = []
-    for err in exc.errors():
-        location = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{location}: {err.get('msg')}" if location else str(err.get("msg")))
-    return "; ".join(parts) or "invalid request body"
+_MAX_REPORTED_ERRORS = 10
+_MAX_ERROR_CHARS = 1000
+
+
+def validation_error(exc: RequestValidationError) -> OpenAIError:
+    """vLLM's 400 for a schema error: "N validation error(s):" then one line per error, each
+    the pydantic error dict with its location dotted; param is the first error's location
+    (vllm-project/vllm: vllm/entrypoints/serve/exception_handling/handlers/validation.py)."""
+    errors = list(exc.errors())
+    lines = []
+    first_location: str | None = None
+    for err in errors[:_MAX_REPORTED_ERRORS]:
+        item = dict(err)
+        item.pop("url", None)
+        location = ".".join(str(part) for part in item.get("loc", ()))
+        item["loc"] = location
+        if "input" in item:
+            item["input"] = _short_input(item["input"])
+        if "ctx" in item:
+            item["ctx"] = {key: str(value) for key, value in item["ctx"].items()}
+        first_location = first_location or location or None
+        lines.append("  " + str(item)[:_MAX_ERROR_CHARS])
+    count = len(errors)
+    header = f"{count} validation error{'s' if count != 1 else ''}:"
+    return OpenAIError(400, "\n".join([header, *lines]), param=first_location, type="Bad Request")
+
+
+def _short_input(value: object) -> str:
+    if isinstance(value, dict):
+        return f"<dict of {len(value)} items>"
+    if isinstance(value, list):
+        return f"<list of {len(value)} items>"
+    return str(value)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -76,7 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(OpenAIError(400, validation_message(exc), type="Bad Request"))
+        return error_response(validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

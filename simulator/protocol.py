@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict
 
 
 class OpenAIRequest(BaseModel):
@@ -32,12 +32,6 @@ class SamplingFields(OpenAIRequest):
     stop: str | list[str] | None = None
     kv_transfer_params: dict[str, Any] | None = None
     cache_salt: str | None = None
-
-    @model_validator(mode="after")
-    def _stream_options_need_stream(self) -> SamplingFields:
-        if self.stream_options is not None and not self.stream:
-            raise ValueError("Stream options can only be defined when `stream=True`.")
-        return self
 
 
 class CompletionRequest(SamplingFields):

@@ -49,6 +49,8 @@ class EngineRequest:
     """Prompt tokens served from the local prefix cache at first schedule."""
     num_external_tokens: int = 0
     remote: RemotePrefill | None = None
+    remote_kv_loaded: bool = False
+    """Set once the remote KV has been read (vLLM clears do_remote_prefill at that point)."""
     remote_decode: bool = False
     finish_reason: FinishReason | None = None
     first_scheduled_time: float | None = None
@@ -63,6 +65,15 @@ class EngineRequest:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def awaits_remote_kv(self) -> bool:
+        """True until its remote KV has been read: queued, or with the read in flight."""
+        if self.remote is None:
+            return False
+        if self.status is RequestStatus.WAITING_FOR_REMOTE_KV:
+            return True
+        return self.status is RequestStatus.WAITING and not self.remote_kv_loaded
 
     @property
     def is_finished(self) -> bool:

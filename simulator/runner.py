@@ -100,8 +100,8 @@ class EngineRunner:
         # (An in-flight load releases them itself when it ends.)
         queued_remote = (
             request is not None
+            and request.awaits_remote_kv
             and request.status is RequestStatus.WAITING
-            and request.num_external_tokens == 0
         )
         source = request.remote if request is not None and queued_remote else None
         output = self.engine.abort_request(request_id, self.clock.now())
@@ -204,7 +204,7 @@ class EngineRunner:
             await self.clock.sleep(interval)
             by_producer: dict[tuple[str, int], list[str]] = defaultdict(list)
             for request in list(self.engine.scheduler.waiting):
-                if request.remote is not None and request.status is RequestStatus.WAITING:
+                if request.awaits_remote_kv and request.remote is not None:
                     key = (request.remote.remote_host, request.remote.remote_port)
                     by_producer[key].append(request.remote.remote_request_id)
             for (host, port), request_ids in by_producer.items():

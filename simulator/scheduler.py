@@ -115,7 +115,7 @@ class BatchScheduler:
             if request.status is RequestStatus.WAITING_FOR_REMOTE_KV:
                 skipped.append(self.waiting.popleft())
                 continue
-            if request.remote is not None and request.num_computed_tokens == 0:
+            if request.remote is not None and not request.remote_kv_loaded:
                 if not self._admit_remote(request, out):
                     break
                 skipped.append(self.waiting.popleft())

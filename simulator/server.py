@@ -57,23 +57,47 @@ class PodState:
 
 
 def cache_config_labels(config: SimPodConfig, num_gpu_blocks: int) -> dict[str, str]:
-    """Labels of `vllm:cache_config_info`: vLLM's CacheConfig fields, as strings."""
+    """Labels of `vllm:cache_config_info`: vLLM 0.33's CacheConfig fields in order, as strings
+    (vllm-project/vllm: vllm/config/cache.py, `metrics_info`)."""
+    block_size = str(config.block_size)
     return {
-        "block_size": str(config.block_size),
+        "block_size": block_size,
+        "user_specified_block_size": "True",
+        "kv_cache_layout": "None",
+        "prefix_match_unit": "None",
         "gpu_memory_utilization": "0.9",
-        "swap_space": "4",
         "cache_dtype": "auto",
         "is_attention_free": "False",
-        "num_gpu_blocks_override": "None",
+        "num_gpu_blocks_override": str(config.num_gpu_blocks),
         "sliding_window": "None",
         "enable_prefix_caching": str(config.enable_prefix_caching),
         "prefix_caching_hash_algo": "sha256",
-        "cpu_offload_gb": "0",
-        "calculate_kv_scales": "False",
-        "kv_sharing_fast_prefill": "False",
+        "prefix_cache_retention_interval": "0",
+        "kv_cache_dtype_skip_layers": "[]",
         "mamba_page_size_padded": "None",
+        "skip_page_size_padded": "False",
+        "mamba_block_size": "None",
+        "mamba_cache_dtype": "auto",
+        "mamba_ssm_cache_dtype": "auto",
+        "mamba_cache_mode": "none",
+        "enable_mamba_shared_prefix_checkpoint": "False",
+        "replayssm_buffer_len": "16",
+        "use_replayssm": "False",
+        "use_kda_recoverssm": "False",
         "num_gpu_blocks": str(num_gpu_blocks),
         "num_cpu_blocks": "None",
+        "simple_cpu_offload_num_blocks": "None",
+        "effective_attention_block_size": block_size,
+        "kv_cache_size_tokens": str(num_gpu_blocks * config.block_size),
+        "kv_cache_max_concurrency": "None",
+        "hash_block_size": block_size,
+        "cache_hit_alignment_tokens": block_size,
+        "kv_sharing_fast_prefill": "False",
+        "swa_bounded_replay": "True",
+        "kv_cache_memory_bytes": "None",
+        "kv_offloading_size": "None",
+        "kv_offloading_backend": "native",
+        "_block_size_resolved": "True",
     }
 
 
@@ -116,6 +140,7 @@ def create_app(
                 engine,
                 config.model_name,
                 cache_config_labels(config, engine_config.num_gpu_blocks),
+                config.kv_role,
             ),
             faults=FaultInjector(config.faults),
             started_at=time.monotonic(),
@@ -144,7 +169,7 @@ def create_app(
     ) -> Response:
         """Request id, load tracking, faults and client-disconnect cancellation."""
         state = pod(request)
-        base_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        base_id = request.headers.get("x-request-id") or f"{uuid.uuid4().int & (2**64 - 1):016x}"
         decision = state.faults.decide()
         if decision.crash:
             crash()
@@ -167,20 +192,22 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest) -> Response:
         async def handle(state: PodState, base_id: str) -> Response:
+            generations = state.serving.prepare_completion(body, base_id)
             if body.stream:
-                events = state.serving.completion_stream(body, base_id)
+                events = state.serving.completion_stream(generations[0], body, base_id)
                 return StreamingResponse(events, media_type="text/event-stream")
-            return JSONResponse(await state.serving.completion(body, base_id))
+            return JSONResponse(await state.serving.completion(generations, base_id))
 
         return await inference(request, handle)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
         async def handle(state: PodState, base_id: str) -> Response:
+            generation = state.serving.prepare_chat(body, base_id)
             if body.stream:
-                events = state.serving.chat_stream(body, base_id)
+                events = state.serving.chat_stream(generation, body, base_id)
                 return StreamingResponse(events, media_type="text/event-stream")
-            return JSONResponse(await state.serving.chat(body, base_id))
+            return JSONResponse(await state.serving.chat(generation, base_id))
 
         return await inference(request, handle)
 

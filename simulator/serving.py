@@ -1,24 +1,30 @@
-"""OpenAI completions and chat on top of the engine runner, with vLLM's shapes and checks."""
+"""OpenAI completions and chat on top of the engine runner, with vLLM 0.33's shapes and checks.
+
+Response fields, their order and which are null follow vLLM's pydantic models
+(vllm-project/vllm: vllm/entrypoints/openai/completion/protocol.py, chat_completion/protocol.py);
+checks and their messages follow vllm/renderers/params.py and vllm/sampling_params.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from simulator.config import SimPodConfig
-from simulator.errors import OpenAIError, error_body
+from simulator.config import VLLM_VERSION, SimPodConfig
+from simulator.errors import OpenAIError, error_body, invalid_parameter
 from simulator.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from simulator.request import EngineRequest, FinishReason, RequestOutput
 from simulator.runner import EngineRunner
 from simulator.tokenizer import Tokenizer, render_chat
 
-logger = logging.getLogger(__name__)
+GENERATION_ERROR = "Internal server error"
+"""What vLLM tells a client whose request ended with finish reason "error"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,21 +37,42 @@ class GenerationLimits:
 
 
 @dataclass(slots=True)
-class ChoiceResult:
-    """Everything generated for one prompt of a request."""
+class Generation:
+    """One prompt of a request, validated and ready to submit, and what it produced."""
 
-    index: int
-    num_prompt_tokens: int
-    token_ids: list[int]
+    engine_request_id: str
+    prompt: list[int]
+    limits: GenerationLimits
+    kv_transfer_params: dict[str, Any] | None
+    token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     num_cached_tokens: int = 0
-    kv_transfer_params: dict[str, Any] | None = None
+    kv_transfer_params_out: dict[str, Any] | None = None
+
+    def absorb(self, output: RequestOutput) -> None:
+        """Add one engine output; raises the client-facing error if the request failed."""
+        self.token_ids.extend(output.new_token_ids)
+        if not output.finished:
+            return
+        if output.finish_reason is FinishReason.ERROR:
+            raise OpenAIError(500, GENERATION_ERROR)
+        self.finish_reason = str(output.finish_reason)
+        self.num_cached_tokens = output.num_cached_tokens
+        self.kv_transfer_params_out = output.kv_transfer_params
 
 
-def sse(payload: dict[str, Any] | str) -> str:
+def sse(payload: dict[str, Any] | str, *, compact: bool = True) -> str:
     """One server-sent event as vLLM writes it."""
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n"
+    if isinstance(payload, str):
+        return f"data: {payload}\n\n"
+    separators = (",", ":") if compact else (", ", ": ")
+    return f"data: {json.dumps(payload, separators=separators)}\n\n"
+
+
+def engine_request_id(response_id: str, prompt_index: int | None = None) -> str:
+    """vLLM's internal id: the response id, the prompt index, and a random 8-hex suffix."""
+    base = response_id if prompt_index is None else f"{response_id}-{prompt_index}"
+    return f"{base}-{secrets.token_hex(4)}"
 
 
 class OpenAIServing:
@@ -56,100 +83,147 @@ class OpenAIServing:
         self.runner = runner
         self.tokenizer = tokenizer
         self.max_model_len = runner.engine.config.max_model_len
+        tp = config.engine_profile.tensor_parallel_size
+        digest = hashlib.sha256(f"{config.model_name}:{config.profile}".encode()).hexdigest()
+        self.system_fingerprint = f"vllm-{VLLM_VERSION}{f'-tp{tp}' if tp > 1 else ''}-{digest[:8]}"
 
     # -- checks ----------------------------------------------------------------------------
 
     def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.config.model_name:
-            raise OpenAIError(404, f"The model `{model}` does not exist.", param="model")
+        if model and model != self.config.model_name:
+            raise OpenAIError(
+                404,
+                f"The model `{model}` does not exist. Valid aliases: {self.config.model_name}.",
+                param="model",
+            )
 
-    def completion_prompts(self, request: CompletionRequest) -> list[list[int]]:
-        """Token ids of each prompt of a completions request."""
+    def _common_checks(self, request: SamplingFields) -> None:
+        self.check_model(request.model)
+        if request.stream_options is not None and not request.stream:
+            raise invalid_parameter(
+                "Stream options can only be defined when `stream=True`.", "stream_options"
+            )
+        if request.n != 1:
+            raise invalid_parameter("n must be 1 on a simulated pod.", "n", request.n)
+
+    def _completion_prompts(self, request: CompletionRequest) -> list[tuple[list[int], bool]]:
+        """(token ids, came from text) for each prompt of a completions request."""
         prompt = request.prompt
+        empty = invalid_parameter(
+            "Either prompt or prompt_embeds must be provided and non-empty.", "prompt"
+        )
         if prompt is None or prompt == "" or prompt == []:
-            raise OpenAIError(400, "Prompt cannot be empty.", param="prompt")
+            raise empty
         if isinstance(prompt, str):
-            prompts: list[list[int]] = [self.tokenizer.encode(prompt)]
+            prompts = [(self.tokenizer.encode(prompt), True)]
         elif all(isinstance(p, int) for p in prompt):
-            prompts = [[int(t) for t in prompt]]  # type: ignore[arg-type]
+            prompts = [([int(t) for t in prompt], False)]  # type: ignore[arg-type]
         elif all(isinstance(p, str) for p in prompt):
-            prompts = [self.tokenizer.encode(str(p)) for p in prompt]
+            prompts = [(self.tokenizer.encode(str(p)), True) for p in prompt]
         else:
-            prompts = [[int(t) for t in p] for p in prompt]  # type: ignore[union-attr]
-        if any(not ids for ids in prompts):
-            raise OpenAIError(400, "Prompt cannot be empty.", param="prompt")
+            prompts = [([int(t) for t in p], False) for p in prompt]  # type: ignore[union-attr]
+        if any(not ids for ids, _ in prompts):
+            raise empty
         return prompts
 
-    def chat_prompt(self, request: ChatCompletionRequest) -> list[int]:
-        if not request.messages:
-            raise OpenAIError(400, "messages must contain at least one message.", param="messages")
-        text = render_chat([m.model_dump() for m in request.messages])
-        return self.tokenizer.encode(text)
-
-    def limits(
-        self, request: SamplingFields, prompt_len: int, requested_max: int | None
+    def _limits(
+        self,
+        request: SamplingFields,
+        prompt_len: int,
+        from_text: bool,
+        requested: int | None,
+        parameter: str = "max_tokens",
     ) -> GenerationLimits:
-        """vLLM's length checks: the prompt and the output must fit max_model_len."""
-        if request.n != 1:
-            raise OpenAIError(400, "n must be 1 on this server.", param="n")
-        if requested_max is not None and requested_max < 1:
-            raise OpenAIError(
-                400, f"max_tokens must be at least 1, got {requested_max}.", param="max_tokens"
+        """vLLM's checks on lengths; max_tokens beyond the context is clamped, not refused."""
+        limit = self.max_model_len
+        if prompt_len > limit:
+            # vLLM truncates text at max_model_len + 1 before it counts.
+            shown = f"at least {limit + 1}" if from_text else str(prompt_len)
+            raise invalid_parameter(
+                f"This model's maximum context length is {limit} tokens. However, your prompt "
+                f"contains {shown} input tokens, which exceeds this limit even without any "
+                "output tokens. Please reduce the length of the input prompt.",
+                "input_tokens",
+                limit + 1 if from_text else prompt_len,
+            )
+        if requested is not None and requested > limit:
+            raise invalid_parameter(
+                f"{parameter}={requested} cannot be greater than max_model_len={limit}. "
+                "Please request fewer output tokens.",
+                parameter,
+                requested,
+            )
+        room = limit - prompt_len
+        max_tokens = room if requested is None else min(requested, room)
+        if max_tokens < 1:
+            raise invalid_parameter(
+                f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens", max_tokens
             )
         if request.min_tokens < 0:
-            raise OpenAIError(
-                400, f"min_tokens must be greater than or equal to 0, got {request.min_tokens}.",
-                param="min_tokens",
-            )  # fmt: skip
-        if prompt_len >= self.max_model_len:
-            raise OpenAIError(
-                400,
-                f"This model's maximum context length is {self.max_model_len} tokens. "
-                f"However, your request has {prompt_len} input tokens. "
-                "Please reduce the length of the input messages.",
-                param="input_tokens",
-            )
-        max_tokens = self.max_model_len - prompt_len if requested_max is None else requested_max
-        if prompt_len + max_tokens > self.max_model_len:
-            raise OpenAIError(
-                400,
-                f"This model's maximum context length is {self.max_model_len} tokens. "
-                f"However, you requested {prompt_len + max_tokens} tokens ({prompt_len} in the "
-                f"messages, {max_tokens} in the completion). Please reduce the length of the "
-                "messages or completion.",
-                param="input_tokens",
+            raise invalid_parameter(
+                f"min_tokens must be greater than or equal to 0, got {request.min_tokens}.",
+                "min_tokens",
+                request.min_tokens,
             )
         if request.min_tokens > max_tokens:
-            raise OpenAIError(
-                400,
+            raise invalid_parameter(
                 f"min_tokens must be less than or equal to max_tokens={max_tokens}, "
                 f"got {request.min_tokens}.",
-                param="min_tokens",
+                "min_tokens",
+                request.min_tokens,
             )
         eos_after = None if request.ignore_eos else self.config.natural_output_len
         return GenerationLimits(max_tokens, request.min_tokens, eos_after)
 
+    def prepare_completion(self, request: CompletionRequest, base_id: str) -> list[Generation]:
+        """Validate a completions request; raises OpenAIError before anything is queued."""
+        self._common_checks(request)
+        response_id = f"cmpl-{base_id}"
+        generations = []
+        for index, (prompt, from_text) in enumerate(self._completion_prompts(request)):
+            limits = self._limits(request, len(prompt), from_text, request.max_tokens)
+            generations.append(
+                Generation(
+                    engine_request_id(response_id, index),
+                    prompt,
+                    limits,
+                    request.kv_transfer_params,
+                )
+            )
+        if request.stream and len(generations) != 1:
+            raise invalid_parameter("Stream one prompt per request.", "prompt")
+        return generations
+
+    def prepare_chat(self, request: ChatCompletionRequest, base_id: str) -> Generation:
+        """Validate a chat request; raises OpenAIError before anything is queued."""
+        self._common_checks(request)
+        if not request.messages:
+            raise invalid_parameter("messages must not be empty.", "messages")
+        prompt = self.tokenizer.encode(render_chat([m.model_dump() for m in request.messages]))
+        requested: int | None = request.max_tokens
+        parameter = "max_tokens"
+        if request.max_completion_tokens is not None:
+            requested, parameter = request.max_completion_tokens, "max_completion_tokens"
+        limits = self._limits(request, len(prompt), True, requested, parameter)
+        return Generation(
+            engine_request_id(f"chatcmpl-{base_id}"), prompt, limits, request.kv_transfer_params
+        )
+
     # -- generation ------------------------------------------------------------------------
 
-    async def generate(
-        self,
-        engine_request_id: str,
-        prompt: list[int],
-        limits: GenerationLimits,
-        kv_transfer_params: dict[str, Any] | None,
-    ) -> AsyncIterator[RequestOutput]:
-        """Outputs of one engine request; aborts it if the consumer stops listening."""
+    async def outputs(self, generation: Generation) -> AsyncIterator[RequestOutput]:
+        """Engine outputs of one generation; aborts it if the consumer stops listening."""
         if not self.runner.alive:
             raise OpenAIError(503, f"The engine is not available: {self.runner.dead_reason}")
         stream = self.runner.submit(
             EngineRequest(
-                request_id=engine_request_id,
-                prompt_token_ids=prompt,
-                max_tokens=limits.max_tokens,
-                min_tokens=limits.min_tokens,
-                eos_after=limits.eos_after,
+                request_id=generation.engine_request_id,
+                prompt_token_ids=generation.prompt,
+                max_tokens=generation.limits.max_tokens,
+                min_tokens=generation.limits.min_tokens,
+                eos_after=generation.limits.eos_after,
                 arrival_time=0.0,
-                kv_transfer_params=kv_transfer_params,
+                kv_transfer_params=generation.kv_transfer_params,
             )
         )
         finished = False
@@ -160,137 +234,65 @@ class OpenAIServing:
                 yield output
         finally:
             if not finished:
-                self.runner.abort(engine_request_id)
+                self.runner.abort(generation.engine_request_id)
 
-    async def collect(
-        self,
-        engine_request_id: str,
-        index: int,
-        prompt: list[int],
-        limits: GenerationLimits,
-        params: dict[str, Any] | None,
-    ) -> ChoiceResult:
-        result = ChoiceResult(index, len(prompt), [])
-        async for output in self.generate(engine_request_id, prompt, limits, params):
-            self._absorb(result, output)
-        return result
+    async def run(self, generation: Generation) -> Generation:
+        async for output in self.outputs(generation):
+            generation.absorb(output)
+        return generation
 
-    def _absorb(self, result: ChoiceResult, output: RequestOutput) -> None:
-        result.token_ids.extend(output.new_token_ids)
-        if output.finished:
-            if output.finish_reason is FinishReason.ERROR:
-                raise OpenAIError(500, output.error or "The engine failed to serve the request.")
-            result.finish_reason = str(output.finish_reason)
-            result.num_cached_tokens = output.num_cached_tokens
-            result.kv_transfer_params = output.kv_transfer_params
-
-    def usage(self, results: list[ChoiceResult]) -> dict[str, Any]:
-        prompt_tokens = sum(r.num_prompt_tokens for r in results)
-        completion_tokens = sum(len(r.token_ids) for r in results)
-        details = None
+    def usage(self, generations: list[Generation], *, chat: bool) -> dict[str, Any]:
+        prompt_tokens = sum(len(g.prompt) for g in generations)
+        completion_tokens = sum(len(g.token_ids) for g in generations)
+        details: dict[str, int | None] | None = None
         if self.config.enable_prompt_tokens_details:
-            details = {"cached_tokens": sum(r.num_cached_tokens for r in results)}
+            details = {"cached_tokens": sum(g.num_cached_tokens for g in generations)}
+            if chat:
+                details |= {"created_cache_tokens": None, "multimodal_tokens": None}
         return {
             "prompt_tokens": prompt_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
             "completion_tokens": completion_tokens,
             "prompt_tokens_details": details,
+            "completion_tokens_details": None,
         }
 
-    # -- completions -----------------------------------------------------------------------
+    # -- non-streaming ---------------------------------------------------------------------
 
-    async def completion(self, request: CompletionRequest, base_id: str) -> dict[str, Any]:
-        prompts, limits = self._prepare_completion(request)
-        response_id = f"cmpl-{base_id}"
-        results = await asyncio.gather(
-            *(
-                self.collect(
-                    engine_request_id(response_id, i), i, p, lim, request.kv_transfer_params
-                )
-                for i, (p, lim) in enumerate(zip(prompts, limits, strict=True))
-            )
-        )
+    async def completion(self, generations: list[Generation], base_id: str) -> dict[str, Any]:
+        done = await asyncio.gather(*(self.run(g) for g in generations))
         return {
-            "id": response_id,
+            "id": f"cmpl-{base_id}",
             "object": "text_completion",
             "created": int(time.time()),
             "model": self.config.model_name,
             "choices": [
                 {
-                    "index": r.index,
-                    "text": self.tokenizer.decode(r.token_ids),
+                    "index": index,
+                    "text": self.tokenizer.decode(g.token_ids),
                     "logprobs": None,
-                    "finish_reason": r.finish_reason,
+                    "finish_reason": g.finish_reason,
                     "stop_reason": None,
+                    "token_ids": None,
                     "prompt_logprobs": None,
                     "prompt_token_ids": None,
-                    "token_ids": None,
+                    "routed_experts": None,
+                    "weight_versions": None,
                 }
-                for r in results
+                for index, g in enumerate(done)
             ],
             "service_tier": None,
-            "system_fingerprint": None,
-            "usage": self.usage(list(results)),
-            "kv_transfer_params": results[0].kv_transfer_params,
+            "system_fingerprint": self.system_fingerprint,
+            "usage": self.usage(list(done), chat=False),
+            "kv_transfer_params": done[0].kv_transfer_params_out,
+            "ec_transfer_params": None,
+            "metrics": None,
         }
 
-    def _prepare_completion(
-        self, request: CompletionRequest
-    ) -> tuple[list[list[int]], list[GenerationLimits]]:
-        self.check_model(request.model)
-        prompts = self.completion_prompts(request)
-        limits = [self.limits(request, len(p), request.max_tokens) for p in prompts]
-        return prompts, limits
-
-    def completion_stream(self, request: CompletionRequest, base_id: str) -> AsyncIterator[str]:
-        """Validate now (errors get their status), then stream SSE events."""
-        prompts, limits = self._prepare_completion(request)
-        if len(prompts) != 1:
-            raise OpenAIError(
-                400, "Streaming supports one prompt per request here.", param="prompt"
-            )
-        response_id = f"cmpl-{base_id}"
-        created = int(time.time())
-
-        def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-            return {
-                "id": response_id,
-                "object": "text_completion",
-                "created": created,
-                "model": self.config.model_name,
-                "choices": choices,
-                **extra,
-            }
-
-        def token_choice(text: str, finish_reason: str | None) -> dict[str, Any]:
-            return {
-                "index": 0,
-                "text": text,
-                "logprobs": None,
-                "finish_reason": finish_reason,
-                "stop_reason": None,
-            }
-
-        return self._stream_events(
-            request, engine_request_id(response_id, 0), prompts[0], limits[0], chunk, token_choice
-        )
-
-    # -- chat ------------------------------------------------------------------------------
-
-    def _prepare_chat(self, request: ChatCompletionRequest) -> tuple[list[int], GenerationLimits]:
-        self.check_model(request.model)
-        prompt = self.chat_prompt(request)
-        requested = request.max_completion_tokens or request.max_tokens
-        return prompt, self.limits(request, len(prompt), requested)
-
-    async def chat(self, request: ChatCompletionRequest, base_id: str) -> dict[str, Any]:
-        prompt, limits = self._prepare_chat(request)
-        response_id = f"chatcmpl-{base_id}"
-        result = await self.collect(
-            engine_request_id(response_id), 0, prompt, limits, request.kv_transfer_params
-        )
+    async def chat(self, generation: Generation, base_id: str) -> dict[str, Any]:
+        g = await self.run(generation)
         return {
-            "id": response_id,
+            "id": f"chatcmpl-{base_id}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.config.model_name,
@@ -299,108 +301,153 @@ class OpenAIServing:
                     "index": 0,
                     "message": {
                         "role": "assistant",
-                        "content": self.tokenizer.decode(result.token_ids),
+                        "content": self.tokenizer.decode(g.token_ids),
                         "refusal": None,
                         "annotations": None,
                         "audio": None,
                         "function_call": None,
-                        "tool_calls": [],
-                        "reasoning_content": None,
+                        "reasoning": None,
                     },
                     "logprobs": None,
-                    "finish_reason": result.finish_reason,
+                    "finish_reason": g.finish_reason,
                     "stop_reason": None,
                     "token_ids": None,
+                    "routed_experts": None,
+                    "weight_versions": None,
                 }
             ],
             "service_tier": None,
-            "system_fingerprint": None,
-            "usage": self.usage([result]),
+            "system_fingerprint": self.system_fingerprint,
+            "usage": self.usage([g], chat=True),
             "prompt_logprobs": None,
             "prompt_token_ids": None,
-            "kv_transfer_params": result.kv_transfer_params,
+            "prompt_text": None,
+            "kv_transfer_params": g.kv_transfer_params_out,
+            "ec_transfer_params": None,
+            "metrics": None,
         }
-
-    def chat_stream(self, request: ChatCompletionRequest, base_id: str) -> AsyncIterator[str]:
-        """Validate now (errors get their status), then stream SSE events."""
-        prompt, limits = self._prepare_chat(request)
-        response_id = f"chatcmpl-{base_id}"
-        created = int(time.time())
-
-        def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-            return {
-                "id": response_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": self.config.model_name,
-                "choices": choices,
-                **extra,
-            }
-
-        def token_choice(text: str, finish_reason: str | None) -> dict[str, Any]:
-            return {
-                "index": 0,
-                "delta": {"content": text},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-
-        first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                 "finish_reason": None}  # fmt: skip
-        return self._stream_events(
-            request,
-            engine_request_id(response_id),
-            prompt,
-            limits,
-            chunk,
-            token_choice,
-            preamble=chunk([first]),
-        )
 
     # -- streaming -------------------------------------------------------------------------
 
-    async def _stream_events(
-        self,
-        request: SamplingFields,
-        engine_id: str,
-        prompt: list[int],
-        limits: GenerationLimits,
-        chunk: Callable[..., dict[str, Any]],
-        token_choice: Callable[[str, str | None], dict[str, Any]],
-        preamble: dict[str, Any] | None = None,
+    async def completion_stream(
+        self, generation: Generation, request: CompletionRequest, base_id: str
     ) -> AsyncIterator[str]:
-        """SSE events for one streamed generation, ending with usage (if asked) and [DONE]."""
-        if preamble is not None:
-            yield sse(preamble)
-        options = request.stream_options
-        include_usage = bool(options and options.include_usage)
-        continuous = bool(options and options.include_usage and options.continuous_usage_stats)
-        result = ChoiceResult(0, len(prompt), [])
+        header = self._chunk_header(f"cmpl-{base_id}", "text_completion")
         try:
-            async for output in self.generate(
-                engine_id, prompt, limits, request.kv_transfer_params
-            ):
-                self._absorb(result, output)
+            async for output in self.outputs(generation):
+                generation.absorb(output)
                 if not output.new_token_ids and not output.finished:
                     continue
-                text = self.tokenizer.decode(output.new_token_ids)
-                extra: dict[str, Any] = {}
-                if continuous:
-                    extra["usage"] = self.usage([result])
-                if output.finished and result.kv_transfer_params is not None:
-                    extra["kv_transfer_params"] = result.kv_transfer_params
-                yield sse(chunk([token_choice(text, result.finish_reason)], **extra))
+                chunk: dict[str, Any] = {
+                    **header,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "text": self.tokenizer.decode(output.new_token_ids),
+                            "logprobs": None,
+                            "finish_reason": generation.finish_reason,
+                            "stop_reason": None,
+                            "prompt_token_ids": None,
+                            "token_ids": None,
+                            "weight_versions": None,
+                        }
+                    ],
+                }
+                self._add_stream_tail(chunk, generation, request, chat=False)
+                yield sse(chunk)
         except OpenAIError as exc:
-            # vLLM reports a failure after the stream started as an error event, status 200.
+            # After the headers went out, vLLM reports failure as an error event (status 200);
+            # the completions route writes it with json.dumps' default spacing.
+            yield sse(error_body(exc.status, exc.message, param=exc.param), compact=False)
+            yield sse("[DONE]")
+            return
+        async for event in self._stream_end(header, generation, request, chat=False):
+            yield event
+
+    async def chat_stream(
+        self, generation: Generation, request: ChatCompletionRequest, base_id: str
+    ) -> AsyncIterator[str]:
+        header = self._chunk_header(f"chatcmpl-{base_id}", "chat.completion.chunk")
+        yield sse(
+            {
+                **header,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ],
+                "prompt_token_ids": None,
+                "prompt_text": None,
+            }
+        )
+        try:
+            async for output in self.outputs(generation):
+                generation.absorb(output)
+                if not output.new_token_ids and not output.finished:
+                    continue
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "delta": {"content": self.tokenizer.decode(output.new_token_ids)},
+                    "logprobs": None,
+                    "finish_reason": generation.finish_reason,
+                    "token_ids": None,
+                }
+                if generation.finish_reason is not None:
+                    choice |= {"stop_reason": None, "weight_versions": None}
+                chunk: dict[str, Any] = {**header, "choices": [choice]}
+                self._add_stream_tail(chunk, generation, request, chat=True)
+                yield sse(chunk)
+        except OpenAIError as exc:
             yield sse(error_body(exc.status, exc.message, param=exc.param))
             yield sse("[DONE]")
             return
-        if include_usage:
-            yield sse(chunk([], usage=self.usage([result])))
+        async for event in self._stream_end(header, generation, request, chat=True):
+            yield event
+
+    def _chunk_header(self, response_id: str, kind: str) -> dict[str, Any]:
+        return {
+            "id": response_id,
+            "object": kind,
+            "created": int(time.time()),
+            "model": self.config.model_name,
+        }
+
+    def _add_stream_tail(
+        self, chunk: dict[str, Any], generation: Generation, request: SamplingFields, *, chat: bool
+    ) -> None:
+        """Per-chunk usage (continuous stats), fingerprint on the last chunk, KV params."""
+        options = request.stream_options
+        if options is not None and options.include_usage and options.continuous_usage_stats:
+            chunk["usage"] = self.usage([generation], chat=chat)
+        wants_usage_chunk = bool(options and options.include_usage)
+        if generation.finish_reason is not None and not wants_usage_chunk:
+            chunk["system_fingerprint"] = self.system_fingerprint
+        chunk["kv_transfer_params"] = generation.kv_transfer_params_out
+
+    async def _stream_end(
+        self, header: dict[str, Any], generation: Generation, request: SamplingFields, *, chat: bool
+    ) -> AsyncIterator[str]:
+        options = request.stream_options
+        if options is not None and options.include_usage:
+            usage = _without_nulls(self.usage([generation], chat=chat))
+            yield sse(
+                {
+                    **header,
+                    "choices": [],
+                    "usage": usage,
+                    "system_fingerprint": self.system_fingerprint,
+                }
+            )
         yield sse("[DONE]")
 
 
-def engine_request_id(response_id: str, prompt_index: int | None = None) -> str:
-    """vLLM's internal id: the response id, the prompt index, and a random 8-hex suffix."""
-    base = response_id if prompt_index is None else f"{response_id}-{prompt_index}"
-    return f"{base}-{secrets.token_hex(4)}"
+def _without_nulls(value: dict[str, Any]) -> dict[str, Any]:
+    """The final usage chunk is dumped with exclude_none."""
+    return {
+        key: _without_nulls(item) if isinstance(item, dict) else item
+        for key, item in value.items()
+        if item is not None
+    }

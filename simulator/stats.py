@@ -71,11 +71,20 @@ class Histogram:
 
 
 # NIXL connector histogram buckets (vllm-project/vllm: nixl stats module).
-_XFER_TIME_BUCKETS = (
-    0.001, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 5.0,
+_POST_TIME_BUCKETS = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 5.0,
 )  # fmt: skip
-_XFER_BYTES_BUCKETS = tuple(float(2**i) for i in range(10, 36))
-_DESCRIPTOR_BUCKETS = tuple(float(2**i) for i in range(0, 21))
+_XFER_TIME_BUCKETS = _POST_TIME_BUCKETS[1:]
+_XFER_BYTES_BUCKETS = tuple(float(2 ** (10 + i)) for i in range(1, 25, 2))
+_DESCRIPTOR_BUCKETS = (
+    10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 200.0, 400.0, 1000.0, 2000.0, 4000.0,
+    10000.0, 20000.0, 50000.0,
+)  # fmt: skip
+ITERATION_TOKENS_BUCKETS = (
+    1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+)  # fmt: skip
+PARAMS_N_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0)
+NUM_PREEMPTIONS_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0)
 
 
 @dataclass(slots=True)
@@ -83,12 +92,13 @@ class TransferStats:
     """KV-connector (NIXL) statistics, recorded on the side that reads."""
 
     xfer_time: Histogram = field(default_factory=lambda: Histogram(_XFER_TIME_BUCKETS))
-    post_time: Histogram = field(default_factory=lambda: Histogram(_XFER_TIME_BUCKETS))
+    post_time: Histogram = field(default_factory=lambda: Histogram(_POST_TIME_BUCKETS))
     bytes_transferred: Histogram = field(default_factory=lambda: Histogram(_XFER_BYTES_BUCKETS))
     num_descriptors: Histogram = field(default_factory=lambda: Histogram(_DESCRIPTOR_BUCKETS))
     num_failed_transfers: int = 0
     num_failed_notifications: int = 0
     num_kv_expired_reqs: int = 0
+    num_notifications_after_expiry: int = 0
 
 
 @dataclass(slots=True)
@@ -100,6 +110,8 @@ class EngineStats:
     generation_tokens: int = 0
     prefix_cache_queries: int = 0
     prefix_cache_hits: int = 0
+    external_prefix_cache_queries: int = 0
+    external_prefix_cache_hits: int = 0
     num_preemptions: int = 0
     prompt_tokens_by_source: Counter[str] = field(default_factory=Counter)
     request_success: Counter[str] = field(default_factory=Counter)
@@ -111,11 +123,22 @@ class EngineStats:
     prefill_time: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
     decode_time: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
     inference_time: Histogram = field(default_factory=lambda: Histogram(REQUEST_LATENCY_BUCKETS))
+    iteration_tokens: Histogram = field(default_factory=lambda: Histogram(ITERATION_TOKENS_BUCKETS))
+    params_n: Histogram = field(default_factory=lambda: Histogram(PARAMS_N_BUCKETS))
+    num_preemptions_per_request: Histogram = field(
+        default_factory=lambda: Histogram(NUM_PREEMPTIONS_BUCKETS)
+    )
     prompt_tokens_per_request: Histogram = field(init=False)
     generation_tokens_per_request: Histogram = field(init=False)
+    max_generation_tokens_per_request: Histogram = field(init=False)
+    params_max_tokens: Histogram = field(init=False)
+    prefill_kv_computed_tokens: Histogram = field(init=False)
     transfer: TransferStats = field(default_factory=TransferStats)
 
     def __post_init__(self) -> None:
         buckets = token_count_buckets(self.max_model_len)
         self.prompt_tokens_per_request = Histogram(buckets)
         self.generation_tokens_per_request = Histogram(buckets)
+        self.max_generation_tokens_per_request = Histogram(buckets)
+        self.params_max_tokens = Histogram(buckets)
+        self.prefill_kv_computed_tokens = Histogram(buckets)

@@ -1,0 +1,92 @@
+"""Run real uvicorn servers on loopback, each in its own thread and event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from simulator.config import SimPodConfig
+from simulator.server import create_app
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def serve(app: FastAPI, port: int, startup_timeout_s: float = 20.0) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1:`port` for the duration of the block; yields its base URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + startup_timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"server on port {port} did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def pod_config(**overrides: object) -> SimPodConfig:
+    """A small, fast simulated pod on free loopback ports."""
+    values: dict[str, object] = {
+        "port": free_port(),
+        "side_channel_port": free_port(),
+        "enable_prompt_tokens_details": True,
+        "enable_server_load_tracking": True,
+    }
+    values.update(overrides)
+    return SimPodConfig.model_validate(values)
+
+
+@contextmanager
+def running_pod(config: SimPodConfig) -> Iterator[str]:
+    """A simulated pod serving on loopback; yields its base URL."""
+    with serve(create_app(config), config.port) as url:
+        yield url
+
+
+def scrape(url: str) -> dict[str, float]:
+    """`/metrics` as {"name{label=value,...}": value}, labels sorted, for assertions."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(
+                f"{k}={v}"
+                for k, v in sorted(sample.labels.items())
+                if k not in ("model_name", "engine")
+            )
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def wait_until(predicate: object, timeout_s: float = 10.0, interval_s: float = 0.05) -> bool:
+    """Poll `predicate()` until it is true or the timeout passes; returns the last result."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval_s)
