@@ -1,0 +1,118 @@
+"""`tandem sim` as a user runs it: a separate process, its exit codes and its HTTP surface."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from simulator.profiles import PROFILES
+from tests.support.servers import free_port, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TANDEM = [sys.executable, "-m", "tandem.cli"]
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def run_tandem(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TANDEM, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("role", "expected"),
+    [
+        ("prefill", ["vllm serve", "kv_producer", "--port 8000", "VLLM_NIXL_SIDE_CHANNEL_PORT"]),
+        ("decode", ["vllm serve", "kv_consumer", "--port 8200", "VLLM_NIXL_SIDE_CHANNEL_PORT"]),
+        ("both", ["vllm serve", "--port 8000"]),
+    ],
+)
+def test_print_vllm_command_prints_the_real_command_line(role: str, expected: list[str]) -> None:
+    result = run_tandem("sim", "--role", role, "--print-vllm-command")
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    for fragment in expected:
+        assert fragment in lines[0]
+    if role == "both":
+        assert "--kv-transfer-config" not in lines[0]
+        assert "NixlConnector" not in lines[0]
+
+
+def test_unknown_profile_exits_2_naming_the_valid_profiles() -> None:
+    result = run_tandem("sim", "--profile", "nope")
+
+    assert result.returncode == 2
+    assert "nope" in result.stderr
+    for name in PROFILES:
+        assert name in result.stderr
+
+
+@contextmanager
+def sim_process(log: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`tandem sim` on a free port, ready to serve; killed if still running at the end."""
+    port = free_port()
+    argv = [*TANDEM, "sim", "--port", str(port), "--side-channel-port", str(free_port()), *args]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+
+            def ready() -> bool:
+                if process.poll() is not None:
+                    return True  # exited: stop polling, the assertion below reports it
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success
+                except httpx.TransportError:
+                    return False
+
+            assert wait_until(ready, timeout_s=30, interval_s=0.1), log.read_text()
+            assert process.poll() is None, log.read_text()
+            yield process, port
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As a restarted server would bind: TIME_WAIT leftovers do not count, listeners do.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_decode_pod_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    log = tmp_path / "sim.log"
+    with sim_process(log, "--role", "decode", "--time-scale", "0.05") as (process, port):
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(timeout=10) as client:
+            health = client.get(f"{url}/health")
+            version = client.get(f"{url}/version")
+        with OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=10) as openai:
+            completion = openai.completions.create(model=MODEL, prompt="hello", max_tokens=3)
+            models = openai.models.list()
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=20)
+
+    assert health.status_code == 200
+    assert version.json() == {"version": "0.33.0"}
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 3
+    assert completion.choices[0].finish_reason == "length"
+    assert [model.id for model in models.data] == [MODEL]
+    assert returncode in (0, -signal.SIGTERM), log.read_text()
+    assert port_is_free(port)

@@ -1,0 +1,166 @@
+"""Failure injection on a live simulated pod: errors, hangs, slow starts, latency, crashes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from simulator.faults import FAULT_ERRORS, FaultConfig
+from tests.support.servers import free_port, pod_config, running_pod, scrape, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMPLETION = {"prompt": "hello there", "max_tokens": 2}
+
+
+def status_of(client: httpx.Client, url: str) -> int:
+    return client.post(f"{url}/v1/completions", json=COMPLETION).status_code
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/completions", COMPLETION),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ],
+    ids=["completions", "chat"],
+)
+@pytest.mark.parametrize("status", [503, 429, 500, 504])
+def test_every_request_gets_the_injected_error(
+    status: int, route: str, body: dict[str, object]
+) -> None:
+    config = pod_config(time_scale=0.05, faults=FaultConfig(error_rate=1.0, error_codes=(status,)))
+    with running_pod(config) as url, httpx.Client(timeout=10) as client:
+        replies = [client.post(f"{url}{route}", json=body) for _ in range(3)]
+        health = client.get(f"{url}/health")
+        samples = scrape(url)
+
+    kind, message = FAULT_ERRORS[status]
+    for reply in replies:
+        assert reply.status_code == status
+        assert reply.json() == {
+            "error": {"message": message, "type": kind, "param": None, "code": status}
+        }
+    assert health.status_code == 200
+    # Injected errors never reach the engine.
+    assert samples["vllm:request_success_total{finished_reason=length}"] == 0
+    assert samples["vllm:request_success_total{finished_reason=stop}"] == 0
+
+
+def statuses_for_seed(seed: int, num_requests: int = 40) -> list[int]:
+    faults = FaultConfig(error_rate=0.5, error_codes=(503, 429), seed=seed)
+    config = pod_config(time_scale=0.01, faults=faults)
+    with running_pod(config) as url, httpx.Client(timeout=10) as client:
+        return [status_of(client, url) for _ in range(num_requests)]
+
+
+def test_half_error_rate_fails_some_requests_deterministically_for_the_seed() -> None:
+    first = statuses_for_seed(seed=7)
+    again = statuses_for_seed(seed=7)
+    other = statuses_for_seed(seed=8)
+
+    assert set(first) <= {200, 503, 429}
+    assert 0 < first.count(200) < len(first)
+    assert first.count(503) > 0
+    assert first.count(429) > 0
+    assert again == first
+    assert other != first
+
+
+def test_health_answers_503_until_the_ready_delay_has_passed() -> None:
+    config = pod_config(time_scale=0.05, faults=FaultConfig(ready_delay_s=1.5))
+    with running_pod(config) as url, httpx.Client(timeout=10) as client:
+        starting = client.get(f"{url}/health")
+        became_ready = wait_until(
+            lambda: client.get(f"{url}/health").status_code == 200, timeout_s=10
+        )
+
+    assert starting.status_code == 503
+    assert starting.json()["error"]["code"] == 503
+    assert became_ready
+
+
+def test_hung_request_times_out_and_leaves_nothing_behind() -> None:
+    config = pod_config(time_scale=0.05, faults=FaultConfig(hang_rate=1.0))
+    with running_pod(config) as url, ThreadPoolExecutor(max_workers=1) as pool:
+
+        def load() -> int:
+            server_load: int = httpx.get(f"{url}/load", timeout=10).json()["server_load"]
+            return server_load
+
+        def hung_request() -> None:
+            with httpx.Client(timeout=httpx.Timeout(10, read=1.0)) as client:
+                client.post(f"{url}/v1/completions", json=COMPLETION)
+
+        pending = pool.submit(hung_request)
+        counted_while_hanging = wait_until(lambda: load() == 1, timeout_s=5)
+        with pytest.raises(httpx.ReadTimeout):
+            pending.result(timeout=20)
+        released = wait_until(lambda: load() == 0, timeout_s=10)
+        samples = scrape(url)
+        health = httpx.get(f"{url}/health", timeout=10)
+
+    assert counted_while_hanging
+    assert released
+    assert samples["vllm:num_requests_running{}"] == 0
+    assert samples["vllm:num_requests_waiting{}"] == 0
+    assert samples["vllm:request_success_total{finished_reason=abort}"] == 0
+    assert health.status_code == 200
+
+
+@pytest.mark.parametrize("latency_s", [0.2])
+def test_added_latency_still_answers(latency_s: float) -> None:
+    config = pod_config(time_scale=0.05, faults=FaultConfig(added_latency_s=latency_s))
+    with running_pod(config) as url, httpx.Client(timeout=10) as client:
+        reply = client.post(f"{url}/v1/completions", json=COMPLETION)
+
+    assert reply.status_code == 200
+    assert reply.json()["usage"]["completion_tokens"] == 2
+
+
+@contextmanager
+def sim_process(log: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`tandem sim` in a subprocess on free ports, ready; killed when the block ends."""
+    port = free_port()
+    argv = [sys.executable, "-m", "tandem.cli", "sim", "--port", str(port)]
+    argv += ["--side-channel-port", str(free_port()), "--time-scale", "0.05", *args]
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+
+            def ready() -> bool:
+                if process.poll() is not None:
+                    return True  # exited: stop polling, the assertion below reports it
+                try:
+                    return httpx.get(f"{url}/health", timeout=1).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            assert wait_until(ready, timeout_s=30, interval_s=0.1), log.read_text()
+            assert process.poll() is None, log.read_text()
+            yield process, url
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=10)
+
+
+def test_crash_after_exits_the_process_on_the_nth_request(tmp_path: Path) -> None:
+    log = tmp_path / "sim.log"
+    with sim_process(log, "--fault-crash-after", "2") as (process, url):
+        with httpx.Client(timeout=10) as client:
+            first = client.post(f"{url}/v1/completions", json=COMPLETION)
+            with pytest.raises(httpx.TransportError):
+                client.post(f"{url}/v1/completions", json=COMPLETION)
+        returncode = process.wait(timeout=10)
+
+    assert first.status_code == 200
+    assert returncode != 0, log.read_text()
+    assert "injected_crash" in log.read_text()

@@ -1,0 +1,159 @@
+"""Pool definitions: the `vllm serve` command line, env, probes and simulated twin of each pod."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from decode.pod import decode_pod
+from prefill.launch import VllmLaunch
+from prefill.pod import aggregated_pod, prefill_pod
+from simulator.config import PodRole
+from simulator.kv_connector import KVRole
+
+PROFILE = "llama-3.1-8b-h100-tp1"
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+@dataclass(frozen=True, slots=True)
+class PodCase:
+    """A pool's vLLM server and what its definition must say."""
+
+    build: Callable[[], VllmLaunch]
+    pool_role: PodRole
+    port: int
+    kv_role: KVRole | None
+
+
+CASES = {
+    "prefill": PodCase(lambda: prefill_pod(PROFILE), "prefill", 8000, "kv_producer"),
+    "decode": PodCase(lambda: decode_pod(PROFILE).vllm, "decode", 8200, "kv_consumer"),
+    "aggregated": PodCase(lambda: aggregated_pod(PROFILE), "both", 8000, None),
+}
+
+
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The value after `flag`, or None if the flag is absent."""
+    if flag not in argv:
+        return None
+    return argv[argv.index(flag) + 1]
+
+
+@pytest.fixture(params=list(CASES), ids=list(CASES))
+def case(request: pytest.FixtureRequest) -> PodCase:
+    pod_case: PodCase = CASES[request.param]
+    return pod_case
+
+
+def test_argv_serves_the_model_on_the_role_port(case: PodCase) -> None:
+    argv = case.build().argv()
+
+    assert argv[:3] == ["vllm", "serve", MODEL]
+    assert flag_value(argv, "--port") == str(case.port)
+    assert flag_value(argv, "--served-model-name") == MODEL
+    assert flag_value(argv, "--tensor-parallel-size") == "1"
+    assert "--enable-prompt-tokens-details" in argv
+    assert "--enable-server-load-tracking" in argv
+    assert "--enable-prefix-caching" in argv
+
+
+def test_kv_transfer_config_names_the_nixl_role(case: PodCase) -> None:
+    raw = flag_value(case.build().argv(), "--kv-transfer-config")
+
+    if case.kv_role is None:
+        assert raw is None
+        return
+    assert raw is not None
+    kv_config = json.loads(raw)
+    assert kv_config["kv_connector"] == "NixlConnector"
+    assert kv_config["kv_role"] == case.kv_role
+    assert kv_config["kv_load_failure_policy"] == "fail"
+    assert kv_config["kv_connector_extra_config"]["backends"] == ["UCX"]
+
+
+def test_env_sets_the_nixl_side_channel_only_with_a_connector(case: PodCase) -> None:
+    env = case.build().env()
+
+    if case.kv_role is None:
+        assert env == {}
+        return
+    assert env == {
+        "VLLM_NIXL_SIDE_CHANNEL_HOST": "$(POD_IP)",
+        "VLLM_NIXL_SIDE_CHANNEL_PORT": "5600",
+        "UCX_TLS": "all",
+    }
+
+
+def test_shell_command_is_the_env_then_the_argv(case: PodCase) -> None:
+    launch = case.build()
+    words = shlex.split(launch.shell_command())
+
+    assignments = [f"{key}={value}" for key, value in launch.env().items()]
+    assert words == assignments + launch.argv()
+
+
+def test_simulated_pod_matches_the_definition(case: PodCase) -> None:
+    sim = case.build().simulated(host="127.0.0.1", time_scale=2.0)
+
+    assert sim.port == case.port
+    assert sim.role == case.pool_role
+    assert sim.kv_role == case.kv_role
+    assert sim.profile == PROFILE
+    assert sim.model_name == MODEL
+    assert sim.time_scale == 2.0
+    # The pod-IP placeholder means "this host" when simulated.
+    assert sim.side_channel_host == "127.0.0.1"
+    assert sim.side_channel_port == 5600
+    assert sim.enable_prompt_tokens_details
+    assert sim.enable_server_load_tracking
+
+
+def test_probes_watch_health_on_the_serving_port(case: PodCase) -> None:
+    probes = case.build().probes()
+
+    assert set(probes) == {"startup", "readiness", "liveness"}
+    assert {(probe.path, probe.port) for probe in probes.values()} == {("/health", case.port)}
+
+
+@pytest.mark.parametrize(
+    ("build", "port"),
+    [
+        (lambda: prefill_pod(PROFILE, port=9000, side_channel_port=5700), 9000),
+        (lambda: decode_pod(PROFILE, vllm_port=9200, side_channel_port=5700).vllm, 9200),
+    ],
+    ids=["prefill", "decode"],
+)
+def test_overridden_ports_reach_argv_env_and_simulation(
+    build: Callable[[], VllmLaunch], port: int
+) -> None:
+    launch = build()
+
+    assert flag_value(launch.argv(), "--port") == str(port)
+    assert launch.env()["VLLM_NIXL_SIDE_CHANNEL_PORT"] == "5700"
+    assert launch.simulated().side_channel_port == 5700
+    assert launch.simulated().port == port
+
+
+def test_decode_sidecar_fronts_vllm() -> None:
+    pod = decode_pod(PROFILE)
+
+    assert pod.sidecar_port == 8000
+    assert pod.sidecar_argv() == ["tandem", "sidecar", "--port", "8000", "--vllm-port", "8200"]
+
+
+def test_served_model_name_reaches_argv_and_simulation() -> None:
+    launch = prefill_pod(PROFILE, served_model_name="llama")
+
+    assert flag_value(launch.argv(), "--served-model-name") == "llama"
+    assert launch.simulated().model_name == "llama"
+
+
+def test_explicit_side_channel_host_is_kept_in_simulation() -> None:
+    launch = VllmLaunch("prefill", PROFILE, 8000, "kv_producer", side_channel_host="10.0.0.7")
+
+    assert launch.env()["VLLM_NIXL_SIDE_CHANNEL_HOST"] == "10.0.0.7"
+    assert launch.simulated(host="127.0.0.1").side_channel_host == "10.0.0.7"
