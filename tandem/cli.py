@@ -27,6 +27,7 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
 
 
 def _pod_launch(role: str, profile: str, served_model_name: str | None) -> VllmLaunch:
@@ -130,12 +131,56 @@ def _run_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_orchestrator_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "orchestrator",
+        help="run the gateway and scheduler in front of prefill and decode pools",
+        description="Run tandem's OpenAI-compatible gateway with the two-pass scheduler.",
+    )
+    parser.add_argument("--config", required=True, help="orchestrator YAML file")
+    parser.add_argument("--host", help="listen address (overrides gateway.host)")
+    parser.add_argument("--port", type=int, help="listen port (overrides gateway.port)")
+    parser.add_argument("--log-level", default="info")
+    parser.set_defaults(handler=_run_orchestrator)
+
+
+def _run_orchestrator(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level)
+    from pathlib import Path
+
+    import uvicorn
+
+    from orchestrator.config import OrchestratorConfigError, load_orchestrator_config
+    from orchestrator.gateway import create_app
+
+    try:
+        config = load_orchestrator_config(args.config)
+        gateway = config.gateway.model_copy(
+            update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        )
+        config = config.model_copy(update={"gateway": gateway})
+        app = create_app(config, config_dir=Path(args.config).resolve().parent)
+    except OrchestratorConfigError as exc:
+        print(f"tandem: invalid orchestrator config {args.config}: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        app,
+        host=config.gateway.host,
+        port=config.gateway.port,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_keep_alive=30,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandem", description="Prefill/decode disaggregated serving for vLLM."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_sim_parser(subparsers)
+    _add_orchestrator_parser(subparsers)
     return parser
 
 

@@ -1,0 +1,136 @@
+"""The orchestrator's configuration file: pools, scraping, gateway limits and the scheduler.
+
+    model: meta-llama/Llama-3.1-8B-Instruct   # optional; otherwise read from the pods
+    scheduler: tandem                          # a shipped config name, a file path, or inline
+    endpoints:                                 # static discovery (local runs)
+      - {name: prefill-0, host: 10.0.0.5, port: 8000, role: prefill}
+      - {name: decode-0, host: 10.0.0.6, port: 8000, role: decode}
+    scrape: {interval_s: 0.5, staleness_s: 2.0}
+    gateway: {port: 8000, max_in_flight_per_endpoint: 1024}
+
+Validated at start; a bad file stops the process with a message naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.scheduling.config import (
+    EndpointPickerConfig,
+    SchedulerConfigError,
+    load_config_file,
+    parse_config,
+)
+from orchestrator.scheduling.types import ROLE_LABEL, Endpoint
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+SHIPPED_SCHEDULERS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+
+
+class OrchestratorConfigError(ValueError):
+    """The orchestrator configuration is invalid; the message names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StaticEndpoint(_Strict):
+    """One pod, as a static discovery entry."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    role: Literal["prefill", "decode", "both"]
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    def endpoint(self) -> Endpoint:
+        labels = {**self.labels, ROLE_LABEL: self.role}
+        return Endpoint(self.name or f"{self.host}:{self.port}", self.host, self.port, labels)
+
+
+class ScrapeConfig(_Strict):
+    """Background polling of each pod's /metrics (never on the request path)."""
+
+    interval_s: float = Field(0.5, gt=0)
+    timeout_s: float = Field(2.0, gt=0)
+    staleness_s: float = Field(2.0, gt=0)
+    """Metrics older than this earn no load advantage (llm-d's staleness threshold, 2 s)."""
+    failures_before_unhealthy: int = Field(2, ge=1)
+    """Consecutive failed scrapes after which a pod is excluded until a scrape succeeds."""
+
+
+class GatewayConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    request_timeout_s: float = Field(600.0, gt=0)
+    """Longest wait for an upstream's first byte and between bytes."""
+    max_in_flight_per_endpoint: int = Field(1024, ge=1)
+    """An endpoint with this many requests in flight from here is saturated."""
+    retry_after_s: int = Field(1, ge=1)
+    chars_per_token: float = Field(4.0, gt=0)
+    """Prompt-length estimate when a request carries text (llm-d's estimate: 4 bytes)."""
+
+
+class OrchestratorConfig(_Strict):
+    model: str | None = None
+    scheduler: str | dict[str, Any] = "tandem"
+    endpoints: tuple[StaticEndpoint, ...] = ()
+    scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    seed: int | None = None
+    """Seeds the scheduler's tie-breaking, for repeatable benchmarks."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> OrchestratorConfig:
+        names = [e.endpoint().name for e in self.endpoints]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate endpoint names: {', '.join(duplicates)}")
+        return self
+
+    def scheduler_config(self, base_dir: Path | None = None) -> EndpointPickerConfig:
+        """The scheduler configuration this file names, loads or holds inline."""
+        try:
+            if isinstance(self.scheduler, dict):
+                return parse_config(self.scheduler)
+            if self.scheduler in SHIPPED_SCHEDULERS:
+                return load_config_file(CONFIG_DIR / f"{self.scheduler}.yaml")
+            path = Path(self.scheduler)
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            if not path.exists():
+                raise SchedulerConfigError(
+                    f"not a shipped config ({', '.join(SHIPPED_SCHEDULERS)}) "
+                    f"nor an existing file: {self.scheduler!r}"
+                )
+            return load_config_file(path)
+        except SchedulerConfigError as exc:
+            raise OrchestratorConfigError(f"scheduler: {exc}") from None
+
+
+def parse_orchestrator_config(document: dict[str, Any]) -> OrchestratorConfig:
+    try:
+        return OrchestratorConfig.model_validate(document)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            problems.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
+        raise OrchestratorConfigError("; ".join(problems)) from None
+
+
+def load_orchestrator_config(path: str | Path) -> OrchestratorConfig:
+    """Read and validate an orchestrator configuration file."""
+    try:
+        document = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise OrchestratorConfigError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(document, dict):
+        raise OrchestratorConfigError(f"{path}: expected a YAML mapping at the top level")
+    return parse_orchestrator_config(document)

@@ -1,0 +1,131 @@
+"""Endpoint state: who is in the pools, what their last scrape said, what is in flight.
+
+Discovery (a static list here; Kubernetes later, behind `EndpointSource`) decides which
+endpoints exist; the scraper records their metrics and health; the gateway counts the
+requests it has in flight to each. `views()` turns all of that into the immutable snapshot a
+scheduling cycle reads. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from orchestrator.scheduling.types import Endpoint, EndpointView, EngineMetrics
+
+
+class EndpointSource(Protocol):
+    """Where endpoints come from; calls `on_change` with the full set whenever it changes."""
+
+    async def run(self, on_change: Callable[[Sequence[Endpoint]], None]) -> None: ...
+
+
+class StaticEndpoints:
+    """A fixed list from the configuration file."""
+
+    def __init__(self, endpoints: Iterable[Endpoint]) -> None:
+        self._endpoints = tuple(endpoints)
+
+    async def run(self, on_change: Callable[[Sequence[Endpoint]], None]) -> None:
+        on_change(self._endpoints)
+
+
+@dataclass(slots=True)
+class EndpointState:
+    endpoint: Endpoint
+    metrics: EngineMetrics | None = None
+    healthy: bool = False
+    """Schedulable only once a scrape has succeeded, and until scrapes keep failing."""
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    in_flight: int = 0
+    in_flight_tokens: int = 0
+
+
+@dataclass(slots=True)
+class EndpointStore:
+    """The orchestrator's view of every endpoint, updated by discovery, scraper and gateway."""
+
+    staleness_s: float
+    failures_before_unhealthy: int = 2
+    _states: dict[str, EndpointState] = field(default_factory=dict)
+
+    def set_endpoints(self, endpoints: Sequence[Endpoint]) -> tuple[list[str], list[str]]:
+        """Replace the endpoint set; returns (added, removed) names. Known state is kept."""
+        wanted = {e.name: e for e in endpoints}
+        removed = [name for name in self._states if name not in wanted]
+        added = [name for name in wanted if name not in self._states]
+        for name in removed:
+            del self._states[name]
+        for name, endpoint in wanted.items():
+            state = self._states.get(name)
+            if state is None:
+                self._states[name] = EndpointState(endpoint)
+            else:
+                state.endpoint = endpoint
+        return added, removed
+
+    def endpoints(self) -> list[Endpoint]:
+        return [state.endpoint for state in self._states.values()]
+
+    def state(self, name: str) -> EndpointState | None:
+        return self._states.get(name)
+
+    def record_scrape(self, name: str, metrics: EngineMetrics) -> None:
+        state = self._states.get(name)
+        if state is None:
+            return
+        state.metrics = metrics
+        state.healthy = True
+        state.consecutive_failures = 0
+        state.last_error = None
+
+    def record_scrape_failure(self, name: str, error: str) -> bool:
+        """Count a failed scrape; returns True when this made the endpoint unhealthy."""
+        state = self._states.get(name)
+        if state is None:
+            return False
+        state.consecutive_failures += 1
+        state.last_error = error
+        was_healthy = state.healthy
+        if state.consecutive_failures >= self.failures_before_unhealthy:
+            state.healthy = False
+        return was_healthy and not state.healthy
+
+    def acquire(self, name: str, tokens: int = 0) -> None:
+        state = self._states.get(name)
+        if state is not None:
+            state.in_flight += 1
+            state.in_flight_tokens += tokens
+
+    def release_tokens(self, name: str, tokens: int) -> None:
+        """The prefill is over (first byte seen): its tokens no longer load the endpoint."""
+        state = self._states.get(name)
+        if state is not None:
+            state.in_flight_tokens = max(0, state.in_flight_tokens - tokens)
+
+    def release(self, name: str) -> None:
+        state = self._states.get(name)
+        if state is not None:
+            state.in_flight = max(0, state.in_flight - 1)
+
+    def views(self, now: float) -> list[EndpointView]:
+        """A snapshot of the healthy endpoints for one scheduling cycle."""
+        return [
+            EndpointView(
+                endpoint=state.endpoint,
+                metrics=state.metrics,
+                metrics_fresh=state.metrics is not None
+                and now - state.metrics.scraped_at <= self.staleness_s,
+                in_flight=state.in_flight,
+                in_flight_tokens=state.in_flight_tokens,
+            )
+            for state in self._states.values()
+            if state.healthy
+        ]
+
+    def counts(self) -> tuple[int, int]:
+        """(known, healthy) endpoint counts."""
+        healthy = sum(1 for state in self._states.values() if state.healthy)
+        return len(self._states), healthy

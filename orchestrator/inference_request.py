@@ -1,0 +1,85 @@
+"""What the gateway reads from an OpenAI request body before routing it.
+
+The gateway does not validate the request the way vLLM will (the pod answers with vLLM's own
+errors); it only needs the text to match prefixes on, a token estimate, and whether the
+client wants a stream. A body that is not a JSON object is refused here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import GatewayError
+from orchestrator.scheduling.types import SchedulingRequest
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    body: bytes
+    stream: bool
+    scheduling: SchedulingRequest
+
+
+def _message_text(messages: Any) -> str:
+    if not isinstance(messages, list):
+        raise GatewayError(400, "messages must be a list of chat messages", param="messages")
+    parts = []
+    for message in messages:
+        if not isinstance(message, Mapping):
+            raise GatewayError(400, "each chat message must be an object", param="messages")
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(
+                str(part.get("text", "")) for part in content if isinstance(part, Mapping)
+            )
+        parts.append(f"<{message.get('role', '')}>{content or ''}")
+    return "\n".join(parts)
+
+
+def _prompt_text_and_tokens(prompt: Any, chars_per_token: float) -> tuple[str, int]:
+    if isinstance(prompt, str):
+        return prompt, math.ceil(len(prompt) / chars_per_token)
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        # Token ids: hash their decimal form; the count is exact.
+        return " ".join(str(t) for t in prompt), len(prompt)
+    if isinstance(prompt, list) and prompt:
+        first = prompt[0]
+        return _prompt_text_and_tokens(first, chars_per_token)
+    return "", 0
+
+
+def parse_inference_request(
+    route: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    request_id: str,
+    chars_per_token: float,
+) -> InferenceRequest:
+    """Read the routing-relevant parts of a completions or chat body."""
+    try:
+        payload = json.loads(body) if body else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise GatewayError(400, "request body must be a JSON object")
+    if route == "chat":
+        text = _message_text(payload.get("messages"))
+        tokens = math.ceil(len(text) / chars_per_token)
+    else:
+        text, tokens = _prompt_text_and_tokens(payload.get("prompt"), chars_per_token)
+    model = payload.get("model")
+    return InferenceRequest(
+        body=body,
+        stream=bool(payload.get("stream")),
+        scheduling=SchedulingRequest(
+            request_id=request_id,
+            prompt=text,
+            num_prompt_tokens=tokens,
+            headers=dict(headers),
+            model=model if isinstance(model, str) else None,
+        ),
+    )

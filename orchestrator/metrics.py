@@ -1,0 +1,68 @@
+"""The orchestrator's own Prometheus metrics (`tandem_` prefix, fixed label sets)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+_REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 600.0)
+
+
+class GatewayMetrics:
+    """All metrics of one gateway, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "tandem_requests", "Requests answered, by route and HTTP status.",
+            ["route", "status"], registry=r,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "tandem_request_duration_seconds", "Time from request to the end of the response.",
+            ["route"], buckets=_REQUEST_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.scheduling_duration = Histogram(
+            "tandem_scheduling_duration_seconds", "Time to pick endpoints for one request.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.picks = Counter(
+            "tandem_picks", "Endpoints chosen, by profile.", ["profile", "endpoint"], registry=r
+        )
+        self.pd_decisions = Counter(
+            "tandem_pd_decisions", "Prefill/decode decisions, and why.",
+            ["decision", "reason"], registry=r,
+        )  # fmt: skip
+        self.rejections = Counter(
+            "tandem_rejected_requests", "Requests no endpoint could take, by reason.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.upstream_errors = Counter(
+            "tandem_upstream_errors", "Failures talking to a pod, by kind.",
+            ["kind"], registry=r,
+        )  # fmt: skip
+        self.scrape_errors = Counter(
+            "tandem_scrape_errors", "Failed metric scrapes, by endpoint.", ["endpoint"],
+            registry=r,
+        )  # fmt: skip
+        self.metrics_age = Gauge(
+            "tandem_endpoint_metrics_age_seconds", "Age of the last good scrape, by endpoint.",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
+        self.endpoint_healthy = Gauge(
+            "tandem_endpoint_healthy", "1 while the endpoint is schedulable.", ["endpoint"],
+            registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "tandem_in_flight_requests", "Requests in flight from this gateway, by endpoint.",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
+
+    def forget_endpoint(self, name: str) -> None:
+        for gauge in (self.metrics_age, self.endpoint_healthy, self.in_flight):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)

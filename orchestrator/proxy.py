@@ -1,0 +1,115 @@
+"""Forwarding HTTP requests to a pod: headers, error mapping, streaming relay, cancellation.
+
+Shared by the gateway and the routing sidecar, both of which stand in front of vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+import httpx
+from fastapi import Request
+from starlette.responses import Response
+
+from orchestrator.errors import GatewayError, error_body
+
+logger = logging.getLogger(__name__)
+
+PREFILLER_HEADER = "x-prefiller-host-port"
+REQUEST_ID_HEADER = "x-request-id"
+
+# RFC 9110 section 7.6.1 connection-specific fields, plus what httpx/Starlette recompute.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host",
+        "content-length",
+    }
+)  # fmt: skip
+
+
+def upstream_headers(
+    incoming: Mapping[str, str], *, drop: frozenset[str] = frozenset()
+) -> dict[str, str]:
+    """The client's headers minus hop-by-hop fields and anything in `drop` (lower case)."""
+    return {
+        key: value
+        for key, value in incoming.items()
+        if key.lower() not in _HOP_BY_HOP and key.lower() not in drop
+    }
+
+
+def downstream_headers(upstream: httpx.Headers) -> dict[str, str]:
+    """A pod's response headers minus hop-by-hop fields."""
+    return {k: v for k, v in upstream.items() if k.lower() not in _HOP_BY_HOP}
+
+
+def upstream_failure(what: str, exc: httpx.HTTPError) -> tuple[GatewayError, str]:
+    """Map an httpx failure to the client's status, and a fixed kind label for metrics."""
+    if isinstance(exc, httpx.ConnectError):
+        return GatewayError(503, f"{what} refused the connection or is unreachable"), "connect"
+    if isinstance(exc, httpx.TimeoutException):
+        return GatewayError(504, f"{what} did not answer in time ({type(exc).__name__})"), (
+            "timeout"
+        )
+    return GatewayError(502, f"{what} failed: {type(exc).__name__}"), "protocol"
+
+
+async def relay_stream(
+    response: httpx.Response,
+    *,
+    what: str,
+    on_first_chunk: Callable[[], None] | None = None,
+    on_failure: Callable[[str], None] | None = None,
+    on_close: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[bytes]:
+    """Yield a pod's response body chunk by chunk as it arrives.
+
+    A failure after the headers went out cannot change the status any more: for an SSE
+    stream it ends with an OpenAI error event and [DONE], as vLLM reports mid-stream errors.
+    """
+    first = True
+    try:
+        async for chunk in response.aiter_raw():
+            if first and on_first_chunk is not None:
+                on_first_chunk()
+            first = False
+            yield chunk
+    except httpx.HTTPError as exc:
+        error, kind = upstream_failure(what, exc)
+        logger.warning("upstream_stream_failed what=%s error=%r", what, exc)
+        if on_failure is not None:
+            on_failure(kind)
+        if response.headers.get("content-type", "").startswith("text/event-stream"):
+            event = json.dumps(error_body(error.status, error.message))
+            yield f"data: {event}\n\ndata: [DONE]\n\n".encode()
+    finally:
+        await response.aclose()
+        if on_close is not None:
+            await on_close()
+
+
+async def until_disconnected(request: Request) -> None:
+    """Return when the client disconnects (the body has been read; nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[Response]) -> Response:
+    """Run `work`; if the client goes away first, cancel it (and so its upstream request)."""
+    work_task = asyncio.ensure_future(work)
+    watch_task = asyncio.ensure_future(until_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch_task.cancel()
+    if work_task in done:
+        return work_task.result()
+    work_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work_task
+    raise asyncio.CancelledError

@@ -1,0 +1,40 @@
+"""The built-in scheduler plugins, registered under llm-d's type names."""
+
+from __future__ import annotations
+
+from orchestrator.scheduling.plugins.active_request_scorer import ActiveRequestScorer
+from orchestrator.scheduling.plugins.approx_prefix_cache_producer import (
+    ApproxPrefixCacheProducer,
+)
+from orchestrator.scheduling.plugins.kv_cache_utilization_scorer import KVCacheUtilizationScorer
+from orchestrator.scheduling.plugins.label_selector_filter import LabelSelectorFilter
+from orchestrator.scheduling.plugins.load_aware_scorer import LoadAwareScorer
+from orchestrator.scheduling.plugins.max_score_picker import MaxScorePicker
+from orchestrator.scheduling.plugins.pd_deciders import AlwaysDisaggPDDecider, PrefixBasedPDDecider
+from orchestrator.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
+from orchestrator.scheduling.plugins.profile_handlers import (
+    DisaggProfileHandler,
+    SingleProfileHandler,
+)
+from orchestrator.scheduling.plugins.queue_scorer import QueueScorer
+from orchestrator.scheduling.plugins.random_picker import RandomPicker
+from orchestrator.scheduling.plugins.role_filters import DecodeFilter, PrefillFilter
+from orchestrator.scheduling.plugins.round_robin_picker import RoundRobinPicker
+from orchestrator.scheduling.plugins.session_affinity_scorer import SessionAffinityScorer
+from orchestrator.scheduling.plugins.weighted_random_picker import WeightedRandomPicker
+from orchestrator.scheduling.registry import PluginRegistry
+
+
+def builtin_registry() -> PluginRegistry:
+    """A registry holding every built-in plugin (a new one each call: no shared state)."""
+    registry = PluginRegistry()
+    for plugin in (
+        PrefillFilter, DecodeFilter, PrefixCacheScorer, KVCacheUtilizationScorer, QueueScorer,
+        ActiveRequestScorer, LoadAwareScorer, SessionAffinityScorer, MaxScorePicker,
+        RandomPicker, WeightedRandomPicker, RoundRobinPicker, DisaggProfileHandler,
+        SingleProfileHandler, PrefixBasedPDDecider, AlwaysDisaggPDDecider,
+        ApproxPrefixCacheProducer,
+    ):  # fmt: skip
+        registry.register(plugin)
+    registry.register(LabelSelectorFilter, "by-label-selector")
+    return registry

@@ -1,0 +1,22 @@
+"""`kv-cache-utilization-scorer`: prefer endpoints with free KV cache (1 - kv usage)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from orchestrator.scheduling.framework import Cycle
+from orchestrator.scheduling.registry import Plugin
+from orchestrator.scheduling.types import EndpointView
+
+
+class KVCacheUtilizationScorer(Plugin):
+    type_name = "kv-cache-utilization-scorer"
+
+    def score(self, cycle: Cycle, endpoints: Sequence[EndpointView]) -> Mapping[str, float]:
+        # Stale or missing metrics earn no advantage: score as a full cache.
+        return {
+            view.name: 1.0 - view.metrics.kv_usage
+            if view.metrics is not None and view.metrics_fresh
+            else 0.0
+            for view in endpoints
+        }

@@ -1,0 +1,95 @@
+"""Approximate prefix index: which endpoint probably holds which prompt prefix.
+
+The orchestrator cannot see the pods' KV caches, so it remembers its own routing decisions:
+after a request is sent, the hashes of its prompt's leading blocks are recorded for the
+endpoints that computed them. A later request matching the first k hashes is predicted to
+find k blocks cached there. Blocks are fixed-size runs of characters (`block_size_tokens`
+estimated tokens of `chars_per_token` characters each, llm-d's "estimate" rule), hashed in a
+chain so a block only matches after the same parent. Each endpoint's entries are an LRU
+bounded by its capacity, so memory stays bounded and old prefixes age out the way the pod's
+own cache would evict them (llm-d/llm-d-router: approximateprefix, prefixhash/hashing.go).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable
+
+DEFAULT_BLOCK_SIZE_TOKENS = 64
+"""llm-d floors the approximate block size to 64 tokens (llm-d/llm-d-router#1158)."""
+DEFAULT_MAX_PREFIX_TOKENS = 131072
+DEFAULT_LRU_CAPACITY_PER_SERVER = 31250
+DEFAULT_CHARS_PER_TOKEN = 4.0
+
+
+class PrefixIndex:
+    """Per-endpoint LRU sets of chained block hashes, with a reverse map for matching."""
+
+    def __init__(
+        self,
+        *,
+        block_size_tokens: int = DEFAULT_BLOCK_SIZE_TOKENS,
+        max_prefix_tokens: int = DEFAULT_MAX_PREFIX_TOKENS,
+        lru_capacity_per_server: int = DEFAULT_LRU_CAPACITY_PER_SERVER,
+        chars_per_token: float = DEFAULT_CHARS_PER_TOKEN,
+        seed: str = "",
+    ) -> None:
+        if block_size_tokens < 1 or lru_capacity_per_server < 1 or chars_per_token <= 0:
+            raise ValueError("prefix index sizes must be positive")
+        self.block_size_tokens = block_size_tokens
+        self.block_chars = max(1, round(block_size_tokens * chars_per_token))
+        self.max_blocks = max(1, max_prefix_tokens // block_size_tokens)
+        self.default_capacity = lru_capacity_per_server
+        self._seed = hashlib.blake2b(seed.encode(), digest_size=8).digest()
+        self._entries: dict[str, OrderedDict[int, None]] = {}
+        self._capacity: dict[str, int] = {}
+
+    def hashes(self, text: str) -> list[int]:
+        """Chained hashes of the text's full blocks, up to the match limit."""
+        data = text.encode()
+        limit = min(len(data) // self.block_chars, self.max_blocks)
+        parent = self._seed
+        out: list[int] = []
+        for index in range(limit):
+            chunk = data[index * self.block_chars : (index + 1) * self.block_chars]
+            parent = hashlib.blake2b(parent + chunk, digest_size=8).digest()
+            out.append(int.from_bytes(parent, "big"))
+        return out
+
+    def match(self, hashes: Iterable[int], endpoint_name: str) -> int:
+        """How many leading hashes are recorded for the endpoint."""
+        entries = self._entries.get(endpoint_name)
+        if not entries:
+            return 0
+        matched = 0
+        for block_hash in hashes:
+            if block_hash not in entries:
+                break
+            matched += 1
+        return matched
+
+    def record(self, endpoint_name: str, hashes: Iterable[int]) -> None:
+        """Remember that the endpoint now holds these blocks (most recent last)."""
+        entries = self._entries.setdefault(endpoint_name, OrderedDict())
+        for block_hash in hashes:
+            entries[block_hash] = None
+            entries.move_to_end(block_hash)
+        capacity = self._capacity.get(endpoint_name, self.default_capacity)
+        while len(entries) > capacity:
+            entries.popitem(last=False)
+
+    def set_capacity(self, endpoint_name: str, blocks: int) -> None:
+        """Bound the endpoint's entries, e.g. to its KV capacity in index blocks."""
+        self._capacity[endpoint_name] = max(1, blocks)
+        entries = self._entries.get(endpoint_name)
+        while entries and len(entries) > blocks:
+            entries.popitem(last=False)
+
+    def forget(self, endpoint_name: str) -> None:
+        """Drop an endpoint that left the pool."""
+        self._entries.pop(endpoint_name, None)
+        self._capacity.pop(endpoint_name, None)
+
+    def size(self, endpoint_name: str) -> int:
+        return len(self._entries.get(endpoint_name, ()))

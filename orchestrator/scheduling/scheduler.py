@@ -1,0 +1,68 @@
+"""The scheduler: one object the gateway, the gRPC faces and the planner all call."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+from orchestrator.scheduling.framework import Cycle, ProfileHandler, SessionRecorder
+from orchestrator.scheduling.prefix_index import PrefixIndex
+from orchestrator.scheduling.profile import Profile
+from orchestrator.scheduling.types import (
+    EndpointView,
+    SchedulingRequest,
+    SchedulingResult,
+)
+
+
+class Scheduler:
+    """Runs a profile handler over its profiles and keeps the prefix index up to date."""
+
+    def __init__(
+        self,
+        profiles: Mapping[str, Profile],
+        handler: ProfileHandler,
+        prefix_index: PrefixIndex,
+        rng: random.Random | None = None,
+        *,
+        plugins: Mapping[str, object] | None = None,
+        auto_tune: bool = True,
+    ) -> None:
+        self.profiles = dict(profiles)
+        self.handler = handler
+        self.prefix_index = prefix_index
+        self.plugins = dict(plugins or {})
+        self.auto_tune = auto_tune
+        self._rng = rng or random.Random()
+        self._recorders = [p for p in self.plugins.values() if isinstance(p, SessionRecorder)]
+
+    def schedule(
+        self, request: SchedulingRequest, endpoints: Sequence[EndpointView], now: float
+    ) -> SchedulingResult:
+        """Pick endpoints for a request; raises SchedulingError when none can take it."""
+        cycle = Cycle(request, now, self._rng, self.prefix_index)
+        result = self.handler.run(cycle, self.profiles, endpoints)
+        self._record(cycle, result)
+        return result
+
+    def endpoint_capacity(self, endpoint_name: str, kv_tokens: int) -> None:
+        """Bound the prefix index's entries for an endpoint by its KV capacity (autoTune)."""
+        if self.auto_tune and kv_tokens > 0:
+            blocks = kv_tokens // self.prefix_index.block_size_tokens
+            self.prefix_index.set_capacity(endpoint_name, blocks)
+
+    def forget_endpoint(self, endpoint_name: str) -> None:
+        self.prefix_index.forget(endpoint_name)
+
+    def _record(self, cycle: Cycle, result: SchedulingResult) -> None:
+        """The chosen endpoints will hold the prompt's prefix (llm-d's PreRequest)."""
+        decode = result.decode.best.name
+        for recorder in self._recorders:
+            recorder.remember(cycle.request.headers, decode)
+        hashes = cycle.block_hashes
+        if not hashes:
+            return
+        self.prefix_index.record(decode, hashes)
+        targets = result.prefill_targets
+        if targets:
+            self.prefix_index.record(targets[0].name, hashes)

@@ -1,0 +1,146 @@
+"""Values the scheduler works on: endpoints, their state, the request, and the outcome.
+
+Everything here is immutable and built fresh for each scheduling cycle from the endpoint
+store, so plugins are pure functions of their inputs (plus the cycle's injected clock and
+random source).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+ROLE_LABEL = "llm-d.ai/role"
+
+
+class Role(enum.StrEnum):
+    """Values of the `llm-d.ai/role` label."""
+
+    PREFILL = "prefill"
+    DECODE = "decode"
+    BOTH = "both"
+    PREFILL_DECODE = "prefill-decode"
+    ENCODE_PREFILL = "encode-prefill"
+    ENCODE_PREFILL_DECODE = "encode-prefill-decode"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A model-server pod the orchestrator can send requests to."""
+
+    name: str
+    host: str
+    port: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        """host:port, as used in `x-prefiller-host-port` and upstream URLs."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def role(self) -> str | None:
+        return self.labels.get(ROLE_LABEL)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineMetrics:
+    """What the last scrape of a pod's `/metrics` said (vLLM's names in comments)."""
+
+    waiting: int  # vllm:num_requests_waiting
+    running: int  # vllm:num_requests_running
+    kv_usage: float  # vllm:kv_cache_usage_perc, 0..1
+    scraped_at: float
+    block_size: int | None = None  # vllm:cache_config_info{block_size}
+    num_gpu_blocks: int | None = None  # vllm:cache_config_info{num_gpu_blocks}
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    """One endpoint as a scheduling cycle sees it."""
+
+    endpoint: Endpoint
+    metrics: EngineMetrics | None = None
+    metrics_fresh: bool = False
+    """False when the last scrape is older than the staleness limit (or never happened)."""
+    in_flight: int = 0
+    """Requests the orchestrator has sent there and not yet seen finish (always current)."""
+    in_flight_tokens: int = 0
+    """Uncached prompt tokens of those requests still being prefilled."""
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulingRequest:
+    """What the scheduler knows about a request."""
+
+    request_id: str
+    prompt: str
+    """The text the prefix index hashes: the prompt, or the rendered chat messages."""
+    num_prompt_tokens: int
+    """An estimate unless token ids came with the request."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredEndpoint:
+    """An endpoint and its weighted total score in one profile."""
+
+    view: EndpointView
+    score: float
+
+    @property
+    def name(self) -> str:
+        return self.view.endpoint.name
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileResult:
+    """The ranked picks of one profile and each scorer's raw scores (for debugging)."""
+
+    profile: str
+    picks: tuple[ScoredEndpoint, ...]
+    scores: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    @property
+    def best(self) -> ScoredEndpoint:
+        return self.picks[0]
+
+
+class PDDecision(enum.StrEnum):
+    DISAGGREGATE = "disaggregate"
+    LOCAL = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulingResult:
+    """Where a request goes: the decode (primary) pick, and prefill picks if disaggregated."""
+
+    decode: ProfileResult
+    prefill: ProfileResult | None
+    decision: PDDecision
+    reason: str
+    """Why, as a fixed label value (e.g. "uncached_above_threshold", "aggregated_pool")."""
+
+    @property
+    def prefill_targets(self) -> tuple[ScoredEndpoint, ...]:
+        """Ranked prefill endpoints when disaggregated, else empty."""
+        if self.decision is PDDecision.DISAGGREGATE and self.prefill is not None:
+            return self.prefill.picks
+        return ()
+
+
+class SchedulingError(Exception):
+    """No endpoint can take the request; `status` is what the client gets (503 or 429)."""
+
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason
