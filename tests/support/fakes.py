@@ -1,0 +1,55 @@
+"""Fake model servers for gateway and sidecar tests: they record what reaches them."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+VLLM_METRICS = """\
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 0.0
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} 0.0
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.0
+"""
+
+
+@dataclass
+class Recorder:
+    """What a fake server saw, and how it should answer."""
+
+    headers: list[dict[str, str]] = field(default_factory=list)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 200
+    delay_s: float = 0.0
+
+
+def recording_server(recorder: Recorder) -> FastAPI:
+    """Answers completions with a fixed body after `delay_s`, recording headers and bodies."""
+    app = FastAPI()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(VLLM_METRICS, media_type="text/plain")
+
+    @app.post("/v1/completions")
+    @app.post("/v1/chat/completions")
+    async def completion(request: Request) -> JSONResponse:
+        recorder.headers.append({k.lower(): v for k, v in request.headers.items()})
+        recorder.bodies.append(await request.json())
+        if recorder.delay_s:
+            await asyncio.sleep(recorder.delay_s)
+        body: dict[str, Any] = {
+            "id": "cmpl-fake",
+            "object": "text_completion",
+            "choices": [],
+            "usage": None,
+        }
+        return JSONResponse(body, status_code=recorder.status)
+
+    return app
