@@ -174,6 +174,35 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_microbench_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "microbench",
+        help="measure the orchestrator's own cost (scheduling time, gateway latency)",
+    )
+    parser.add_argument("which", choices=("scheduler", "gateway"))
+    parser.add_argument("--output", default="results", help="folder for the JSON result")
+    parser.set_defaults(handler=_run_microbench)
+
+
+def _run_microbench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from bench.microbench import gateway_added_latency, scheduler_pick_time
+
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    if args.which == "scheduler":
+        result = scheduler_pick_time()
+    else:
+        result = gateway_added_latency(workdir=output)
+    path = output / f"microbench-{args.which}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"written: {path}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandem", description="Prefill/decode disaggregated serving for vLLM."
@@ -181,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_sim_parser(subparsers)
     _add_orchestrator_parser(subparsers)
+    _add_microbench_parser(subparsers)
     return parser
 
 

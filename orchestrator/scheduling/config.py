@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
 IGNORED_SECTIONS = ("dataLayer", "flowControl", "requestHandler", "saturationDetector", "parser")
+KNOWN_FEATURE_GATES = ("flowControl", "haPopulateNonLeaderDatastore")
+"""llm-d's gates; accepted and ignored (an unknown gate stops llm-d's EPP, and tandem)."""
 
 
 class SchedulerConfigError(ValueError):
@@ -111,6 +113,12 @@ def parse_config(document: Mapping[str, Any]) -> EndpointPickerConfig:
         raise SchedulerConfigError(
             f"apiVersion: must be one of {', '.join(API_VERSIONS)}, got {config.apiVersion!r}"
         )
+    for position, gate in enumerate(config.featureGates):
+        if gate.split("=", 1)[0] not in KNOWN_FEATURE_GATES:
+            raise SchedulerConfigError(
+                f"featureGates[{position}]: unknown gate {gate!r}; "
+                f"known: {', '.join(KNOWN_FEATURE_GATES)}"
+            )
     for key in config.model_extra or {}:
         if key not in IGNORED_SECTIONS:
             raise SchedulerConfigError(f"{key}: unknown section")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 DEFAULT_BLOCK_SIZE_TOKENS = 64
 """llm-d floors the approximate block size to 64 tokens (llm-d/llm-d-router#1158)."""
@@ -69,10 +69,14 @@ class PrefixIndex:
             matched += 1
         return matched
 
-    def record(self, endpoint_name: str, hashes: Iterable[int]) -> None:
-        """Remember that the endpoint now holds these blocks (most recent last)."""
+    def record(self, endpoint_name: str, hashes: Sequence[int]) -> None:
+        """Remember that the endpoint now holds these blocks.
+
+        Recorded tail first, so a prompt's leading blocks are the most recently used and the
+        last to age out (a prefix that is partly evicted still matches its head, as in the
+        pod's own cache, which frees tail blocks first)."""
         entries = self._entries.setdefault(endpoint_name, OrderedDict())
-        for block_hash in hashes:
+        for block_hash in reversed(hashes):
             entries[block_hash] = None
             entries.move_to_end(block_hash)
         capacity = self._capacity.get(endpoint_name, self.default_capacity)
@@ -81,9 +85,9 @@ class PrefixIndex:
 
     def set_capacity(self, endpoint_name: str, blocks: int) -> None:
         """Bound the endpoint's entries, e.g. to its KV capacity in index blocks."""
-        self._capacity[endpoint_name] = max(1, blocks)
+        capacity = self._capacity[endpoint_name] = max(1, blocks)
         entries = self._entries.get(endpoint_name)
-        while entries and len(entries) > blocks:
+        while entries and len(entries) > capacity:
             entries.popitem(last=False)
 
     def forget(self, endpoint_name: str) -> None:

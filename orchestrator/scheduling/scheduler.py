@@ -58,7 +58,7 @@ class Scheduler:
         """The chosen endpoints will hold the prompt's prefix (llm-d's PreRequest)."""
         decode = result.decode.best.name
         for recorder in self._recorders:
-            recorder.remember(cycle.request.headers, decode)
+            recorder.remember(cycle.request.headers, result)
         hashes = cycle.block_hashes
         if not hashes:
             return

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from orchestrator.scheduling.framework import Cycle
 from orchestrator.scheduling.registry import Plugin, PluginParameters
-from orchestrator.scheduling.types import EndpointView
+from orchestrator.scheduling.types import EndpointView, SchedulingResult
 
 SESSION_TOKEN_HEADER = "x-session-token"
 SESSION_ID_HEADER = "x-session-id"
@@ -54,10 +54,17 @@ class SessionAffinityScorer(Plugin):
         bound = self._bound_endpoint(cycle.request.headers)
         return {view.name: 1.0 if view.name == bound else 0.0 for view in endpoints}
 
-    def remember(self, headers: Mapping[str, str], endpoint_name: str) -> None:
-        """Bind a `session_id` session to the endpoint that served it (bounded LRU)."""
+    def remember(self, headers: Mapping[str, str], result: SchedulingResult) -> None:
+        """Bind a `session_id` session to the endpoint that served it in this scorer's
+        profile (`profileName`, the decode profile by default); a bounded LRU."""
         session_id = headers.get(SESSION_ID_HEADER)
         if self.parameters.strategy != "session_id" or not session_id:
+            return
+        endpoint_name = result.decode.best.name
+        prefill = result.prefill
+        if prefill is not None and self.parameters.profileName == prefill.profile:
+            endpoint_name = prefill.best.name
+        elif self.parameters.profileName not in (None, result.decode.profile):
             return
         self._sessions[session_id] = endpoint_name
         self._sessions.move_to_end(session_id)

@@ -1,0 +1,1 @@
+"""Benchmarks: load generation, reports and micro-benchmarks (never run by the tests)."""

@@ -1,0 +1,176 @@
+"""Micro-benchmarks of the orchestrator's own cost: scheduling time and gateway latency.
+
+    tandem microbench scheduler   # median pick time, 16 endpoints, 7,200-token prompts
+    tandem microbench gateway     # added latency of the gateway hop at 50 requests/s
+
+Both write a JSON file with the raw figures; neither is asserted in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from orchestrator.config import CONFIG_DIR
+from orchestrator.scheduling.config import build_scheduler, load_config_file
+from orchestrator.scheduling.types import (
+    ROLE_LABEL,
+    Endpoint,
+    EndpointView,
+    EngineMetrics,
+    SchedulingRequest,
+)
+from simulator.tokenizer import SYNTHETIC_WORDS
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySummary:
+    count: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> LatencySummary:
+        ms = sorted(s * 1000 for s in seconds)
+        quantiles = statistics.quantiles(ms, n=100, method="inclusive")
+        return cls(
+            len(ms), statistics.median(ms), quantiles[89], quantiles[98], statistics.fmean(ms)
+        )
+
+
+def _text(num_tokens: int, rng: random.Random, prefix: str = "") -> str:
+    words = " ".join(rng.choice(SYNTHETIC_WORDS) for _ in range(num_tokens))
+    return prefix + " " + words
+
+
+def scheduler_pick_time(
+    *, endpoints: int = 16, prompt_tokens: int = 7200, requests: int = 2000, seed: int = 1
+) -> dict[str, object]:
+    """Time `Scheduler.schedule` for P/D requests of a shared-prefix workload."""
+    rng = random.Random(seed)
+    scheduler = build_scheduler(
+        load_config_file(CONFIG_DIR / "tandem.yaml"), rng=random.Random(seed)
+    )
+    views = [
+        EndpointView(
+            Endpoint(f"pod-{i}", "10.0.0.1", 8000 + i,
+                     {ROLE_LABEL: "prefill" if i < endpoints // 2 else "decode"}),
+            EngineMetrics(rng.randint(0, 20), rng.randint(0, 100), rng.random(), 0.0, 16, 28125),
+            metrics_fresh=True,
+            in_flight=rng.randint(0, 50),
+        )
+        for i in range(endpoints)
+    ]  # fmt: skip
+    # 150 groups sharing a 6,000-token system prompt, as in the benchmark workload.
+    system = [_text(6000, rng) for _ in range(150)]
+    chars_per_token = 4.0
+    timings: list[float] = []
+    for index in range(requests):
+        prompt = system[rng.randrange(150)] + _text(prompt_tokens - 6000, rng)
+        request = SchedulingRequest(f"r{index}", prompt, prompt_tokens)
+        started = time.perf_counter()
+        scheduler.schedule(request, views, now=0.0)
+        timings.append(time.perf_counter() - started)
+    return {
+        "endpoints": endpoints,
+        "prompt_tokens": prompt_tokens,
+        "prompt_chars_per_token_estimate": chars_per_token,
+        "pick_time": asdict(LatencySummary.of(timings[requests // 10 :])),  # skip warm-up
+    }
+
+
+async def _open_loop(
+    url: str, rate: float, duration_s: float, body: dict[str, object]
+) -> list[float]:
+    """Send at a fixed rate for `duration_s` (bounded), return each request's latency."""
+    latencies: list[float] = []
+    async with httpx.AsyncClient(timeout=30) as client:
+
+        async def one() -> None:
+            started = time.perf_counter()
+            reply = await client.post(url, json=body)
+            reply.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+
+        tasks = []
+        start = time.perf_counter()
+        for index in range(int(rate * duration_s)):
+            await asyncio.sleep(max(0.0, start + index / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    return latencies
+
+
+def _wait_ready(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout_s}s")
+
+
+def gateway_added_latency(
+    *, rate: float = 50.0, duration_s: float = 20.0, pod_port: int = 18210,
+    gateway_port: int = 18211, workdir: Path = Path("results"),
+) -> dict[str, object]:  # fmt: skip
+    """p50 latency of a non-streaming request via the gateway vs straight to the pod."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "microbench-gateway.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "endpoints": [
+                    {"name": "pod", "host": "127.0.0.1", "port": pod_port, "role": "both"}
+                ],
+                "gateway": {"port": gateway_port},
+            }
+        )
+    )
+    tandem = [sys.executable, "-m", "tandem.cli"]
+    processes = [
+        subprocess.Popen(
+            [*tandem, "sim", "--port", str(pod_port), "--side-channel-port",
+             str(pod_port + 1000), "--log-level", "warning"]
+        ),
+        subprocess.Popen(
+            [*tandem, "orchestrator", "--config", str(config), "--log-level", "warning"]
+        ),
+    ]  # fmt: skip
+    try:
+        _wait_ready(f"http://127.0.0.1:{pod_port}/health")
+        _wait_ready(f"http://127.0.0.1:{gateway_port}/ready")
+        body: dict[str, object] = {"prompt": "How far is the moon?", "max_tokens": 1}
+        direct = asyncio.run(
+            _open_loop(f"http://127.0.0.1:{pod_port}/v1/completions", rate, duration_s, body)
+        )
+        via = asyncio.run(
+            _open_loop(f"http://127.0.0.1:{gateway_port}/v1/completions", rate, duration_s, body)
+        )
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=20)
+    direct_summary, via_summary = LatencySummary.of(direct), LatencySummary.of(via)
+    return {
+        "rate_per_s": rate,
+        "duration_s": duration_s,
+        "direct": asdict(direct_summary),
+        "via_gateway": asdict(via_summary),
+        "added_p50_ms": via_summary.p50_ms - direct_summary.p50_ms,
+    }
