@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -126,7 +127,7 @@ def _wait_ready(url: str, timeout_s: float = 30) -> None:
 
 def gateway_added_latency(
     *, rate: float = 50.0, duration_s: float = 20.0, pod_port: int = 18210,
-    gateway_port: int = 18211, workdir: Path = Path("results"),
+    gateway_port: int = 18211, workdir: Path = Path("results"), pod_time_scale: float = 1.0,
 ) -> dict[str, object]:  # fmt: skip
     """p50 latency of a non-streaming request via the gateway vs straight to the pod."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def gateway_added_latency(
     processes = [
         subprocess.Popen(
             [*tandem, "sim", "--port", str(pod_port), "--side-channel-port",
-             str(pod_port + 1000), "--log-level", "warning"]
+             str(pod_port + 1000), "--log-level", "warning", "--time-scale", str(pod_time_scale)]
         ),
         subprocess.Popen(
             [*tandem, "orchestrator", "--config", str(config), "--log-level", "warning"]
@@ -158,9 +159,11 @@ def gateway_added_latency(
         direct = asyncio.run(
             _open_loop(f"http://127.0.0.1:{pod_port}/v1/completions", rate, duration_s, body)
         )
+        cpu_before = _cpu_seconds(processes[1].pid)
         via = asyncio.run(
             _open_loop(f"http://127.0.0.1:{gateway_port}/v1/completions", rate, duration_s, body)
         )
+        gateway_cpu = _cpu_seconds(processes[1].pid) - cpu_before
     finally:
         for process in processes:
             process.terminate()
@@ -170,7 +173,16 @@ def gateway_added_latency(
     return {
         "rate_per_s": rate,
         "duration_s": duration_s,
+        "pod_time_scale": pod_time_scale,
         "direct": asdict(direct_summary),
         "via_gateway": asdict(via_summary),
         "added_p50_ms": via_summary.p50_ms - direct_summary.p50_ms,
+        "gateway_cpu_ms_per_request": 1000 * gateway_cpu / max(1, len(via)),
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), including scrapes it did."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 ERROR_TYPES: dict[int, str] = {
@@ -50,6 +50,10 @@ class GatewayError(Exception):
         )
 
 
+class ClientDisconnected(Exception):
+    """The client went away before its response was ready; its work was cancelled."""
+
+
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, object]:
     kind = ERROR_TYPES.get(status, HTTPStatus(status).phrase)
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
@@ -59,6 +63,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def _gateway_error(_: Request, exc: GatewayError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(ClientDisconnected)
+    async def _client_gone(_: Request, exc: ClientDisconnected) -> Response:
+        return Response(status_code=499)  # nobody is listening; nginx's "client closed"
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

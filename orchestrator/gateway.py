@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointSource, EndpointStore, StaticEndpoints
-from orchestrator.errors import GatewayError, install_error_handlers
+from orchestrator.errors import ClientDisconnected, GatewayError, install_error_handlers
 from orchestrator.inference_request import InferenceRequest, parse_inference_request
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.proxy import (
@@ -72,6 +72,9 @@ class Gateway:
     scheduler: Scheduler
     store: EndpointStore
     client: httpx.AsyncClient
+    transport: httpx.AsyncBaseTransport
+    """Inference requests go straight to the transport: the client's cookie, auth and
+    redirect handling cost a third of the gateway's time and mean nothing to a proxy."""
     metrics: GatewayMetrics
     clock: Callable[[], float]
     scraper: MetricsScraper | None = None
@@ -171,7 +174,7 @@ class Gateway:
             status = exc.status
             exc.headers[REQUEST_ID_HEADER] = request_id
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ClientDisconnected):
             status = 499  # client closed the request (nginx's convention)
             raise
         finally:
@@ -205,7 +208,7 @@ class Gateway:
         headers[REQUEST_ID_HEADER] = request_id
         if prefill:
             headers[PREFILLER_HEADER] = ",".join(e.address for e in prefill)
-        logger.info(
+        logger.debug(
             "request_routed request_id=%s decode=%s prefill=%s decision=%s reason=%s",
             request_id, decode.name, prefill[0].name if prefill else "-",
             result.decision.value, result.reason,
@@ -222,7 +225,8 @@ class Gateway:
         )
         loads = self._acquire(parsed, result)
         try:
-            upstream = await self.client.send(upstream_request, stream=True)
+            upstream = await self.transport.handle_async_request(upstream_request)
+            upstream.request = upstream_request
         except httpx.ConnectError as exc:
             self._release(loads)
             raise _Unreachable(decode.name, exc) from None
@@ -349,8 +353,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway_config = config.gateway
+        upstream_transport = transport or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512)
+        )
         client = httpx.AsyncClient(
-            transport=transport,
+            transport=upstream_transport,
             timeout=httpx.Timeout(
                 gateway_config.request_timeout_s, connect=gateway_config.connect_timeout_s
             ),
@@ -361,6 +368,7 @@ def create_app(
             scheduler=scheduler,
             store=EndpointStore(config.scrape.staleness_s, config.scrape.failures_before_unhealthy),
             client=client,
+            transport=upstream_transport,
             metrics=GatewayMetrics(),
             clock=clock,
             encodes_sessions=any(
@@ -395,13 +403,15 @@ def create_app(
         gateway: Gateway = request.app.state.gateway
         return gateway
 
-    @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await gateway_of(request).forward(request, "completions")
 
-    @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         return await gateway_of(request).forward(request, "chat")
+
+    # Plain Starlette routes: the hot path needs none of FastAPI's parameter handling.
+    app.router.add_route("/v1/completions", completions, methods=["POST"])
+    app.router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:

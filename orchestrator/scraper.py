@@ -33,11 +33,20 @@ class MetricsParseError(ValueError):
     """The /metrics text lacks what the scheduler needs."""
 
 
+_WANTED = (*WAITING, *RUNNING, *KV_USAGE, CACHE_INFO)
+
+
+def _wanted_lines(text: str) -> str:
+    """Only the samples the scheduler reads: a vLLM exposition is mostly histogram buckets,
+    and parsing all of it at every scrape would cost more than the rest of the gateway."""
+    return "\n".join(line for line in text.splitlines() if line.startswith(_WANTED))
+
+
 def parse_engine_metrics(text: str, scraped_at: float) -> EngineMetrics:
     """The scheduler's view of one pod from its Prometheus text exposition."""
     values: dict[str, float] = {}
     block_size = num_gpu_blocks = None
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(_wanted_lines(text)):
         for sample in family.samples:
             if sample.name == CACHE_INFO:
                 block_size = _int_label(sample.labels, "block_size")

@@ -15,7 +15,7 @@ from orchestrator.config import parse_orchestrator_config
 from orchestrator.gateway import create_app
 from simulator.tokenizer import SYNTHETIC_WORDS
 from tests.support.fakes import Recorder, recording_server
-from tests.support.servers import free_port, pod_config, running_pod, serve, wait_until
+from tests.support.servers import free_port, pod_config, running_pod, scrape, serve, wait_until
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -309,3 +309,30 @@ def test_a_refused_connection_is_retried_on_another_endpoint() -> None:
     assert statuses == [200] * 6
     assert len(second.headers) == 6
     assert 'tandem_upstream_errors_total{kind="connect"}' in text
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_cancels_the_upstream_request(stream: bool) -> None:
+    pod = pod_config(time_scale=2.0)
+    with (
+        running_pod(pod),
+        gateway([{"name": "pod", "host": "127.0.0.1", "port": pod.port, "role": "both"}]) as url,
+    ):
+        assert wait_until(lambda: ready(url))
+        body = {"prompt": "go on", "max_tokens": 2000, "ignore_eos": True, "stream": stream}
+        with httpx.Client(timeout=httpx.Timeout(10, read=0.5)) as client:
+            try:
+                with client.stream("POST", f"{url}/v1/completions", json=body) as reply:
+                    lines = reply.iter_lines()
+                    next(lines)  # the stream has started: the pod is generating
+                    assert scrape(pod_url(pod))["vllm:num_requests_running{}"] == 1
+            except httpx.ReadTimeout:
+                pass  # the non-streaming request: the client gave up waiting
+        aborted = "vllm:request_success_total{finished_reason=abort}"
+        assert wait_until(lambda: scrape(pod_url(pod))[aborted] == 1)
+        assert scrape(pod_url(pod))["vllm:num_requests_running{}"] == 0
+        assert scrape(pod_url(pod))["vllm:kv_cache_usage_perc{}"] == 0
+
+
+def pod_url(config: Any) -> str:
+    return f"http://127.0.0.1:{config.port}"
