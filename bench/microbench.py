@@ -125,11 +125,25 @@ def _wait_ready(url: str, timeout_s: float = 30) -> None:
     raise RuntimeError(f"{url} not ready after {timeout_s}s")
 
 
+def _wait_ready_post(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.post(url, json={"prompt": "x", "max_tokens": 1}, timeout=2).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout_s}s")
+
+
 def gateway_added_latency(
     *, rate: float = 50.0, duration_s: float = 20.0, pod_port: int = 18210,
-    gateway_port: int = 18211, workdir: Path = Path("results"), pod_time_scale: float = 1.0,
+    gateway_port: int = 18211, bare_proxy_port: int = 18212, workdir: Path = Path("results"),
+    pod_time_scale: float = 1.0,
 ) -> dict[str, object]:  # fmt: skip
-    """p50 latency of a non-streaming request via the gateway vs straight to the pod."""
+    """p50 latency of a non-streaming request via the gateway vs straight to the pod, and
+    via a bare httpx proxy (the floor any Python proxy built on httpx pays on this machine)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "microbench-gateway.yaml"
     config.write_text(
@@ -151,10 +165,16 @@ def gateway_added_latency(
         subprocess.Popen(
             [*tandem, "orchestrator", "--config", str(config), "--log-level", "warning"]
         ),
+        subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.bare_proxy:app", "--port",
+             str(bare_proxy_port), "--log-level", "warning", "--no-access-log"],
+            env={**os.environ, "TANDEM_BARE_PROXY_UPSTREAM": f"http://127.0.0.1:{pod_port}"},
+        ),
     ]  # fmt: skip
     try:
         _wait_ready(f"http://127.0.0.1:{pod_port}/health")
         _wait_ready(f"http://127.0.0.1:{gateway_port}/ready")
+        _wait_ready_post(f"http://127.0.0.1:{bare_proxy_port}/v1/completions")
         body: dict[str, object] = {"prompt": "How far is the moon?", "max_tokens": 1}
         direct = asyncio.run(
             _open_loop(f"http://127.0.0.1:{pod_port}/v1/completions", rate, duration_s, body)
@@ -164,20 +184,29 @@ def gateway_added_latency(
             _open_loop(f"http://127.0.0.1:{gateway_port}/v1/completions", rate, duration_s, body)
         )
         gateway_cpu = _cpu_seconds(processes[1].pid) - cpu_before
+        cpu_before = _cpu_seconds(processes[2].pid)
+        bare = asyncio.run(
+            _open_loop(f"http://127.0.0.1:{bare_proxy_port}/v1/completions", rate, duration_s, body)
+        )
+        bare_cpu = _cpu_seconds(processes[2].pid) - cpu_before
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(timeout=20)
     direct_summary, via_summary = LatencySummary.of(direct), LatencySummary.of(via)
+    bare_summary = LatencySummary.of(bare)
     return {
         "rate_per_s": rate,
         "duration_s": duration_s,
         "pod_time_scale": pod_time_scale,
         "direct": asdict(direct_summary),
         "via_gateway": asdict(via_summary),
+        "via_bare_httpx_proxy": asdict(bare_summary),
         "added_p50_ms": via_summary.p50_ms - direct_summary.p50_ms,
+        "bare_proxy_added_p50_ms": bare_summary.p50_ms - direct_summary.p50_ms,
         "gateway_cpu_ms_per_request": 1000 * gateway_cpu / max(1, len(via)),
+        "bare_proxy_cpu_ms_per_request": 1000 * bare_cpu / max(1, len(bare)),
     }
 
 
