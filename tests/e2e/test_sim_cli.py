@@ -5,9 +5,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -15,10 +12,8 @@ import pytest
 from openai import OpenAI
 
 from simulator.profiles import PROFILES
-from tests.support.servers import free_port, wait_until
+from tests.support.processes import REPO_ROOT, TANDEM, sim_process
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TANDEM = [sys.executable, "-m", "tandem.cli"]
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
 
@@ -56,32 +51,6 @@ def test_unknown_profile_exits_2_naming_the_valid_profiles() -> None:
     assert "nope" in result.stderr
     for name in PROFILES:
         assert name in result.stderr
-
-
-@contextmanager
-def sim_process(log: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`tandem sim` on a free port, ready to serve; killed if still running at the end."""
-    port = free_port()
-    argv = [*TANDEM, "sim", "--port", str(port), "--side-channel-port", str(free_port()), *args]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT)
-        try:
-
-            def ready() -> bool:
-                if process.poll() is not None:
-                    return True  # exited: stop polling, the assertion below reports it
-                try:
-                    return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success
-                except httpx.TransportError:
-                    return False
-
-            assert wait_until(ready, timeout_s=30, interval_s=0.1), log.read_text()
-            assert process.poll() is None, log.read_text()
-            yield process, port
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
 
 
 def port_is_free(port: int) -> bool:

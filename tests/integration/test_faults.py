@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from simulator.faults import FAULT_ERRORS, FaultConfig
-from tests.support.servers import free_port, pod_config, running_pod, scrape, wait_until
+from tests.support.processes import sim_process
+from tests.support.servers import pod_config, running_pod, scrape, wait_until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPLETION = {"prompt": "hello there", "max_tokens": 2}
 
 
@@ -124,37 +120,10 @@ def test_added_latency_still_answers(latency_s: float) -> None:
     assert reply.json()["usage"]["completion_tokens"] == 2
 
 
-@contextmanager
-def sim_process(log: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """`tandem sim` in a subprocess on free ports, ready; killed when the block ends."""
-    port = free_port()
-    argv = [sys.executable, "-m", "tandem.cli", "sim", "--port", str(port)]
-    argv += ["--side-channel-port", str(free_port()), "--time-scale", "0.05", *args]
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT)
-        try:
-
-            def ready() -> bool:
-                if process.poll() is not None:
-                    return True  # exited: stop polling, the assertion below reports it
-                try:
-                    return httpx.get(f"{url}/health", timeout=1).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            assert wait_until(ready, timeout_s=30, interval_s=0.1), log.read_text()
-            assert process.poll() is None, log.read_text()
-            yield process, url
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
-
-
 def test_crash_after_exits_the_process_on_the_nth_request(tmp_path: Path) -> None:
     log = tmp_path / "sim.log"
-    with sim_process(log, "--fault-crash-after", "2") as (process, url):
+    with sim_process(log, "--time-scale", "0.05", "--fault-crash-after", "2") as (process, port):
+        url = f"http://127.0.0.1:{port}"
         with httpx.Client(timeout=10) as client:
             first = client.post(f"{url}/v1/completions", json=COMPLETION)
             with pytest.raises(httpx.TransportError):
