@@ -2,6 +2,7 @@
 
     tandem microbench scheduler   # median pick time, 16 endpoints, 7,200-token prompts
     tandem microbench gateway     # added latency of the gateway hop at 50 requests/s
+    tandem microbench sidecar     # added latency of the sidecar hop at 50 requests/s
 
 Both write a JSON file with the raw figures; neither is asserted in tests.
 """
@@ -137,58 +138,55 @@ def _wait_ready_post(url: str, timeout_s: float = 30) -> None:
     raise RuntimeError(f"{url} not ready after {timeout_s}s")
 
 
-def gateway_added_latency(
-    *, rate: float = 50.0, duration_s: float = 20.0, pod_port: int = 18210,
-    gateway_port: int = 18211, bare_proxy_port: int = 18212, workdir: Path = Path("results"),
-    pod_time_scale: float = 1.0,
+def hop_added_latency(
+    front: str, *, rate: float = 50.0, duration_s: float = 20.0, base_port: int = 18210,
+    workdir: Path = Path("results"), pod_time_scale: float = 1.0,
 ) -> dict[str, object]:  # fmt: skip
-    """p50 latency of a non-streaming request via the gateway vs straight to the pod, and
-    via a bare httpx proxy (the floor any Python proxy built on httpx pays on this machine)."""
+    """p50 latency of a non-streaming request through `front` ("gateway" or "sidecar") vs
+    straight to the pod, and through a bare httpx proxy in the same run (the floor any Python
+    proxy built on httpx pays on this machine)."""
+    pod_port, front_port, bare_port = base_port, base_port + 1, base_port + 2
     workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "microbench-gateway.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "endpoints": [
-                    {"name": "pod", "host": "127.0.0.1", "port": pod_port, "role": "both"}
-                ],
-                "gateway": {"port": gateway_port},
-            }
-        )
-    )
     tandem = [sys.executable, "-m", "tandem.cli"]
+    if front == "gateway":
+        config = workdir / "microbench-gateway.yaml"
+        endpoint = {"name": "pod", "host": "127.0.0.1", "port": pod_port, "role": "both"}
+        config.write_text(json.dumps({"endpoints": [endpoint], "gateway": {"port": front_port}}))
+        front_argv = [*tandem, "orchestrator", "--config", str(config)]
+        front_ready = f"http://127.0.0.1:{front_port}/ready"
+    elif front == "sidecar":
+        front_argv = [*tandem, "sidecar", "--port", str(front_port), "--vllm-port", str(pod_port)]
+        front_ready = f"http://127.0.0.1:{front_port}/health"
+    else:
+        raise ValueError(f"unknown front {front!r}: gateway or sidecar")
     processes = [
         subprocess.Popen(
             [*tandem, "sim", "--port", str(pod_port), "--side-channel-port",
              str(pod_port + 1000), "--log-level", "warning", "--time-scale", str(pod_time_scale)]
         ),
-        subprocess.Popen(
-            [*tandem, "orchestrator", "--config", str(config), "--log-level", "warning"]
-        ),
+        subprocess.Popen([*front_argv, "--log-level", "warning"]),
         subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "bench.bare_proxy:app", "--port",
-             str(bare_proxy_port), "--log-level", "warning", "--no-access-log"],
+             str(bare_port), "--log-level", "warning", "--no-access-log"],
             env={**os.environ, "TANDEM_BARE_PROXY_UPSTREAM": f"http://127.0.0.1:{pod_port}"},
         ),
     ]  # fmt: skip
+    body: dict[str, object] = {"prompt": "How far is the moon?", "max_tokens": 1}
+
+    def measure(port: int, process: subprocess.Popen[bytes] | None) -> tuple[list[float], float]:
+        cpu_before = _cpu_seconds(process.pid) if process else 0.0
+        url = f"http://127.0.0.1:{port}/v1/completions"
+        latencies = asyncio.run(_open_loop(url, rate, duration_s, body))
+        cpu = (_cpu_seconds(process.pid) - cpu_before) if process else 0.0
+        return latencies, 1000 * cpu / max(1, len(latencies))
+
     try:
         _wait_ready(f"http://127.0.0.1:{pod_port}/health")
-        _wait_ready(f"http://127.0.0.1:{gateway_port}/ready")
-        _wait_ready_post(f"http://127.0.0.1:{bare_proxy_port}/v1/completions")
-        body: dict[str, object] = {"prompt": "How far is the moon?", "max_tokens": 1}
-        direct = asyncio.run(
-            _open_loop(f"http://127.0.0.1:{pod_port}/v1/completions", rate, duration_s, body)
-        )
-        cpu_before = _cpu_seconds(processes[1].pid)
-        via = asyncio.run(
-            _open_loop(f"http://127.0.0.1:{gateway_port}/v1/completions", rate, duration_s, body)
-        )
-        gateway_cpu = _cpu_seconds(processes[1].pid) - cpu_before
-        cpu_before = _cpu_seconds(processes[2].pid)
-        bare = asyncio.run(
-            _open_loop(f"http://127.0.0.1:{bare_proxy_port}/v1/completions", rate, duration_s, body)
-        )
-        bare_cpu = _cpu_seconds(processes[2].pid) - cpu_before
+        _wait_ready(front_ready)
+        _wait_ready_post(f"http://127.0.0.1:{bare_port}/v1/completions")
+        direct, _ = measure(pod_port, None)
+        via, front_cpu = measure(front_port, processes[1])
+        bare, bare_cpu = measure(bare_port, processes[2])
     finally:
         for process in processes:
             process.terminate()
@@ -197,16 +195,17 @@ def gateway_added_latency(
     direct_summary, via_summary = LatencySummary.of(direct), LatencySummary.of(via)
     bare_summary = LatencySummary.of(bare)
     return {
+        "front": front,
         "rate_per_s": rate,
         "duration_s": duration_s,
         "pod_time_scale": pod_time_scale,
         "direct": asdict(direct_summary),
-        "via_gateway": asdict(via_summary),
+        f"via_{front}": asdict(via_summary),
         "via_bare_httpx_proxy": asdict(bare_summary),
         "added_p50_ms": via_summary.p50_ms - direct_summary.p50_ms,
         "bare_proxy_added_p50_ms": bare_summary.p50_ms - direct_summary.p50_ms,
-        "gateway_cpu_ms_per_request": 1000 * gateway_cpu / max(1, len(via)),
-        "bare_proxy_cpu_ms_per_request": 1000 * bare_cpu / max(1, len(bare)),
+        f"{front}_cpu_ms_per_request": front_cpu,
+        "bare_proxy_cpu_ms_per_request": bare_cpu,
     }
 
 

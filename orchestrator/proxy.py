@@ -62,18 +62,20 @@ async def relay_stream(
     response: httpx.Response,
     *,
     what: str,
+    chunks: AsyncIterator[bytes] | None = None,
     on_first_chunk: Callable[[], None] | None = None,
     on_failure: Callable[[str], None] | None = None,
     on_close: Callable[[], Awaitable[None]] | None = None,
 ) -> AsyncIterator[bytes]:
-    """Yield a pod's response body chunk by chunk as it arrives.
+    """Yield a pod's response body chunk by chunk as it arrives (from `chunks` when the
+    caller has already started reading it).
 
     A failure after the headers went out cannot change the status any more: for an SSE
     stream it ends with an OpenAI error event and [DONE], as vLLM reports mid-stream errors.
     """
     first = True
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in chunks if chunks is not None else response.aiter_raw():
             if first and on_first_chunk is not None:
                 on_first_chunk()
             first = False

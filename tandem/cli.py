@@ -179,7 +179,7 @@ def _add_microbench_parser(subparsers: Any) -> None:
         "microbench",
         help="measure the orchestrator's own cost (scheduling time, gateway latency)",
     )
-    parser.add_argument("which", choices=("scheduler", "gateway"))
+    parser.add_argument("which", choices=("scheduler", "gateway", "sidecar"))
     parser.add_argument("--output", default="results", help="folder for the JSON result")
     parser.set_defaults(handler=_run_microbench)
 
@@ -188,18 +188,73 @@ def _run_microbench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from bench.microbench import gateway_added_latency, scheduler_pick_time
+    from bench.microbench import hop_added_latency, scheduler_pick_time
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
+    result: dict[str, object]
     if args.which == "scheduler":
         result = scheduler_pick_time()
     else:
-        result = gateway_added_latency(workdir=output)
+        result = hop_added_latency(args.which, workdir=output)
     path = output / f"microbench-{args.which}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"written: {path}", file=sys.stderr)
+    return 0
+
+
+def _add_sidecar_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "sidecar",
+        help="run the routing sidecar of a decode pod (remote prefill, KV handoff, decode)",
+    )
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--vllm-host", default="127.0.0.1")
+    parser.add_argument("--vllm-port", type=int, default=8200)
+    parser.add_argument(
+        "--prefill-endpoints", default="",
+        help="comma-separated host:port of the prefill pods this sidecar may use",
+    )  # fmt: skip
+    parser.add_argument("--prefill-timeout", type=float, default=120.0, help="seconds")
+    parser.add_argument(
+        "--rewrite-cached-tokens", action="store_true",
+        help="report the prefill side's cached tokens (for vLLM releases that do not)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-kv-failure-retry", action="store_true",
+        help="fail the client instead of prefilling locally when the KV load fails",
+    )  # fmt: skip
+    parser.add_argument("--log-level", default="info")
+    parser.set_defaults(handler=_run_sidecar)
+
+
+def _run_sidecar(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level)
+    import uvicorn
+
+    from sidecar.app import create_app
+    from sidecar.config import SidecarConfig
+
+    config = SidecarConfig(
+        host=args.host,
+        port=args.port,
+        vllm_host=args.vllm_host,
+        vllm_port=args.vllm_port,
+        prefill_endpoints=tuple(e for e in args.prefill_endpoints.split(",") if e),
+        prefill_timeout_s=args.prefill_timeout,
+        rewrite_cached_tokens=args.rewrite_cached_tokens,
+        retry_local_on_kv_load_failure=not args.no_kv_failure_retry,
+    )
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_keep_alive=30,
+    )
     return 0
 
 
@@ -210,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_sim_parser(subparsers)
     _add_orchestrator_parser(subparsers)
+    _add_sidecar_parser(subparsers)
     _add_microbench_parser(subparsers)
     return parser
 

@@ -1,0 +1,382 @@
+"""The routing sidecar on a decode pod: remote prefill, KV handoff, local decode.
+
+Requests arrive on the pod's serving port (8000) from the orchestrator. Without
+`x-prefiller-host-port` they pass straight through to the local vLLM (8200). With it, the
+sidecar checks every target against the allowlist, runs the prefill on the first candidate
+that answers, and sends the client's request with the returned `kv_transfer_params` to the
+local vLLM, which pulls the KV over NIXL and decodes; the answer is relayed as it streams.
+A remote prefill that cannot be had becomes a local prefill (counted and logged by reason);
+a decode whose KV load failed before its first token is retried once with local prefill.
+Every other route (health, models, metrics, ...) is proxied to the local vLLM unchanged;
+/metrics also carries the sidecar's own `tandem_sidecar_*` metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
+from prometheus_client import generate_latest
+
+from orchestrator.errors import GatewayError, install_error_handlers
+from orchestrator.proxy import (
+    PREFILLER_HEADER,
+    REQUEST_ID_HEADER,
+    cancel_on_disconnect,
+    downstream_headers,
+    relay_stream,
+    upstream_failure,
+    upstream_headers,
+)
+from sidecar.allowlist import HostPort, PrefillAllowlist, StaticAllowlist
+from sidecar.config import SidecarConfig
+from sidecar.metrics import SidecarMetrics
+from sidecar.prefill import PrefillOutcome, prefill_body, run_prefill
+
+logger = logging.getLogger(__name__)
+
+INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
+_KV_LOAD_FAILURE = b'"type": "InternalServerError"'
+_KV_LOAD_FAILURE_COMPACT = b'"type":"InternalServerError"'
+
+
+@dataclass(slots=True)
+class _Leg:
+    """One request to the local vLLM, and what to do if its KV load fails."""
+
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    stream: bool
+    prefilled: PrefillOutcome | None = None
+    """Set when the body carries a remote prefill's kv_transfer_params."""
+
+
+@dataclass(slots=True)
+class Sidecar:
+    config: SidecarConfig
+    allowlist: PrefillAllowlist
+    vllm: httpx.AsyncClient
+    prefill_client: httpx.AsyncClient
+    metrics: SidecarMetrics
+
+    # -- inference ------------------------------------------------------------------------
+
+    async def inference(self, request: Request) -> Response:
+        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        headers = upstream_headers(request.headers, drop=frozenset({PREFILLER_HEADER}))
+        headers[REQUEST_ID_HEADER] = request_id
+        body = await request.body()
+        targets = request.headers.get(PREFILLER_HEADER, "").strip()
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            payload = None
+        stream = isinstance(payload, dict) and bool(payload.get("stream"))
+        leg = _Leg(request.url.path, body, headers, stream)
+        if not targets or not isinstance(payload, dict):
+            # Nothing to prefill remotely (or nothing we can rewrite): vLLM answers as is,
+            # including its own error for a malformed body.
+            self.metrics.requests.labels("local").inc()
+            response = await cancel_on_disconnect(request, self._decode(leg, request_id))
+        else:
+            candidates = self._allowed(targets, request_id)
+            response = await cancel_on_disconnect(
+                request, self._disaggregated(leg, payload, candidates, request_id)
+            )
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+
+    def _allowed(self, header: str, request_id: str) -> list[HostPort]:
+        candidates = []
+        for item in header.split(","):
+            try:
+                target = HostPort.parse(item)
+            except ValueError as exc:
+                self.metrics.errors.labels("bad_prefill_header").inc()
+                raise GatewayError(400, f"{PREFILLER_HEADER}: {exc}") from None
+            if not self.allowlist.allows(target):
+                self.metrics.errors.labels("prefill_target_refused").inc()
+                logger.warning("prefill_target_refused request_id=%s target=%s", request_id, target)
+                raise GatewayError(
+                    403,
+                    f"prefill target {target} is not a known prefill endpoint of this pool; "
+                    "the request was not forwarded",
+                )
+            candidates.append(target)
+        return candidates
+
+    async def _disaggregated(
+        self, leg: _Leg, payload: dict[str, Any], candidates: list[HostPort], request_id: str
+    ) -> Response:
+        outcome = await run_prefill(
+            self.prefill_client, candidates, leg.path, prefill_body(payload),
+            dict(leg.headers), self.metrics, request_id,
+        )  # fmt: skip
+        if outcome.client_error is not None:
+            self.metrics.errors.labels("prefill_4xx").inc()
+            reply = outcome.client_error
+            return Response(
+                outcome.client_error_body,
+                status_code=reply.status_code,
+                headers=downstream_headers(reply.headers),
+            )
+        if outcome.params is None:
+            return await self._fallback(leg, outcome.fallback_reason or "unknown", request_id)
+        self.metrics.requests.labels("disaggregated").inc()
+        leg.body = json.dumps({**payload, "kv_transfer_params": outcome.params}).encode()
+        leg.prefilled = outcome
+        logger.debug(
+            "prefill_done request_id=%s target=%s seconds=%.4f",
+            request_id, outcome.target, outcome.seconds,
+        )  # fmt: skip
+        try:
+            return await self._decode(leg, request_id)
+        finally:
+            if leg.prefilled is not None:
+                # The local vLLM never got the KV handle (client gone, or vLLM down): the
+                # prefill pod holds the blocks until their lease expires.
+                self.metrics.orphaned_prefills.inc()
+                logger.warning(
+                    "prefill_orphaned request_id=%s target=%s", request_id, outcome.target
+                )
+
+    async def _fallback(self, leg: _Leg, reason: str, request_id: str) -> Response:
+        self.metrics.fallbacks.labels(reason).inc()
+        self.metrics.requests.labels("fallback").inc()
+        logger.warning("prefill_fallback request_id=%s reason=%s", request_id, reason)
+        leg.prefilled = None
+        return await self._decode(leg, request_id)
+
+    async def _decode(self, leg: _Leg, request_id: str) -> Response:
+        """Send a leg to the local vLLM and relay its answer."""
+        handoff_started = time.perf_counter()
+        upstream = await self._send(leg)
+        if leg.prefilled is not None and self.config.retry_local_on_kv_load_failure:
+            failed, chunks = await self._peek_kv_load_failure(upstream, leg)
+            if failed:
+                await upstream.aclose()
+                leg.body = _without_transfer_params(leg.body)
+                return await self._fallback(leg, "kv_load_failed", request_id)
+        else:
+            chunks = None
+        out_headers = downstream_headers(upstream.headers)
+        prefilled = leg.prefilled
+        leg.prefilled = None  # handed to vLLM: its KV is vLLM's to read or release now
+
+        def first_chunk() -> None:
+            if prefilled is not None:
+                self.metrics.kv_handoff.observe(time.perf_counter() - handoff_started)
+
+        is_sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        if leg.stream and is_sse:
+            relayed = relay_stream(
+                upstream, what="local vLLM", chunks=chunks, on_first_chunk=first_chunk,
+                on_failure=lambda kind: self.metrics.errors.labels(f"decode_{kind}").inc(),
+            )  # fmt: skip
+            if prefilled is not None and self.config.rewrite_cached_tokens:
+                relayed = _rewrite_sse(relayed, _cached_tokens(prefilled))
+            return StreamingResponse(relayed, status_code=upstream.status_code, headers=out_headers)
+        try:
+            body = await upstream.aread()
+        except httpx.HTTPError as exc:
+            error, kind = upstream_failure("local vLLM", exc)
+            self.metrics.errors.labels(f"decode_{kind}").inc()
+            raise error from None
+        finally:
+            await upstream.aclose()
+        first_chunk()
+        if prefilled is not None and self.config.rewrite_cached_tokens:
+            body = _rewrite_json(body, _cached_tokens(prefilled))
+            out_headers.pop("content-length", None)
+        return Response(body, status_code=upstream.status_code, headers=out_headers)
+
+    async def _send(self, leg: _Leg) -> httpx.Response:
+        request = self.vllm.build_request("POST", leg.path, content=leg.body, headers=leg.headers)
+        try:
+            return await self.vllm.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            error, kind = upstream_failure("local vLLM", exc)
+            self.metrics.errors.labels(f"decode_{kind}").inc()
+            raise error from None
+
+    async def _peek_kv_load_failure(
+        self, upstream: httpx.Response, leg: _Leg
+    ) -> tuple[bool, AsyncIterator[bytes] | None]:
+        """Whether vLLM failed the request before its first token (KV load failure under
+        the `fail` policy: a 500, or an SSE stream whose first event is an error), and the
+        body's chunks with any peeked chunk put back in front."""
+        if upstream.status_code == 500:
+            return True, None
+        if not (leg.stream and upstream.status_code == 200):
+            return False, None
+        chunks = upstream.aiter_raw()
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            return False, None
+        if first.startswith(b'data: {"error"') and (
+            _KV_LOAD_FAILURE in first or _KV_LOAD_FAILURE_COMPACT in first
+        ):
+            return True, None
+        return False, _prepended(first, chunks)
+
+    # -- everything else ------------------------------------------------------------------
+
+    async def passthrough(self, request: Request) -> Response:
+        headers = upstream_headers(request.headers)
+        outgoing = self.vllm.build_request(
+            request.method, request.url.path, params=request.query_params,
+            content=await request.body(), headers=headers,
+        )  # fmt: skip
+        try:
+            upstream = await self.vllm.send(outgoing, stream=True)
+        except httpx.HTTPError as exc:
+            raise upstream_failure("local vLLM", exc)[0] from None
+        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+            return StreamingResponse(
+                relay_stream(upstream, what="local vLLM"),
+                status_code=upstream.status_code,
+                headers=downstream_headers(upstream.headers),
+            )
+        try:
+            body = await upstream.aread()
+        finally:
+            await upstream.aclose()
+        if request.url.path == "/metrics" and upstream.status_code == 200:
+            body = body + generate_latest(self.metrics.registry)
+        return Response(body, upstream.status_code, headers=_without_length(upstream.headers))
+
+
+async def _prepended(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def _without_length(headers: httpx.Headers) -> dict[str, str]:
+    out = downstream_headers(headers)
+    out.pop("content-length", None)
+    out.pop("content-encoding", None)
+    return out
+
+
+def _without_transfer_params(body: bytes) -> bytes:
+    payload = json.loads(body)
+    payload.pop("kv_transfer_params", None)
+    return json.dumps(payload).encode()
+
+
+def _cached_tokens(outcome: PrefillOutcome) -> int:
+    return int((outcome.params or {}).get("remote_prefill_cached_tokens") or 0)
+
+
+def _set_cached(usage: Any, cached: int) -> None:
+    if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens_details"), dict):
+        usage["prompt_tokens_details"]["cached_tokens"] = cached
+
+
+def _rewrite_json(body: bytes, cached: int) -> bytes:
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return body
+    _set_cached(payload.get("usage") if isinstance(payload, dict) else None, cached)
+    return json.dumps(payload).encode()
+
+
+async def _rewrite_sse(chunks: AsyncIterator[bytes], cached: int) -> AsyncIterator[bytes]:
+    """Rewrite usage in each complete SSE event (events may span chunks)."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        *events, pending = pending.split(b"\n\n")
+        out = [_rewrite_event(event, cached) for event in events]
+        if out:
+            yield b"".join(event + b"\n\n" for event in out)
+    if pending:
+        yield pending
+
+
+def _rewrite_event(event: bytes, cached: int) -> bytes:
+    if not event.startswith(b"data: {") or b'"usage"' not in event:
+        return event
+    try:
+        payload = json.loads(event[len(b"data: ") :])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return event
+    _set_cached(payload.get("usage"), cached)
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode()
+
+
+def _iter_targets(values: tuple[str, ...]) -> Iterator[HostPort]:
+    for value in values:
+        yield HostPort.parse(value)
+
+
+def create_app(
+    config: SidecarConfig,
+    *,
+    allowlist: PrefillAllowlist | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """The sidecar app; its lifespan owns the two pooled HTTP clients."""
+    allowed = allowlist or StaticAllowlist(_iter_targets(config.prefill_endpoints))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limits = httpx.Limits(
+            max_connections=None,
+            max_keepalive_connections=256,
+            keepalive_expiry=config.keepalive_expiry_s,
+        )
+        vllm = httpx.AsyncClient(
+            base_url=f"http://{config.vllm_host}:{config.vllm_port}",
+            timeout=httpx.Timeout(config.decode_timeout_s, connect=config.connect_timeout_s),
+            limits=limits,
+            transport=transport,
+        )
+        prefill = httpx.AsyncClient(
+            timeout=httpx.Timeout(config.prefill_timeout_s, connect=config.connect_timeout_s),
+            limits=limits,
+            transport=transport,
+        )
+        app.state.sidecar = Sidecar(config, allowed, vllm, prefill, SidecarMetrics())
+        logger.info(
+            "sidecar_started port=%d vllm=%s:%d prefill_endpoints=%d",
+            config.port, config.vllm_host, config.vllm_port, len(config.prefill_endpoints),
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            await vllm.aclose()
+            await prefill.aclose()
+
+    app = FastAPI(title="tandem sidecar", lifespan=lifespan)
+    install_error_handlers(app)
+
+    def sidecar(request: Request) -> Sidecar:
+        state: Sidecar = request.app.state.sidecar
+        return state
+
+    async def inference(request: Request) -> Response:
+        return await sidecar(request).inference(request)
+
+    async def passthrough(request: Request) -> Response:
+        return await sidecar(request).passthrough(request)
+
+    for path in INFERENCE_PATHS:
+        app.router.add_route(path, inference, methods=["POST"])
+    app.router.add_route(
+        "/{path:path}", passthrough, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]
+    )
+    return app

@@ -1,0 +1,30 @@
+"""The sidecar's settings."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class SidecarConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    vllm_host: str = "127.0.0.1"
+    vllm_port: int = Field(8200, ge=1, le=65535)
+    prefill_endpoints: tuple[str, ...] = ()
+    """Allowed prefill targets as host:port (the static allowlist)."""
+    connect_timeout_s: float = Field(5.0, gt=0)
+    prefill_timeout_s: float = Field(120.0, gt=0)
+    """Longest wait for a prefill answer before trying the next candidate."""
+    decode_timeout_s: float = Field(600.0, gt=0)
+    """Longest wait for the first byte, and between bytes, of the local decode."""
+    keepalive_expiry_s: float = Field(4.0, gt=0)
+    """Pooled connections are dropped before vLLM's own idle timeout (uvicorn's 5 s) closes
+    them, so a request never lands on a connection the server is closing."""
+    rewrite_cached_tokens: bool = False
+    """For vLLM releases that report the transferred tokens as cached on the decode side:
+    replace usage.prompt_tokens_details.cached_tokens with the prefill side's count."""
+    retry_local_on_kv_load_failure: bool = True
+    """When the decode fails before its first token because the KV load failed, prefill
+    locally once instead of failing the client."""
