@@ -258,12 +258,80 @@ def _run_sidecar(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_up_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "up",
+        help="run a whole deployment on this machine (simulated pods, sidecars, orchestrator)",
+        description="Start a local tandem deployment with simulated vLLM pods; Ctrl-C stops it.",
+    )
+    parser.add_argument("--prefill", type=int, default=None, help="prefill pods (default 1)")
+    parser.add_argument("--decode", type=int, default=None, help="decode pods (default 1)")
+    parser.add_argument(
+        "--aggregated", type=int, default=0, help="N aggregated pods instead of P/D pools"
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="llama-3.1-8b-h100-tp1")
+    parser.add_argument(
+        "--scheduler", default="tandem",
+        help="scheduler config: tandem, round-robin, random, prefix-only, load-only or a file",
+    )  # fmt: skip
+    parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="the orchestrator's port")
+    parser.add_argument("--base-port", type=int, default=8100, help="first port for pods")
+    parser.add_argument("--run-dir", help="where logs and generated configs go")
+    parser.set_defaults(handler=_run_up)
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    _configure_logging("info")
+    import signal
+    from pathlib import Path
+
+    from tandem.console import print_cluster
+    from tandem.launcher import ClusterSpec, LocalCluster, default_run_dir
+
+    aggregated = args.aggregated
+    spec = ClusterSpec(
+        prefill=0 if aggregated else (1 if args.prefill is None else args.prefill),
+        decode=0 if aggregated else (1 if args.decode is None else args.decode),
+        aggregated=aggregated,
+        profile=args.profile,
+        scheduler=args.scheduler,
+        time_scale=args.time_scale,
+        host=args.host,
+        port=args.port,
+        base_port=args.base_port,
+    )
+    if aggregated and (args.prefill or args.decode):
+        raise ValueError("choose either --aggregated N or --prefill/--decode, not both")
+    cluster = LocalCluster(spec, Path(args.run_dir) if args.run_dir else default_run_dir())
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        cluster.start()
+        print_cluster(cluster)
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as exc:
+        print(f"tandem: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping ...", file=sys.stderr)
+        cluster.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandem", description="Prefill/decode disaggregated serving for vLLM."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_sim_parser(subparsers)
+    _add_up_parser(subparsers)
     _add_orchestrator_parser(subparsers)
     _add_sidecar_parser(subparsers)
     _add_microbench_parser(subparsers)

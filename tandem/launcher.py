@@ -1,0 +1,241 @@
+"""A whole tandem deployment on one machine: simulated pods, sidecars and the orchestrator.
+
+Each component runs as its own child process, exactly as it would in its own container, so
+what runs locally is what runs on a cluster. Children are started in dependency order (pods,
+then sidecars, then the orchestrator), each waited on until healthy, and stopped together:
+on Ctrl-C, SIGTERM, an error, or when the launcher itself dies (Linux parent-death signal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from decode.pod import decode_pod
+from prefill.launch import VllmLaunch
+from prefill.pod import aggregated_pod, prefill_pod
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """What to run: pool sizes, engine profile, scheduler and ports."""
+
+    prefill: int = 1
+    decode: int = 1
+    aggregated: int = 0
+    profile: str = "llama-3.1-8b-h100-tp1"
+    scheduler: str = "tandem"
+    time_scale: float = 1.0
+    host: str = "127.0.0.1"
+    port: int = 8000
+    """The orchestrator's port: the one endpoint clients use."""
+    base_port: int = 8100
+    """Pods, sidecars and side channels take ports upwards from here."""
+    seed: int | None = None
+    pod_args: tuple[str, ...] = ()
+    """Extra `tandem sim` arguments for every pod (e.g. --num-gpu-blocks)."""
+
+    def __post_init__(self) -> None:
+        if self.aggregated and (self.prefill or self.decode):
+            raise ValueError("choose either --aggregated N or --prefill/--decode, not both")
+        if not self.aggregated and (self.prefill < 0 or self.decode < 1):
+            raise ValueError("a P/D cluster needs at least one decode pod")
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """One child process: what it is, its command line, and where it answers."""
+
+    name: str
+    kind: str
+    argv: tuple[str, ...]
+    port: int
+    health_path: str
+    role: str = ""
+    serves: str = ""
+
+
+@dataclass(slots=True)
+class Plan:
+    """The components of a cluster, and the orchestrator config they need."""
+
+    components: list[Component] = field(default_factory=list)
+    orchestrator_config: dict[str, object] = field(default_factory=dict)
+
+
+def _tandem(*args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", "tandem.cli", *args)
+
+
+def _sim(name: str, launch: VllmLaunch, spec: ClusterSpec, side_channel_port: int) -> Component:
+    argv = _tandem(
+        "sim", "--role", launch.pool_role, "--profile", spec.profile,
+        "--host", spec.host, "--port", str(launch.port),
+        "--side-channel-port", str(side_channel_port), "--engine-id", name,
+        "--time-scale", str(spec.time_scale), "--log-level", "warning", *spec.pod_args,
+    )  # fmt: skip
+    return Component(
+        name, "simulated vLLM", argv, launch.port, "/health", launch.pool_role, "OpenAI API"
+    )
+
+
+def plan_cluster(spec: ClusterSpec) -> Plan:
+    """Assign ports and command lines to every component of the cluster."""
+    plan = Plan()
+    port = spec.base_port
+    side_channel = spec.base_port + 1000
+    endpoints: list[dict[str, object]] = []
+    prefill_addresses: list[str] = []
+    for index in range(spec.aggregated):
+        launch = aggregated_pod(spec.profile, port=port)
+        plan.components.append(_sim(f"pod-{index}", launch, spec, side_channel))
+        endpoints.append({"name": f"pod-{index}", "host": spec.host, "port": port, "role": "both"})
+        port, side_channel = port + 1, side_channel + 1
+    for index in range(spec.prefill):
+        launch = prefill_pod(spec.profile, port=port, side_channel_port=side_channel)
+        name = f"prefill-{index}"
+        plan.components.append(_sim(name, launch, spec, side_channel))
+        endpoints.append({"name": name, "host": spec.host, "port": port, "role": "prefill"})
+        prefill_addresses.append(f"{spec.host}:{port}")
+        port, side_channel = port + 1, side_channel + 1
+    for index in range(spec.decode if not spec.aggregated else 0):
+        pod = decode_pod(
+            spec.profile, vllm_port=port, sidecar_port=port + 1, side_channel_port=side_channel
+        )
+        name = f"decode-{index}"
+        plan.components.append(_sim(f"{name}-vllm", pod.vllm, spec, side_channel))
+        sidecar_argv = _tandem(
+            *pod.sidecar_argv()[1:], "--host", spec.host,
+            "--prefill-endpoints", ",".join(prefill_addresses), "--log-level", "warning",
+        )  # fmt: skip
+        plan.components.append(
+            Component(name, "sidecar", sidecar_argv, pod.sidecar_port, "/health", "decode",
+                      "sidecar → vLLM")
+        )  # fmt: skip
+        endpoints.append(
+            {"name": name, "host": spec.host, "port": pod.sidecar_port, "role": "decode"}
+        )
+        port, side_channel = port + 2, side_channel + 1
+    plan.orchestrator_config = {
+        "scheduler": spec.scheduler,
+        "endpoints": endpoints,
+        "gateway": {"host": spec.host, "port": spec.port},
+        "scrape": {"interval_s": 0.25},
+        "seed": spec.seed,
+    }
+    return plan
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the launcher dies, so nothing is left orphaned."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class LocalCluster:
+    """Starts a plan's components, waits for health, and stops them all together."""
+
+    def __init__(self, spec: ClusterSpec, run_dir: Path) -> None:
+        self.spec = spec
+        self.run_dir = run_dir
+        self.plan = plan_cluster(spec)
+        self.processes: list[tuple[Component, subprocess.Popen[bytes]]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.spec.host}:{self.spec.port}"
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """Start everything, or stop what started and raise."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.run_dir / "orchestrator.yaml"
+        config_path.write_text(json.dumps(self.plan.orchestrator_config, indent=2) + "\n")
+        orchestrator = Component(
+            "orchestrator", "gateway + scheduler",
+            _tandem("orchestrator", "--config", str(config_path), "--log-level", "warning"),
+            self.spec.port, "/ready", "", "OpenAI API",
+        )  # fmt: skip
+        try:
+            self._start_all(self.plan.components, timeout_s)
+            self._start_all([orchestrator], timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_all(self, components: Sequence[Component], timeout_s: float) -> None:
+        for component in components:
+            log = (self.run_dir / f"{component.name}.log").open("wb")
+            process = subprocess.Popen(
+                component.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+            self.processes.append((component, process))
+        deadline = time.monotonic() + timeout_s
+        for component in components:
+            self._wait_healthy(component, deadline)
+
+    def _wait_healthy(self, component: Component, deadline: float) -> None:
+        url = f"http://{self.spec.host}:{component.port}{component.health_path}"
+        process = next(p for c, p in self.processes if c is component)
+        while True:
+            if process.poll() is not None:
+                log = (self.run_dir / f"{component.name}.log").read_text()[-2000:]
+                raise RuntimeError(
+                    f"{component.name} exited with status {process.returncode}:\n{log}"
+                )
+            try:
+                if httpx.get(url, timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{component.name} not healthy at {url} in time")
+            time.sleep(0.1)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM every child (orchestrator first), then SIGKILL what is left."""
+        for _, process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for component, process in reversed(self.processes):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("component_killed name=%s", component.name)
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+    def all_components(self) -> list[Component]:
+        return [component for component, _ in self.processes]
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def default_run_dir() -> Path:
+    return Path(os.environ.get("TANDEM_RUN_DIR", ".tandem")) / time.strftime("run-%Y%m%d-%H%M%S")
