@@ -174,6 +174,67 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="run a workload against each policy and cluster shape, write results and plots",
+        description="Benchmark tandem's scheduler against baselines on identical requests.",
+    )
+    parser.add_argument("workload", help="a workload file, or a shipped workload's name")
+    parser.add_argument(
+        "--policies", default="tandem,round-robin",
+        help="comma-separated scheduler configs (tandem, round-robin, random, prefix-only, "
+        "load-only, or files)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--clusters", help="comma-separated cluster names from the workload (default: all)"
+    )
+    parser.add_argument(
+        "--time-scale", type=float, default=10.0,
+        help="wall seconds per model second for the simulated cluster (default 10)",
+    )  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="3 short stages: a few minutes")
+    parser.add_argument("--target", help="benchmark an existing endpoint instead (URL)")
+    parser.add_argument("--output", default="results/bench", help="folder for the results")
+    parser.add_argument("--base-port", type=int, default=18600)
+    parser.set_defaults(handler=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    _configure_logging("warning")
+    from pathlib import Path
+
+    from bench.runner import BenchOptions, run_bench
+    from bench.workload import load_workload
+
+    workload = load_workload(args.workload)
+    clusters = tuple(args.clusters.split(",")) if args.clusters else tuple(workload.clusters)
+    unknown = [c for c in clusters if c not in workload.clusters]
+    if unknown:
+        raise ValueError(
+            f"unknown clusters {unknown}; the workload has {', '.join(workload.clusters)}"
+        )
+    if args.quick and not args.clusters:
+        clusters = clusters[:1]
+    output = Path(args.output) / workload.name
+    results = run_bench(
+        BenchOptions(
+            workload=workload,
+            policies=tuple(p for p in args.policies.split(",") if p),
+            clusters=clusters,
+            time_scale=args.time_scale,
+            output=output,
+            quick=args.quick,
+            target=args.target,
+            base_port=args.base_port,
+        )
+    )
+    for run in results.runs:
+        print(f"{run.cluster} / {run.policy}: goodput {run.goodput:.2f} req/s")
+    print(f"results, report and plots: {output}/")
+    return 0
+
+
 def _add_microbench_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "microbench",
@@ -334,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up_parser(subparsers)
     _add_orchestrator_parser(subparsers)
     _add_sidecar_parser(subparsers)
+    _add_bench_parser(subparsers)
     _add_microbench_parser(subparsers)
     return parser
 

@@ -1,0 +1,169 @@
+"""The load generator: sends a request sequence on its schedule and times every response.
+
+Requests are streamed completions (`stream_options.include_usage`, `ignore_eos`, exactly
+`max_tokens` output tokens), as the published harness sends them. TTFT is the time to the
+first chunk with text, ITL the gaps between later chunks, end-to-end the time to [DONE]; all
+converted to model seconds by the time scale. The generator also watches itself: how late it
+sends requests, and how busy the machine's CPUs are, so a report can say when the machine,
+not the system under test, set the numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bench.generate import BenchRequest, PromptSet
+from bench.records import RequestRecord
+
+REQUEST_TIMEOUT_S = 1800.0
+"""Wall-clock cap per request, so a run always ends."""
+
+
+@dataclass(slots=True)
+class CpuSampler:
+    """Share of busy CPU time between samples, from /proc/stat (Linux)."""
+
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    _last: tuple[int, int] | None = None
+
+    def sample(self, at: float) -> None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except OSError:
+            return
+        values = [int(v) for v in fields]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)
+        total = sum(values)
+        if self._last is not None:
+            d_total = total - self._last[0]
+            d_idle = idle - self._last[1]
+            if d_total > 0:
+                self.samples.append((at, 1.0 - d_idle / d_total))
+        self._last = (total, idle)
+
+    def busy_between(self, start: float, end: float) -> float | None:
+        values = [busy for at, busy in self.samples if start <= at <= end]
+        return sum(values) / len(values) if values else None
+
+
+async def _one(
+    client: httpx.AsyncClient,
+    url: str,
+    model: str | None,
+    request: BenchRequest,
+    prompt: str,
+    prompt_tokens: int,
+    record: RequestRecord,
+    clock: Callable[[], float],
+) -> None:
+    body: dict[str, object] = {
+        "prompt": prompt,
+        "max_tokens": request.max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if model:
+        body["model"] = model
+    sent = clock()
+    last: float | None = None
+    try:
+        async with client.stream(
+            "POST", url, json=body, headers={"x-request-id": request.request_id}
+        ) as response:
+            record.status = response.status_code
+            if response.status_code != 200:
+                record.error = (await response.aread()).decode(errors="replace")[:500]
+                return
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[len("data: ") :]
+                if data == "[DONE]":
+                    break
+                event = json.loads(data)
+                if "error" in event:
+                    record.error = str(event["error"].get("message"))
+                    return
+                now = clock()
+                if event.get("choices") and event["choices"][0].get("text"):
+                    if last is None:
+                        record.ttft_s = now - sent
+                    else:
+                        record.itl_s.append(now - last)
+                    last = now
+                usage = event.get("usage")
+                if usage:
+                    record.output_tokens = int(usage.get("completion_tokens") or 0)
+                    details = usage.get("prompt_tokens_details") or {}
+                    if details.get("cached_tokens") is not None:
+                        record.cached_tokens = int(details["cached_tokens"])
+        record.e2e_s = clock() - sent
+        record.success = record.ttft_s is not None and record.error is None
+    except httpx.HTTPError as exc:
+        record.error = f"{type(exc).__name__}: {exc}"
+    except json.JSONDecodeError as exc:
+        record.error = f"bad stream event: {exc}"
+
+
+async def run_load(
+    url: str,
+    model: str | None,
+    requests: Sequence[BenchRequest],
+    prompts: PromptSet,
+    time_scale: float,
+    *,
+    on_done: Callable[[RequestRecord], None] | None = None,
+    cpu: CpuSampler | None = None,
+) -> list[RequestRecord]:
+    """Send every request at its arrival time (scaled to wall time); return their records."""
+    start = time.perf_counter()
+
+    def model_clock() -> float:
+        return (time.perf_counter() - start) / time_scale
+
+    records: list[RequestRecord] = []
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=2048)
+    timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=30.0)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+
+        async def send(request: BenchRequest, record: RequestRecord) -> None:
+            await _one(
+                client, url, model, request, prompts.prompts[request.prompt_index],
+                prompts.tokens[request.prompt_index], record, model_clock,
+            )  # fmt: skip
+            if on_done is not None:
+                on_done(record)
+
+        async def watch_cpu() -> None:
+            while cpu is not None:
+                cpu.sample(model_clock())
+                await asyncio.sleep(0.5)
+
+        watcher = asyncio.create_task(watch_cpu())
+        tasks = []
+        for request in requests:
+            delay = request.arrival_s * time_scale - (time.perf_counter() - start)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            record = RequestRecord(
+                request_id=request.request_id,
+                stage=request.stage,
+                scheduled_s=request.arrival_s,
+                sent_s=model_clock(),
+                prompt_tokens=prompts.tokens[request.prompt_index],
+                max_tokens=request.max_tokens,
+                group=request.group,
+            )
+            records.append(record)
+            tasks.append(asyncio.create_task(send(request, record)))
+        await asyncio.gather(*tasks)
+        watcher.cancel()
+    return records

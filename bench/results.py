@@ -1,0 +1,196 @@
+"""A whole benchmark's results, and `results.json`: every request record, every stage summary,
+and what the run was (workload, time scale, clusters, policies, SLO, published reference).
+
+The file is written compactly (one JSON document, no indentation): the per-request ITL lists
+dominate its size. `python -m json.tool results.json` prints it for reading.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.records import Percentiles, RequestRecord, StageSummary
+from bench.summary import GOODPUT_THRESHOLD, goodput
+
+RESULTS_FORMAT = "tandem-bench-results/1"
+
+DEFINITIONS = """\
+- **SLO attainment** of a stage: the share of its requests that succeed with TTFT ≤ `slo.ttft_ms` \
+and mean ITL ≤ `slo.itl_ms` (a request with a single output token has no ITL and meets the ITL \
+target).
+- **Goodput**: the highest request rate at which SLO attainment is ≥ 90 % (DistServe's \
+definition), interpolated linearly between ladder stages; per GPU when clusters differ. Stages \
+are taken in increasing rate up to the first that misses; if the lowest stage misses, goodput \
+is 0.
+- **Hit rate**: prompt tokens served from a prefix cache / all prompt tokens, on the pod that \
+ran each prefill (KV received over a transfer is not a cache hit): the sum of the responses' \
+`usage.prompt_tokens_details.cached_tokens` (which vLLM reports as the prefill side's hits) \
+over their prompt tokens.
+- **Throughput** of a stage: its successful requests (and their tokens) per second of the \
+longer of the stage's duration and its completion window (first send to last completion, as \
+inference-perf counts): a system that keeps up shows the offered rate, one that falls behind \
+the lower rate it sustained. **Machine-limited**: the load generator's send lag p99 exceeded its \
+limit or the CPU was saturated, so the stage measured the benchmark machine, not the system.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SloTargets:
+    ttft_ms: float
+    itl_ms: float
+
+
+@dataclass(slots=True)
+class RunResult:
+    """One cluster shape under one scheduling policy, over the whole ladder."""
+
+    cluster: str
+    shape: dict[str, int]
+    """The workload's cluster entry, e.g. {"prefill": 4, "decode": 4}."""
+    policy: str
+    gpus: int
+    stages: list[StageSummary]
+    records: list[RequestRecord]
+    goodput: float
+    notes: list[str] = field(default_factory=list)
+    machine_limited_stages: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_stages(
+        cls,
+        *,
+        cluster: str,
+        shape: dict[str, int],
+        policy: str,
+        gpus: int,
+        stages: list[StageSummary],
+        records: list[RequestRecord],
+        notes: list[str] | None = None,
+    ) -> RunResult:
+        """Goodput and the machine-limited stage list computed from the summaries."""
+        return cls(
+            cluster=cluster,
+            shape=shape,
+            policy=policy,
+            gpus=gpus,
+            stages=stages,
+            records=records,
+            goodput=goodput(stages, GOODPUT_THRESHOLD),
+            notes=list(notes or []),
+            machine_limited_stages=[s.stage for s in stages if s.machine_limited],
+        )
+
+    @property
+    def goodput_per_gpu(self) -> float:
+        return self.goodput / self.gpus if self.gpus else 0.0
+
+    @property
+    def top_stage(self) -> StageSummary | None:
+        return max(self.stages, key=lambda s: s.rate, default=None)
+
+
+@dataclass(slots=True)
+class BenchResults:
+    workload: str
+    model: str
+    time_scale: float
+    """Wall seconds per model second: every time in here is wall time / time_scale."""
+    target: str | None
+    """URL of an external cluster under test, None when tandem started its own."""
+    slo: SloTargets
+    reference: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """The workload's `reference` block: published figures by policy name."""
+    runs: list[RunResult] = field(default_factory=list)
+    definitions: str = DEFINITIONS
+    metadata: dict[str, str] = field(default_factory=dict)
+    """Free-form facts about the run (start time, host, commit), shown in the report."""
+
+    @property
+    def clusters(self) -> dict[str, dict[str, int]]:
+        return {run.cluster: run.shape for run in self.runs}
+
+    @property
+    def policies(self) -> list[str]:
+        return list(dict.fromkeys(run.policy for run in self.runs))
+
+
+class ResultsFormatError(ValueError):
+    """results.json is not a file this version wrote."""
+
+
+def write_results(path: Path, results: BenchResults) -> None:
+    """results.json: metadata, per-stage summaries and every raw request record."""
+    document = {
+        "format": RESULTS_FORMAT,
+        "workload": results.workload,
+        "model": results.model,
+        "time_scale": results.time_scale,
+        "target": results.target,
+        "slo": asdict(results.slo),
+        "reference": results.reference,
+        "clusters": results.clusters,
+        "policies": results.policies,
+        "definitions": results.definitions,
+        "metadata": results.metadata,
+        "runs": [_run_document(run) for run in results.runs],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, separators=(",", ":"), ensure_ascii=False) + "\n")
+
+
+def load_results(path: Path) -> BenchResults:
+    """Read back what `write_results` wrote."""
+    document = json.loads(path.read_text())
+    if not isinstance(document, dict) or document.get("format") != RESULTS_FORMAT:
+        raise ResultsFormatError(f"{path}: not a {RESULTS_FORMAT} file")
+    try:
+        return BenchResults(
+            workload=document["workload"],
+            model=document["model"],
+            time_scale=document["time_scale"],
+            target=document["target"],
+            slo=SloTargets(**document["slo"]),
+            reference=document["reference"],
+            runs=[_run_from(run) for run in document["runs"]],
+            definitions=document["definitions"],
+            metadata=document["metadata"],
+        )
+    except (KeyError, TypeError) as exc:
+        raise ResultsFormatError(f"{path}: malformed results: {exc!r}") from None
+
+
+def _run_document(run: RunResult) -> dict[str, Any]:
+    return {
+        "cluster": run.cluster,
+        "shape": run.shape,
+        "policy": run.policy,
+        "gpus": run.gpus,
+        "goodput": run.goodput,
+        "goodput_per_gpu": run.goodput_per_gpu,
+        "notes": run.notes,
+        "machine_limited_stages": run.machine_limited_stages,
+        "stages": [asdict(stage) for stage in run.stages],
+        "records": [asdict(record) for record in run.records],
+    }
+
+
+def _run_from(document: dict[str, Any]) -> RunResult:
+    return RunResult(
+        cluster=document["cluster"],
+        shape=document["shape"],
+        policy=document["policy"],
+        gpus=document["gpus"],
+        stages=[_stage_from(stage) for stage in document["stages"]],
+        records=[RequestRecord(**record) for record in document["records"]],
+        goodput=document["goodput"],
+        notes=document["notes"],
+        machine_limited_stages=document["machine_limited_stages"],
+    )
+
+
+def _stage_from(document: dict[str, Any]) -> StageSummary:
+    latencies = {name: Percentiles(**document[name]) for name in ("ttft_s", "itl_s", "e2e_s")}
+    return StageSummary(**{**document, **latencies})

@@ -1,0 +1,195 @@
+"""`tandem bench`: every policy on every cluster shape of a workload, on identical requests.
+
+Each run (cluster shape x policy) gets a fresh local cluster from the `tandem up` machinery,
+so no run inherits another's caches; with `--target URL` the same requests go to an existing
+deployment instead (one run, named after the target). Results, a Markdown report and plots
+are written to the output folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bench.client import CpuSampler, run_load
+from bench.generate import BenchRequest, PromptSet, build_prompts, build_requests, schedule
+from bench.records import RequestRecord, StageSummary
+from bench.report import (
+    BenchResults,
+    RunResult,
+    SloTargets,
+    write_markdown,
+    write_plots,
+    write_results,
+)
+from bench.summary import summarize_stage
+from bench.workload import ClusterShape, Stage, Workload
+from simulator.profiles import get_profile
+from tandem.launcher import ClusterSpec, LocalCluster
+
+logger = logging.getLogger(__name__)
+
+CPU_SATURATED = 0.95
+"""Average busy share of all CPUs above which a stage is flagged as machine-limited."""
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    workload: Workload
+    policies: tuple[str, ...]
+    clusters: tuple[str, ...]
+    time_scale: float
+    output: Path
+    quick: bool = False
+    target: str | None = None
+    base_port: int = 18600
+    seed: int = 0
+
+
+def _spec(
+    shape: ClusterShape, workload: Workload, policy: str, options: BenchOptions
+) -> ClusterSpec:
+    return ClusterSpec(
+        prefill=shape.prefill,
+        decode=shape.decode,
+        aggregated=shape.both,
+        profile=workload.engine_profile,
+        scheduler=policy,
+        time_scale=options.time_scale,
+        port=options.base_port,
+        base_port=options.base_port + 1,
+        seed=options.seed,
+    )
+
+
+def _hit_rate(records: Sequence[RequestRecord]) -> float | None:
+    served = [r for r in records if r.success and r.cached_tokens is not None]
+    prompt = sum(r.prompt_tokens for r in served)
+    return sum(r.cached_tokens or 0 for r in served) / prompt if prompt else None
+
+
+def summarize_run(
+    records: Sequence[RequestRecord],
+    stages: Sequence[tuple[int, Stage]],
+    workload: Workload,
+    cpu: CpuSampler,
+) -> list[StageSummary]:
+    summaries = []
+    start = 0.0
+    for index, stage in stages:
+        end = start + stage.duration
+        if index >= 0:
+            in_stage = [r for r in records if r.stage == index]
+            busy = cpu.busy_between(start, end)
+            summaries.append(
+                summarize_stage(
+                    stage=index,
+                    rate=stage.rate,
+                    duration_s=stage.duration,
+                    records=in_stage,
+                    slo_ttft_s=workload.slo.ttft_ms / 1000,
+                    slo_itl_s=workload.slo.itl_ms / 1000,
+                    hit_rate=_hit_rate(in_stage),
+                    cpu_saturated=busy is not None and busy >= CPU_SATURATED,
+                )
+            )
+        start = end
+    return summaries
+
+
+def _run_one(
+    url: str,
+    model: str | None,
+    requests: Sequence[BenchRequest],
+    prompts: PromptSet,
+    options: BenchOptions,
+    progress: Progress,
+    label: str,
+) -> tuple[list[RequestRecord], CpuSampler]:
+    task = progress.add_task(label, total=len(requests))
+    cpu = CpuSampler()
+    records = asyncio.run(
+        run_load(
+            f"{url}/v1/completions",
+            model,
+            requests,
+            prompts,
+            options.time_scale,
+            on_done=lambda _: progress.advance(task),
+            cpu=cpu,
+        )
+    )
+    return records, cpu
+
+
+def run_bench(options: BenchOptions) -> BenchResults:
+    """Run every (cluster, policy) pair on the same requests and write the results."""
+    workload = options.workload
+    prompts = build_prompts(workload)
+    stages = schedule(workload, quick=options.quick)
+    requests = build_requests(workload, prompts, stages)
+    runs: list[RunResult] = []
+    profile = get_profile(workload.engine_profile)
+    gpus_per_pod = profile.tensor_parallel_size
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns) as progress:
+        pairs = (
+            [("target", options.policies[0])]
+            if options.target
+            else [(c, p) for c in options.clusters for p in options.policies]
+        )
+        for cluster_name, policy in pairs:
+            label = f"{cluster_name} / {policy}"
+            if options.target:
+                records, cpu = _run_one(
+                    options.target.rstrip("/"),
+                    workload.model,
+                    requests,
+                    prompts,
+                    options,
+                    progress,
+                    label,
+                )
+                shape: dict[str, int] = {}
+                gpus = workload.gpus
+            else:
+                cluster_shape = workload.clusters[cluster_name]
+                spec = _spec(cluster_shape, workload, policy, options)
+                run_dir = options.output / "runs" / f"{cluster_name}-{policy}"
+                with LocalCluster(spec, run_dir) as cluster:
+                    records, cpu = _run_one(
+                        cluster.url, None, requests, prompts, options, progress, label
+                    )
+                shape = cluster_shape.model_dump(exclude_defaults=True)
+                gpus = cluster_shape.pods * gpus_per_pod
+            summaries = summarize_run(records, stages, workload, cpu)
+            runs.append(
+                RunResult.from_stages(
+                    cluster=cluster_name,
+                    shape=shape,
+                    policy=policy,
+                    gpus=gpus,
+                    stages=summaries,
+                    records=records,
+                )
+            )
+    results = BenchResults(
+        workload=workload.name,
+        model=workload.model,
+        time_scale=options.time_scale,
+        target=options.target,
+        slo=SloTargets(workload.slo.ttft_ms, workload.slo.itl_ms),
+        reference={k: v.model_dump(exclude_none=True) for k, v in workload.reference.items()},
+        runs=runs,
+    )
+    options.output.mkdir(parents=True, exist_ok=True)
+    write_results(options.output / "results.json", results)
+    write_markdown(options.output / "report.md", results)
+    write_plots(options.output, results)
+    return results

@@ -1,0 +1,171 @@
+"""From per-request records to per-stage figures: percentiles, throughput, SLO attainment,
+goodput and prefix-cache hit rate, as defined in `bench/workloads/README.md`.
+
+All times are model seconds. Everything here is pure: the runner passes in the records of one
+stage and the counters it scraped, and gets back numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from bench.records import Percentiles, RequestRecord, StageSummary
+
+DEFAULT_LAG_LIMIT_S = 1.0
+"""Generator lag p99 (model seconds) above which a stage counts as machine-limited.
+
+The lowest rate in the shipped ladders is 3 requests/s (a mean gap of 0.33 s), so a request
+sent a second late has been pushed past about three of its neighbours' arrival times: the
+offered load is no longer the Poisson process the stage names."""
+
+GOODPUT_THRESHOLD = 0.9
+
+PREFIX_CACHE_HITS = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_hits")
+PREFIX_CACHE_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_queries")
+"""Counter names as exposed (`_total`) and as a Prometheus parser names the family."""
+
+
+def percentiles(values: Sequence[float]) -> Percentiles:
+    """p50/p90/p99/mean with linear interpolation between order statistics (numpy's default)."""
+    if not values:
+        return Percentiles(None, None, None, None)
+    ordered = sorted(values)
+    return Percentiles(
+        p50=_quantile(ordered, 0.50),
+        p90=_quantile(ordered, 0.90),
+        p99=_quantile(ordered, 0.99),
+        mean=math.fsum(ordered) / len(ordered),
+    )
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float:
+    position = q * (len(ordered) - 1)
+    below = math.floor(position)
+    above = min(below + 1, len(ordered) - 1)
+    fraction = position - below
+    return ordered[below] + (ordered[above] - ordered[below]) * fraction
+
+
+def meets_slo(record: RequestRecord, slo_ttft_s: float, slo_itl_s: float) -> bool:
+    """Succeeded with TTFT and mean ITL within target; one output token has no ITL to miss."""
+    if not record.success or record.ttft_s is None or record.ttft_s > slo_ttft_s:
+        return False
+    mean_itl = record.mean_itl_s
+    return mean_itl is None or mean_itl <= slo_itl_s
+
+
+def summarize_stage(
+    stage: int,
+    rate: float,
+    duration_s: float,
+    records: Sequence[RequestRecord],
+    slo_ttft_s: float,
+    slo_itl_s: float,
+    hit_rate: float | None,
+    cpu_saturated: bool,
+    lag_limit_s: float = DEFAULT_LAG_LIMIT_S,
+) -> StageSummary:
+    """One stage's figures from the records of the requests it scheduled.
+
+    Throughput counts the stage's successful requests (and their prompt and output tokens)
+    per second of the longer of the stage's duration and its completion window (first send
+    to last completion, see `completion_window_s`): a system that keeps up finishes within
+    the stage and shows the offered rate; one that falls behind finishes late and shows the
+    lower rate it really sustained, as inference-perf reports it. Latency
+    percentiles cover successful requests only; success rate and SLO attainment are shares
+    of all the stage's requests.
+    """
+    if duration_s <= 0:
+        raise ValueError(f"stage {stage}: duration must be positive, got {duration_s}")
+    strays = sorted({r.stage for r in records if r.stage != stage})
+    if strays:
+        raise ValueError(f"stage {stage}: records of other stages {strays} passed in")
+    succeeded = [r for r in records if r.success]
+    requests = len(records)
+    input_tokens = sum(r.prompt_tokens for r in succeeded)
+    output_tokens = sum(r.output_tokens for r in succeeded)
+    good = sum(meets_slo(r, slo_ttft_s, slo_itl_s) for r in records)
+    window = max(duration_s, completion_window_s(records) or 0.0)
+    lag = percentiles([r.lag_s for r in records]).p99
+    lag_p99 = lag if lag is not None else 0.0
+    return StageSummary(
+        stage=stage,
+        rate=rate,
+        duration_s=duration_s,
+        requests=requests,
+        completed=len(succeeded),
+        success_rate=len(succeeded) / requests if requests else 0.0,
+        requests_per_s=len(succeeded) / window,
+        input_tokens_per_s=input_tokens / window,
+        output_tokens_per_s=output_tokens / window,
+        total_tokens_per_s=(input_tokens + output_tokens) / window,
+        ttft_s=percentiles([r.ttft_s for r in succeeded if r.ttft_s is not None]),
+        itl_s=percentiles([gap for r in succeeded for gap in r.itl_s]),
+        e2e_s=percentiles([r.e2e_s for r in succeeded if r.e2e_s is not None]),
+        slo_attainment=good / requests if requests else 0.0,
+        hit_rate=hit_rate,
+        generator_lag_p99_s=lag_p99,
+        machine_limited=cpu_saturated or lag_p99 > lag_limit_s,
+    )
+
+
+def completion_window_s(records: Sequence[RequestRecord]) -> float | None:
+    """First send to last successful completion: the denominator inference-perf divides by.
+
+    The published llm-d figures (e.g. 14.41 requests/s at the rate-60 stage) are counts over
+    this window, not over the stage's nominal duration, so compare with them using this.
+    """
+    ends = [r.sent_s + r.e2e_s for r in records if r.success and r.e2e_s is not None]
+    if not ends:
+        return None
+    window = max(ends) - min(r.sent_s for r in records)
+    return window if window > 0 else None
+
+
+def goodput(summaries: Sequence[StageSummary], threshold: float = GOODPUT_THRESHOLD) -> float:
+    """The highest rate at which SLO attainment holds at `threshold`, interpolated linearly.
+
+    Stages are walked in increasing rate and the walk stops at the first stage below the
+    threshold: a later stage that meets it again does not count, since attainment that
+    recovers under more load is noise, not capacity. If the lowest stage already misses,
+    goodput is 0: nothing measured meets the SLO, and assuming full attainment at zero load
+    would credit a system whose unloaded ITL alone misses the target.
+    """
+    ladder = sorted(summaries, key=lambda s: s.rate)
+    previous: StageSummary | None = None
+    for summary in ladder:
+        if summary.slo_attainment < threshold:
+            if previous is None:
+                return 0.0
+            drop = previous.slo_attainment - summary.slo_attainment
+            fraction = (previous.slo_attainment - threshold) / drop
+            return previous.rate + fraction * (summary.rate - previous.rate)
+        previous = summary
+    return previous.rate if previous is not None else 0.0
+
+
+def hit_rate_from_counters(before: Mapping[str, float], after: Mapping[str, float]) -> float | None:
+    """Prefix-cache hits / queries over the interval between two scrapes, None without queries.
+
+    Keys are Prometheus series, `name` or `name{labels}`, one per pod and series (make them
+    unique per pod, e.g. with a `pod` label); the hits and queries series are summed. A series
+    whose value went down was reset (its pod restarted) and counts from zero.
+    """
+    hits = _counter_delta(before, after, PREFIX_CACHE_HITS)
+    queries = _counter_delta(before, after, PREFIX_CACHE_QUERIES)
+    if queries <= 0:
+        return None
+    return hits / queries
+
+
+def _counter_delta(
+    before: Mapping[str, float], after: Mapping[str, float], names: Sequence[str]
+) -> float:
+    total = 0.0
+    for series, value in after.items():
+        if series.partition("{")[0] not in names:
+            continue
+        delta = value - before.get(series, 0.0)
+        total += value if delta < 0 else delta
+    return total

@@ -1,0 +1,128 @@
+"""Benchmark workload files (`bench/workloads/*.yaml`), accepted exactly as they are written.
+
+    name, model, engine_profile, gpus
+    clusters: {name: {both: N} | {prefill: P, decode: D}}
+    data: {type: shared_prefix, num_groups, prompts_per_group, system_prompt_len,
+           question_len, output_len, seed}
+        | {type: random, num_prompts, input_len, output_len, seed}
+    load: {type: poisson, warmup?: {rate, duration}, stages: [{rate, duration}, ...]}
+    slo: {ttft_ms, itl_ms}
+    reference?: {policy: {requests_per_s, output_tokens_per_s, ttft_mean_s, itl_mean_ms}}
+
+Lengths are tokens, rates requests per second, durations seconds of model time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+WORKLOAD_DIR = Path(__file__).parent / "workloads"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClusterShape(_Strict):
+    both: int = Field(0, ge=0)
+    prefill: int = Field(0, ge=0)
+    decode: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> ClusterShape:
+        if self.both and (self.prefill or self.decode):
+            raise ValueError("a cluster is either aggregated (both) or prefill + decode")
+        if not self.both and not self.decode:
+            raise ValueError("a cluster needs pods: both: N, or decode: N (with prefill: M)")
+        return self
+
+    @property
+    def pods(self) -> int:
+        return self.both + self.prefill + self.decode
+
+
+class SharedPrefixData(_Strict):
+    type: Literal["shared_prefix"]
+    num_groups: int = Field(ge=1)
+    prompts_per_group: int = Field(ge=1)
+    system_prompt_len: int = Field(ge=0)
+    question_len: int = Field(ge=1)
+    output_len: int = Field(ge=1)
+    seed: int = 0
+
+
+class RandomData(_Strict):
+    type: Literal["random"]
+    num_prompts: int = Field(ge=1)
+    input_len: int = Field(ge=1)
+    output_len: int = Field(ge=1)
+    seed: int = 0
+
+
+class Stage(_Strict):
+    rate: float = Field(gt=0)
+    duration: float = Field(gt=0)
+
+
+class Load(_Strict):
+    type: Literal["poisson"]
+    warmup: Stage | None = None
+    stages: list[Stage] = Field(min_length=1)
+
+
+class Slo(_Strict):
+    ttft_ms: float = Field(gt=0)
+    itl_ms: float = Field(gt=0)
+
+
+class ReferenceFigures(_Strict):
+    requests_per_s: float | None = None
+    output_tokens_per_s: float | None = None
+    ttft_mean_s: float | None = None
+    itl_mean_ms: float | None = None
+
+
+class Workload(_Strict):
+    name: str
+    model: str
+    engine_profile: str
+    gpus: int = Field(ge=1)
+    clusters: dict[str, ClusterShape] = Field(min_length=1)
+    data: Annotated[SharedPrefixData | RandomData, Field(discriminator="type")]
+    load: Load
+    slo: Slo
+    reference: dict[str, ReferenceFigures] = Field(default_factory=dict)
+
+
+class WorkloadError(ValueError):
+    """A workload file is missing or invalid; the message names the field."""
+
+
+def resolve_workload_path(name_or_path: str) -> Path:
+    """A path, or the name of a shipped workload (with or without .yaml)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    shipped = WORKLOAD_DIR / (
+        name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml"
+    )
+    if shipped.exists():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in WORKLOAD_DIR.glob("*.yaml")))
+    raise WorkloadError(f"no workload file {name_or_path!r}; shipped workloads: {names}")
+
+
+def load_workload(name_or_path: str) -> Workload:
+    path = resolve_workload_path(name_or_path)
+    try:
+        document = yaml.safe_load(path.read_text())
+        return Workload.model_validate(document)
+    except yaml.YAMLError as exc:
+        raise WorkloadError(f"{path}: not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise WorkloadError(f"{path}: " + "; ".join(problems)) from None

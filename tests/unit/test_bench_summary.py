@@ -1,0 +1,258 @@
+"""Stage summaries, goodput and hit rate from hand-computable records."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.records import Percentiles, RequestRecord, StageSummary
+from bench.summary import (
+    completion_window_s,
+    goodput,
+    hit_rate_from_counters,
+    percentiles,
+    summarize_stage,
+)
+
+SLO_TTFT_S = 1.0
+SLO_ITL_S = 0.05
+
+
+def _record(
+    n: int,
+    *,
+    success: bool = True,
+    ttft_s: float | None = 0.5,
+    itl_s: tuple[float, ...] = (0.02, 0.04),
+    prompt_tokens: int = 100,
+    lag_s: float = 0.0,
+    stage: int = 0,
+) -> RequestRecord:
+    return RequestRecord(
+        request_id=f"r{n}",
+        stage=stage,
+        scheduled_s=float(n),
+        sent_s=float(n) + lag_s,
+        prompt_tokens=prompt_tokens,
+        max_tokens=len(itl_s) + 1,
+        success=success,
+        status=200 if success else 503,
+        ttft_s=ttft_s if success else None,
+        e2e_s=(ttft_s or 0.0) + sum(itl_s) if success else None,
+        output_tokens=len(itl_s) + 1 if success else 0,
+        itl_s=list(itl_s) if success else [],
+    )
+
+
+def _summary(rate: float, attainment: float, *, stage: int = 0) -> StageSummary:
+    empty = Percentiles(None, None, None, None)
+    return StageSummary(
+        stage=stage,
+        rate=rate,
+        duration_s=10.0,
+        requests=10,
+        completed=10,
+        success_rate=1.0,
+        requests_per_s=rate,
+        input_tokens_per_s=0.0,
+        output_tokens_per_s=0.0,
+        total_tokens_per_s=0.0,
+        ttft_s=empty,
+        itl_s=empty,
+        e2e_s=empty,
+        slo_attainment=attainment,
+        hit_rate=None,
+        generator_lag_p99_s=0.0,
+        machine_limited=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([3.0], (3.0, 3.0, 3.0, 3.0)),
+        ([2.0, 1.0], (1.5, 1.9, 1.99, 1.5)),
+        # 0..10: position q * 10, so p50 = 5, p90 = 9, p99 = 9.9.
+        ([float(v) for v in reversed(range(11))], (5.0, 9.0, 9.9, 5.0)),
+        # position 2.7 lies 70 % of the way from 1 to 5.
+        ([1.0, 1.0, 1.0, 5.0], (1.0, 3.8, 4.88, 2.0)),
+    ],
+)
+def test_percentiles_interpolate_linearly(
+    values: list[float], expected: tuple[float, float, float, float]
+) -> None:
+    got = percentiles(values)
+    assert (got.p50, got.p90, got.p99, got.mean) == pytest.approx(expected)
+
+
+def test_percentiles_of_nothing_are_none() -> None:
+    assert percentiles([]) == Percentiles(None, None, None, None)
+
+
+def test_throughput_counts_successful_requests_per_second_of_the_stage() -> None:
+    records = [
+        _record(0, prompt_tokens=100),
+        _record(1, prompt_tokens=300, itl_s=(0.01,) * 9),
+        _record(2, success=False),
+        _record(3, success=False),
+    ]
+    summary = summarize_stage(
+        0, 2.0, 4.0, records, SLO_TTFT_S, SLO_ITL_S, hit_rate=0.5, cpu_saturated=False
+    )
+    assert summary.requests == 4
+    assert summary.completed == 2
+    assert summary.success_rate == 0.5
+    assert summary.requests_per_s == 0.5
+    assert summary.input_tokens_per_s == 100.0  # (100 + 300) / 4
+    assert summary.output_tokens_per_s == 3.25  # (3 + 10) / 4
+    assert summary.total_tokens_per_s == 103.25
+    assert summary.hit_rate == 0.5
+
+
+@pytest.mark.parametrize(
+    ("name", "records", "attainment"),
+    [
+        ("all good", [_record(0), _record(1)], 1.0),
+        ("ttft on the limit meets it", [_record(0, ttft_s=1.0)], 1.0),
+        ("ttft over", [_record(0, ttft_s=1.01), _record(1)], 0.5),
+        # Mean ITL 0.05 meets the target although one gap (0.08) exceeds it.
+        ("mean itl, not max", [_record(0, itl_s=(0.02, 0.08))], 1.0),
+        ("mean itl over", [_record(0, itl_s=(0.05, 0.07)), _record(1)], 0.5),
+        ("single token has no itl", [_record(0, itl_s=())], 1.0),
+        ("single token still needs ttft", [_record(0, itl_s=(), ttft_s=2.0)], 0.0),
+        ("failures count against", [_record(0), _record(1, success=False)], 0.5),
+        ("no requests", [], 0.0),
+    ],
+)
+def test_slo_attainment_is_a_share_of_all_requests(
+    name: str, records: list[RequestRecord], attainment: float
+) -> None:
+    summary = summarize_stage(
+        0, 1.0, 10.0, records, SLO_TTFT_S, SLO_ITL_S, hit_rate=None, cpu_saturated=False
+    )
+    assert summary.slo_attainment == attainment, name
+
+
+def test_latency_percentiles_cover_successful_requests_and_every_gap() -> None:
+    records = [
+        _record(0, ttft_s=0.1, itl_s=(0.01, 0.03)),
+        _record(1, ttft_s=0.3, itl_s=(0.02,)),
+        _record(2, success=False),
+    ]
+    summary = summarize_stage(
+        0, 1.0, 10.0, records, SLO_TTFT_S, SLO_ITL_S, hit_rate=None, cpu_saturated=False
+    )
+    assert summary.ttft_s.p50 == pytest.approx(0.2)
+    assert summary.itl_s.p50 == pytest.approx(0.02)
+    assert summary.itl_s.mean == pytest.approx(0.02)
+    assert summary.e2e_s.p50 == pytest.approx((0.14 + 0.32) / 2)
+
+
+@pytest.mark.parametrize(
+    ("lags", "cpu_saturated", "limited"),
+    [
+        ([0.0, 0.1, 0.2], False, False),
+        ([0.0, 0.1, 0.2], True, True),
+        ([0.0] * 98 + [5.0, 5.0], False, True),  # p99 = 5.0
+        ([0.0] * 99 + [5.0], False, False),  # p99 = 0.05: one straggler is not a trend
+        ([1.0, 1.0], False, False),  # exactly the limit
+    ],
+)
+def test_machine_limited_when_generator_lags_or_cpu_saturates(
+    lags: list[float], cpu_saturated: bool, limited: bool
+) -> None:
+    records = [_record(n, lag_s=lag) for n, lag in enumerate(lags)]
+    summary = summarize_stage(
+        0, 1.0, 10.0, records, SLO_TTFT_S, SLO_ITL_S, None, cpu_saturated, lag_limit_s=1.0
+    )
+    assert summary.machine_limited is limited
+    assert summary.generator_lag_p99_s == pytest.approx(percentiles(lags).p99)
+
+
+def test_summarize_stage_rejects_records_of_another_stage() -> None:
+    with pytest.raises(ValueError, match="other stages"):
+        summarize_stage(0, 1.0, 1.0, [_record(0, stage=1)], 1.0, 1.0, None, False)
+
+
+GOODPUT_CASES: list[tuple[str, list[tuple[float, float]], float]] = [
+    ("all meet: the top rate", [(5, 1.0), (10, 0.95), (20, 0.9)], 20.0),
+    ("none meet: zero", [(5, 0.8), (10, 0.5)], 0.0),
+    # 0.95 at 10, 0.85 at 20: crosses 0.9 halfway.
+    ("crossing between stages", [(5, 1.0), (10, 0.95), (20, 0.85)], 15.0),
+    ("crossing from a full stage", [(10, 1.0), (20, 0.0)], 11.0),
+    ("stages out of order", [(20, 0.85), (5, 1.0), (10, 0.95)], 15.0),
+    # 1.0 at 5, 0.5 at 10: crosses at 5 + 0.1 / 0.5 * 5; the recovery at 20 is ignored.
+    ("stops at the first miss", [(5, 1.0), (10, 0.5), (20, 0.95)], 6.0),
+    ("no stages", [], 0.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("ladder", "expected"),
+    [pytest.param(ladder, expected, id=name) for name, ladder, expected in GOODPUT_CASES],
+)
+def test_goodput_interpolates_where_attainment_crosses_90_percent(
+    ladder: list[tuple[float, float]], expected: float
+) -> None:
+    stages = [_summary(rate, attainment) for rate, attainment in ladder]
+    assert goodput(stages) == pytest.approx(expected)
+
+
+def test_goodput_threshold_is_configurable() -> None:
+    stages = [_summary(10, 1.0), _summary(20, 0.6)]
+    assert goodput(stages, threshold=0.5) == 20.0
+    assert goodput(stages, threshold=0.8) == pytest.approx(15.0)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        (
+            {"vllm:prefix_cache_hits_total": 100, "vllm:prefix_cache_queries_total": 200},
+            {"vllm:prefix_cache_hits_total": 130, "vllm:prefix_cache_queries_total": 300},
+            0.3,
+        ),
+        # Summed over pods; the other counters and `_created` series are ignored.
+        (
+            {
+                'vllm:prefix_cache_hits_total{pod="a"}': 0,
+                'vllm:prefix_cache_queries_total{pod="a"}': 0,
+                'vllm:prefix_cache_hits_total{pod="b"}': 10,
+                'vllm:prefix_cache_queries_total{pod="b"}': 10,
+            },
+            {
+                'vllm:prefix_cache_hits_total{pod="a"}': 60,
+                'vllm:prefix_cache_queries_total{pod="a"}': 100,
+                'vllm:prefix_cache_hits_total{pod="b"}': 10,
+                'vllm:prefix_cache_queries_total{pod="b"}': 110,
+                'vllm:prefix_cache_hits_created{pod="b"}': 1e9,
+                'vllm:external_prefix_cache_hits_total{pod="b"}': 500,
+            },
+            0.3,
+        ),
+        # A pod first seen after `before` counts from zero; a reset counter counts from zero.
+        (
+            {"vllm:prefix_cache_hits{pod=a}": 500, "vllm:prefix_cache_queries{pod=a}": 900},
+            {
+                "vllm:prefix_cache_hits{pod=a}": 20,
+                "vllm:prefix_cache_queries{pod=a}": 40,
+                "vllm:prefix_cache_hits{pod=b}": 10,
+                "vllm:prefix_cache_queries{pod=b}": 60,
+            },
+            0.3,
+        ),
+        ({"vllm:prefix_cache_queries_total": 5}, {"vllm:prefix_cache_queries_total": 5}, None),
+        ({}, {}, None),
+    ],
+)
+def test_hit_rate_from_counter_deltas(
+    before: dict[str, float], after: dict[str, float], expected: float | None
+) -> None:
+    got = hit_rate_from_counters(before, after)
+    assert got == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_completion_window_runs_from_first_send_to_last_completion() -> None:
+    records = [_record(0, ttft_s=0.5, itl_s=(0.25,)), _record(2, ttft_s=3.0, itl_s=())]
+    records.append(_record(9, success=False))
+    assert completion_window_s(records) == pytest.approx(5.0)
+    assert completion_window_s([_record(0, success=False)]) is None
