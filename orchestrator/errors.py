@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 ERROR_TYPES: dict[int, str] = {
     400: "BadRequestError",
+    403: "PermissionDeniedError",
     404: "NotFoundError",
     413: "RequestTooLargeError",
     429: "RateLimitError",

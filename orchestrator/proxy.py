@@ -42,9 +42,17 @@ def upstream_headers(
     }
 
 
+# The serving proxy writes its own (RFC 9110 section 6.6.1: one Date per message).
+_SET_BY_SERVER = frozenset({"date", "server"})
+
+
 def downstream_headers(upstream: httpx.Headers) -> dict[str, str]:
-    """A pod's response headers minus hop-by-hop fields."""
-    return {k: v for k, v in upstream.items() if k.lower() not in _HOP_BY_HOP}
+    """A pod's response headers minus hop-by-hop fields and those the server sets itself."""
+    return {
+        k: v
+        for k, v in upstream.items()
+        if k.lower() not in _HOP_BY_HOP and k.lower() not in _SET_BY_SERVER
+    }
 
 
 def upstream_failure(what: str, exc: httpx.HTTPError) -> tuple[GatewayError, str]:

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
-from prometheus_client import generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchestrator.errors import GatewayError, install_error_handlers
 from orchestrator.proxy import (
@@ -58,7 +58,10 @@ class _Leg:
     headers: dict[str, str]
     stream: bool
     prefilled: PrefillOutcome | None = None
-    """Set when the body carries a remote prefill's kv_transfer_params."""
+    """Set while the body carries a remote prefill's kv_transfer_params that the local vLLM
+    has not been handed yet (if the request ends now, the prefill is orphaned)."""
+    mode: str = "local"
+    """How the request was served, for `tandem_sidecar_requests_total`."""
 
 
 @dataclass(slots=True)
@@ -86,13 +89,13 @@ class Sidecar:
         if not targets or not isinstance(payload, dict):
             # Nothing to prefill remotely (or nothing we can rewrite): vLLM answers as is,
             # including its own error for a malformed body.
-            self.metrics.requests.labels("local").inc()
             response = await cancel_on_disconnect(request, self._decode(leg, request_id))
         else:
             candidates = self._allowed(targets, request_id)
             response = await cancel_on_disconnect(
                 request, self._disaggregated(leg, payload, candidates, request_id)
             )
+        self.metrics.requests.labels(leg.mode).inc()
         response.headers[REQUEST_ID_HEADER] = request_id
         return response
 
@@ -132,7 +135,7 @@ class Sidecar:
             )
         if outcome.params is None:
             return await self._fallback(leg, outcome.fallback_reason or "unknown", request_id)
-        self.metrics.requests.labels("disaggregated").inc()
+        leg.mode = "disaggregated"
         leg.body = json.dumps({**payload, "kv_transfer_params": outcome.params}).encode()
         leg.prefilled = outcome
         logger.debug(
@@ -152,7 +155,7 @@ class Sidecar:
 
     async def _fallback(self, leg: _Leg, reason: str, request_id: str) -> Response:
         self.metrics.fallbacks.labels(reason).inc()
-        self.metrics.requests.labels("fallback").inc()
+        leg.mode = "fallback"
         logger.warning("prefill_fallback request_id=%s reason=%s", request_id, reason)
         leg.prefilled = None
         return await self._decode(leg, request_id)
@@ -160,8 +163,10 @@ class Sidecar:
     async def _decode(self, leg: _Leg, request_id: str) -> Response:
         """Send a leg to the local vLLM and relay its answer."""
         handoff_started = time.perf_counter()
-        upstream = await self._send(leg)
-        if leg.prefilled is not None and self.config.retry_local_on_kv_load_failure:
+        prefilled = leg.prefilled
+        leg.prefilled = None  # from here the local vLLM reads the KV or releases it
+        upstream = await self._send(leg, prefilled)
+        if prefilled is not None and self.config.retry_local_on_kv_load_failure:
             failed, chunks = await self._peek_kv_load_failure(upstream, leg)
             if failed:
                 await upstream.aclose()
@@ -170,8 +175,6 @@ class Sidecar:
         else:
             chunks = None
         out_headers = downstream_headers(upstream.headers)
-        prefilled = leg.prefilled
-        leg.prefilled = None  # handed to vLLM: its KV is vLLM's to read or release now
 
         def first_chunk() -> None:
             if prefilled is not None:
@@ -200,11 +203,15 @@ class Sidecar:
             out_headers.pop("content-length", None)
         return Response(body, status_code=upstream.status_code, headers=out_headers)
 
-    async def _send(self, leg: _Leg) -> httpx.Response:
+    async def _send(self, leg: _Leg, prefilled: PrefillOutcome | None) -> httpx.Response:
         request = self.vllm.build_request("POST", leg.path, content=leg.body, headers=leg.headers)
         try:
             return await self.vllm.send(request, stream=True)
         except httpx.HTTPError as exc:
+            # No answer at all: whether vLLM ever took the handle is unknown, so the prefill
+            # counts as orphaned (its lease frees it). A client leaving once vLLM has the
+            # request is not an orphan: vLLM aborts and releases the producer's KV.
+            leg.prefilled = prefilled
             error, kind = upstream_failure("local vLLM", exc)
             self.metrics.errors.labels(f"decode_{kind}").inc()
             raise error from None
@@ -233,6 +240,8 @@ class Sidecar:
     # -- everything else ------------------------------------------------------------------
 
     async def passthrough(self, request: Request) -> Response:
+        if request.url.path == "/metrics":
+            return await self._metrics(request)
         headers = upstream_headers(request.headers)
         outgoing = self.vllm.build_request(
             request.method, request.url.path, params=request.query_params,
@@ -252,9 +261,19 @@ class Sidecar:
             body = await upstream.aread()
         finally:
             await upstream.aclose()
-        if request.url.path == "/metrics" and upstream.status_code == 200:
-            body = body + generate_latest(self.metrics.registry)
         return Response(body, upstream.status_code, headers=_without_length(upstream.headers))
+
+    async def _metrics(self, request: Request) -> Response:
+        """vLLM's metrics followed by the sidecar's; the sidecar's alone when vLLM is down
+        (a scraper then sees no vLLM metrics and treats the pod as unhealthy)."""
+        own = generate_latest(self.metrics.registry)
+        try:
+            reply = await self.vllm.get("/metrics", params=request.query_params)
+        except httpx.HTTPError:
+            return Response(own, media_type=CONTENT_TYPE_LATEST)
+        if reply.status_code != 200:
+            return Response(own, media_type=CONTENT_TYPE_LATEST)
+        return Response(reply.content + own, media_type=CONTENT_TYPE_LATEST)
 
 
 async def _prepended(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
