@@ -69,6 +69,9 @@ class Sidecar:
     config: SidecarConfig
     allowlist: PrefillAllowlist
     vllm: httpx.AsyncClient
+    vllm_transport: httpx.AsyncBaseTransport
+    """Hot-path requests go straight to the transport, skipping the client's cookie, auth and
+    redirect layers, which cost a proxy a third of its time and do nothing for it."""
     prefill_client: httpx.AsyncClient
     metrics: SidecarMetrics
 
@@ -206,7 +209,9 @@ class Sidecar:
     async def _send(self, leg: _Leg, prefilled: PrefillOutcome | None) -> httpx.Response:
         request = self.vllm.build_request("POST", leg.path, content=leg.body, headers=leg.headers)
         try:
-            return await self.vllm.send(request, stream=True)
+            response = await self.vllm_transport.handle_async_request(request)
+            response.request = request
+            return response
         except httpx.HTTPError as exc:
             # No answer at all: whether vLLM ever took the handle is unknown, so the prefill
             # counts as orphaned (its lease frees it). A client leaving once vLLM has the
@@ -248,7 +253,8 @@ class Sidecar:
             content=await request.body(), headers=headers,
         )  # fmt: skip
         try:
-            upstream = await self.vllm.send(outgoing, stream=True)
+            upstream = await self.vllm_transport.handle_async_request(outgoing)
+            upstream.request = outgoing
         except httpx.HTTPError as exc:
             raise upstream_failure("local vLLM", exc)[0] from None
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
@@ -358,18 +364,20 @@ def create_app(
             max_keepalive_connections=256,
             keepalive_expiry=config.keepalive_expiry_s,
         )
+        vllm_transport = transport or httpx.AsyncHTTPTransport(limits=limits)
         vllm = httpx.AsyncClient(
             base_url=f"http://{config.vllm_host}:{config.vllm_port}",
             timeout=httpx.Timeout(config.decode_timeout_s, connect=config.connect_timeout_s),
-            limits=limits,
-            transport=transport,
+            transport=vllm_transport,
         )
         prefill = httpx.AsyncClient(
             timeout=httpx.Timeout(config.prefill_timeout_s, connect=config.connect_timeout_s),
             limits=limits,
             transport=transport,
         )
-        app.state.sidecar = Sidecar(config, allowed, vllm, prefill, SidecarMetrics())
+        app.state.sidecar = Sidecar(
+            config, allowed, vllm, vllm_transport, prefill, SidecarMetrics()
+        )
         logger.info(
             "sidecar_started port=%d vllm=%s:%d prefill_endpoints=%d",
             config.port, config.vllm_host, config.vllm_port, len(config.prefill_endpoints),
