@@ -59,7 +59,6 @@ async def _one(
     model: str | None,
     request: BenchRequest,
     prompt: str,
-    prompt_tokens: int,
     record: RequestRecord,
     clock: Callable[[], float],
 ) -> None:
@@ -136,8 +135,7 @@ async def run_load(
 
         async def send(request: BenchRequest, record: RequestRecord) -> None:
             await _one(
-                client, url, model, request, prompts.prompts[request.prompt_index],
-                prompts.tokens[request.prompt_index], record, model_clock,
+                client, url, model, request, prompts.text(request), record, model_clock,
             )  # fmt: skip
             if on_done is not None:
                 on_done(record)
@@ -158,7 +156,7 @@ async def run_load(
                 stage=request.stage,
                 scheduled_s=request.arrival_s,
                 sent_s=model_clock(),
-                prompt_tokens=prompts.tokens[request.prompt_index],
+                prompt_tokens=prompts.tokens(request),
                 max_tokens=request.max_tokens,
                 group=request.group,
             )

@@ -3,8 +3,17 @@
 Everything is drawn from generators seeded by the workload's `seed`, so every policy and
 cluster sees the same request sequence. Prompts are built from the synthetic tokenizer's
 vocabulary (one token per word, see `simulator/tokenizer.py`), so prompt lengths are exact
-on simulated pods: a shared-prefix prompt is its group's system prompt (identical text for
-every prompt of the group) followed by its own question; groups share nothing.
+on simulated pods.
+
+* `shared_prefix`: each request belongs to a group (uniformly one of `num_groups`) and is
+  that group's system prompt — identical text for the whole group — followed by a question
+  of its own, so at most system_prompt_len / (system_prompt_len + question_len) of the prompt
+  tokens can be cache hits (the ceiling the workloads README states). `prompts_per_group`
+  only sets the group weights (all equal here).
+* `random`: every request's prompt is unique.
+
+Prompt texts are made when a request is sent (`PromptSet.text`), from the request's own
+seed, so even the 16-GPU ladder (17k requests of 7,200 tokens) needs no gigabytes up front.
 """
 
 from __future__ import annotations
@@ -23,18 +32,10 @@ class BenchRequest:
     """Index into the workload's stages; -1 for warm-up."""
     arrival_s: float
     """Model seconds from the start of the run."""
-    prompt_index: int
+    index: int
+    """Position in the run; seeds the request's own text."""
     max_tokens: int
     group: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PromptSet:
-    """The distinct prompts of a workload and their token counts."""
-
-    prompts: tuple[str, ...]
-    tokens: tuple[int, ...]
-    groups: tuple[int | None, ...]
 
 
 def _text(rng: random.Random, num_tokens: int) -> str:
@@ -42,26 +43,36 @@ def _text(rng: random.Random, num_tokens: int) -> str:
     return "".join(" " + rng.choice(SYNTHETIC_WORDS) for _ in range(num_tokens))
 
 
+@dataclass(frozen=True, slots=True)
+class PromptSet:
+    """How to write any request's prompt: the groups' system prompts and the lengths."""
+
+    seed: int
+    system_prompts: tuple[str, ...]
+    """One per group; empty for workloads without shared prefixes."""
+    own_tokens: int
+    """Tokens each request adds of its own (the question, or the whole random prompt)."""
+    system_prompt_tokens: int = 0
+
+    def text(self, request: BenchRequest) -> str:
+        own = _text(random.Random(f"{self.seed}:request:{request.index}"), self.own_tokens)
+        if request.group is None:
+            return own
+        return self.system_prompts[request.group] + own
+
+    def tokens(self, request: BenchRequest) -> int:
+        shared = self.system_prompt_tokens if request.group is not None else 0
+        return shared + self.own_tokens
+
+
 def build_prompts(workload: Workload) -> PromptSet:
     data = workload.data
-    rng = random.Random(f"{data.seed}:prompts")
-    prompts: list[str] = []
-    tokens: list[int] = []
-    groups: list[int | None] = []
+    rng = random.Random(f"{data.seed}:system-prompts")
     if isinstance(data, SharedPrefixData):
-        for group in range(data.num_groups):
-            system = _text(rng, data.system_prompt_len)
-            for _ in range(data.prompts_per_group):
-                prompts.append(system + _text(rng, data.question_len))
-                tokens.append(data.system_prompt_len + data.question_len)
-                groups.append(group)
-    else:
-        assert isinstance(data, RandomData)
-        for _ in range(data.num_prompts):
-            prompts.append(_text(rng, data.input_len))
-            tokens.append(data.input_len)
-            groups.append(None)
-    return PromptSet(tuple(prompts), tuple(tokens), tuple(groups))
+        systems = tuple(_text(rng, data.system_prompt_len) for _ in range(data.num_groups))
+        return PromptSet(data.seed, systems, data.question_len, data.system_prompt_len)
+    assert isinstance(data, RandomData)
+    return PromptSet(data.seed, (), data.input_len)
 
 
 def _arrivals(rng: random.Random, stage: Stage, start: float) -> list[float]:
@@ -77,21 +88,22 @@ def _arrivals(rng: random.Random, stage: Stage, start: float) -> list[float]:
 def build_requests(
     workload: Workload, prompts: PromptSet, stages: list[tuple[int, Stage]]
 ) -> list[BenchRequest]:
-    """Poisson arrivals per stage, one after the other, each picking a prompt at random."""
+    """Poisson arrivals per stage, one after the other; each request drawn a group."""
     rng = random.Random(f"{workload.data.seed}:arrivals")
+    groups = len(prompts.system_prompts)
     requests: list[BenchRequest] = []
     start = 0.0
     for stage_index, stage in stages:
         for arrival in _arrivals(rng, stage, start):
-            prompt_index = rng.randrange(len(prompts.prompts))
+            group = rng.randrange(groups) if groups else None
             requests.append(
                 BenchRequest(
                     request_id=f"{workload.name}-{len(requests):06d}",
                     stage=stage_index,
                     arrival_s=arrival,
-                    prompt_index=prompt_index,
+                    index=len(requests),
                     max_tokens=workload.data.output_len,
-                    group=prompts.groups[prompt_index],
+                    group=group,
                 )
             )
         start += stage.duration

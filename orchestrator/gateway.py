@@ -11,24 +11,20 @@ retried once on another endpoint, so a pod that just died loses no request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
 
 from orchestrator.config import OrchestratorConfig
-from orchestrator.endpoints import EndpointSource, EndpointStore, StaticEndpoints
-from orchestrator.errors import ClientDisconnected, GatewayError, install_error_handlers
+from orchestrator.endpoints import EndpointStore
+from orchestrator.errors import ClientDisconnected, GatewayError
 from orchestrator.inference_request import InferenceRequest, parse_inference_request
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.proxy import (
@@ -40,10 +36,8 @@ from orchestrator.proxy import (
     upstream_failure,
     upstream_headers,
 )
-from orchestrator.scheduling.config import build_scheduler
 from orchestrator.scheduling.plugins.session_affinity_scorer import (
     SESSION_TOKEN_HEADER,
-    SessionAffinityScorer,
     encode_session_token,
 )
 from orchestrator.scheduling.scheduler import Scheduler
@@ -51,7 +45,6 @@ from orchestrator.scheduling.types import (
     Endpoint,
     EndpointView,
     EngineMetrics,
-    PDDecision,
     Role,
     SchedulingError,
     SchedulingResult,
@@ -125,8 +118,8 @@ class Gateway:
         open_views = [v for v in views if v.in_flight < limit]
         started = time.perf_counter()
         try:
-            saturated = any(_can_decode(v) for v in views) and not any(
-                _can_decode(v) for v in open_views
+            saturated = any(can_decode(v) for v in views) and not any(
+                can_decode(v) for v in open_views
             )
             if saturated:
                 raise SchedulingError(
@@ -194,6 +187,10 @@ class Gateway:
                     "upstream_unreachable request_id=%s endpoint=%s attempt=%d error=%r",
                     parsed.scheduling.request_id, decode.name, attempt, exc.cause,
                 )  # fmt: skip
+                # Counts like a failed scrape: a pod that refuses requests is soon left out
+                # for everyone, not only retried around for this request.
+                if self.store.record_scrape_failure(decode.name, f"refused: {exc.cause!r}"):
+                    logger.warning("endpoint_unhealthy endpoint=%s error=refused", decode.name)
                 exclude = exclude | {decode.name}
                 last = exc
         raise upstream_failure(f"decode endpoint {last.endpoint}", last.cause)[0]
@@ -329,116 +326,6 @@ class _Unreachable(Exception):
         self.cause = cause
 
 
-def _can_decode(view: EndpointView) -> bool:
+def can_decode(view: EndpointView) -> bool:
+    """Whether an endpoint can serve as the decode (primary) target."""
     return view.endpoint.role in (None, Role.DECODE, Role.BOTH, Role.PREFILL_DECODE)
-
-
-def create_app(
-    config: OrchestratorConfig,
-    *,
-    config_dir: Path | None = None,
-    source: EndpointSource | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> FastAPI:
-    """The gateway app; its lifespan owns the HTTP client, discovery and scraping."""
-    import random
-
-    scheduler = build_scheduler(
-        config.scheduler_config(config_dir),
-        rng=random.Random(config.seed),
-        prefix_seed=config.model or "",
-    )
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gateway_config = config.gateway
-        upstream_transport = transport or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512)
-        )
-        client = httpx.AsyncClient(
-            transport=upstream_transport,
-            timeout=httpx.Timeout(
-                gateway_config.request_timeout_s, connect=gateway_config.connect_timeout_s
-            ),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512),
-        )
-        gateway = Gateway(
-            config=config,
-            scheduler=scheduler,
-            store=EndpointStore(config.scrape.staleness_s, config.scrape.failures_before_unhealthy),
-            client=client,
-            transport=upstream_transport,
-            metrics=GatewayMetrics(),
-            clock=clock,
-            encodes_sessions=any(
-                isinstance(p, SessionAffinityScorer)
-                and p.parameters.strategy == "encoded_endpoint_header"
-                for p in scheduler.plugins.values()
-            ),
-        )
-        gateway.scraper = MetricsScraper(
-            gateway.store, client, clock,
-            interval_s=config.scrape.interval_s, timeout_s=config.scrape.timeout_s,
-            on_scrape=gateway.on_scrape,
-        )  # fmt: skip
-        discovery = source or StaticEndpoints(e.endpoint() for e in config.endpoints)
-        gateway.tasks.append(asyncio.create_task(discovery.run(gateway.on_endpoints)))
-        app.state.gateway = gateway
-        try:
-            yield
-        finally:
-            for task in gateway.tasks:
-                task.cancel()
-            for task in gateway.tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await gateway.scraper.stop()
-            await client.aclose()
-
-    app = FastAPI(title="tandem orchestrator", lifespan=lifespan)
-    install_error_handlers(app)
-
-    def gateway_of(request: Request) -> Gateway:
-        gateway: Gateway = request.app.state.gateway
-        return gateway
-
-    async def completions(request: Request) -> Response:
-        return await gateway_of(request).forward(request, "completions")
-
-    async def chat_completions(request: Request) -> Response:
-        return await gateway_of(request).forward(request, "chat")
-
-    # Plain Starlette routes: the hot path needs none of FastAPI's parameter handling.
-    app.router.add_route("/v1/completions", completions, methods=["POST"])
-    app.router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> dict[str, Any]:
-        return await gateway_of(request).list_models()
-
-    @app.get("/health")
-    async def health() -> Response:
-        return Response(status_code=200)
-
-    @app.get("/ready")
-    async def ready(request: Request) -> JSONResponse:
-        gateway = gateway_of(request)
-        views = gateway.store.views(gateway.clock())
-        decoders = [v.name for v in views if _can_decode(v)]
-        known, healthy = gateway.store.counts()
-        body: dict[str, object] = {"ready": bool(decoders), "endpoints": known, "healthy": healthy}
-        if not decoders:
-            body["reason"] = "no healthy decode-capable endpoint"
-        return JSONResponse(body, status_code=200 if decoders else 503)
-
-    @app.get("/metrics")
-    async def metrics(request: Request) -> Response:
-        gateway = gateway_of(request)
-        gateway.refresh_gauges()
-        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
-
-
-__all__ = ["Gateway", "PDDecision", "create_app"]

@@ -179,7 +179,7 @@ def create_app(
                 await asyncio.sleep(decision.delay_s)
             if decision.hang:
                 await _until_disconnected(request)
-                raise asyncio.CancelledError
+                return Response(status_code=_CLIENT_CLOSED)
             if decision.error_status is not None:
                 kind, message = FAULT_ERRORS[decision.error_status]
                 raise OpenAIError(decision.error_status, message, type=kind)
@@ -300,6 +300,10 @@ def create_app(
     return app
 
 
+_CLIENT_CLOSED = 499
+"""nginx's status for a request whose client went away; written to no one."""
+
+
 async def _until_disconnected(request: Request) -> None:
     """Return when the client disconnects (the body has been read; nothing else arrives)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -319,4 +323,4 @@ async def _cancel_on_disconnect(request: Request, work: Awaitable[Response]) -> 
     work_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await work_task
-    raise asyncio.CancelledError
+    return Response(status_code=_CLIENT_CLOSED)  # nobody reads it; the work is cancelled

@@ -22,18 +22,15 @@ from simulator.protocol import ChatCompletionRequest, CompletionRequest, Samplin
 from simulator.request import EngineRequest, FinishReason, RequestOutput
 from simulator.runner import EngineRunner
 from simulator.tokenizer import Tokenizer, render_chat
+from simulator.validation import (
+    GenerationLimits,
+    check_sampling,
+    completion_prompts,
+    generation_limits,
+)
 
 GENERATION_ERROR = "Internal server error"
 """What vLLM tells a client whose request ended with finish reason "error"."""
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationLimits:
-    """What one prompt may generate, resolved from the request and the context length."""
-
-    max_tokens: int
-    min_tokens: int
-    eos_after: int | None
 
 
 @dataclass(slots=True)
@@ -97,35 +94,6 @@ class OpenAIServing:
                 param="model",
             )
 
-    def _common_checks(self, request: SamplingFields) -> None:
-        self.check_model(request.model)
-        if request.stream_options is not None and not request.stream:
-            raise invalid_parameter(
-                "Stream options can only be defined when `stream=True`.", "stream_options"
-            )
-        if request.n != 1:
-            raise invalid_parameter("n must be 1 on a simulated pod.", "n", request.n)
-
-    def _completion_prompts(self, request: CompletionRequest) -> list[tuple[list[int], bool]]:
-        """(token ids, came from text) for each prompt of a completions request."""
-        prompt = request.prompt
-        empty = invalid_parameter(
-            "Either prompt or prompt_embeds must be provided and non-empty.", "prompt"
-        )
-        if prompt is None or prompt == "" or prompt == []:
-            raise empty
-        if isinstance(prompt, str):
-            prompts = [(self.tokenizer.encode(prompt), True)]
-        elif all(isinstance(p, int) for p in prompt):
-            prompts = [([int(t) for t in prompt], False)]  # type: ignore[arg-type]
-        elif all(isinstance(p, str) for p in prompt):
-            prompts = [(self.tokenizer.encode(str(p)), True) for p in prompt]
-        else:
-            prompts = [([int(t) for t in p], False) for p in prompt]  # type: ignore[union-attr]
-        if any(not ids for ids, _ in prompts):
-            raise empty
-        return prompts
-
     def _limits(
         self,
         request: SamplingFields,
@@ -134,53 +102,20 @@ class OpenAIServing:
         requested: int | None,
         parameter: str = "max_tokens",
     ) -> GenerationLimits:
-        """vLLM's checks on lengths; max_tokens beyond the context is clamped, not refused."""
-        limit = self.max_model_len
-        if prompt_len > limit:
-            # vLLM truncates text at max_model_len + 1 before it counts.
-            shown = f"at least {limit + 1}" if from_text else str(prompt_len)
-            raise invalid_parameter(
-                f"This model's maximum context length is {limit} tokens. However, your prompt "
-                f"contains {shown} input tokens, which exceeds this limit even without any "
-                "output tokens. Please reduce the length of the input prompt.",
-                "input_tokens",
-                limit + 1 if from_text else prompt_len,
-            )
-        if requested is not None and requested > limit:
-            raise invalid_parameter(
-                f"{parameter}={requested} cannot be greater than max_model_len={limit}. "
-                "Please request fewer output tokens.",
-                parameter,
-                requested,
-            )
-        room = limit - prompt_len
-        max_tokens = room if requested is None else min(requested, room)
-        if max_tokens < 1:
-            raise invalid_parameter(
-                f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens", max_tokens
-            )
-        if request.min_tokens < 0:
-            raise invalid_parameter(
-                f"min_tokens must be greater than or equal to 0, got {request.min_tokens}.",
-                "min_tokens",
-                request.min_tokens,
-            )
-        if request.min_tokens > max_tokens:
-            raise invalid_parameter(
-                f"min_tokens must be less than or equal to max_tokens={max_tokens}, "
-                f"got {request.min_tokens}.",
-                "min_tokens",
-                request.min_tokens,
-            )
-        eos_after = None if request.ignore_eos else self.config.natural_output_len
-        return GenerationLimits(max_tokens, request.min_tokens, eos_after)
+        return generation_limits(
+            request, prompt_len, from_text, requested,
+            max_model_len=self.max_model_len,
+            natural_output_len=self.config.natural_output_len,
+            parameter=parameter,
+        )  # fmt: skip
 
     def prepare_completion(self, request: CompletionRequest, base_id: str) -> list[Generation]:
         """Validate a completions request; raises OpenAIError before anything is queued."""
-        self._common_checks(request)
+        self.check_model(request.model)
+        check_sampling(request)
         response_id = f"cmpl-{base_id}"
         generations = []
-        for index, (prompt, from_text) in enumerate(self._completion_prompts(request)):
+        for index, (prompt, from_text) in enumerate(completion_prompts(request, self.tokenizer)):
             limits = self._limits(request, len(prompt), from_text, request.max_tokens)
             generations.append(
                 Generation(
@@ -196,7 +131,8 @@ class OpenAIServing:
 
     def prepare_chat(self, request: ChatCompletionRequest, base_id: str) -> Generation:
         """Validate a chat request; raises OpenAIError before anything is queued."""
-        self._common_checks(request)
+        self.check_model(request.model)
+        check_sampling(request)
         if not request.messages:
             raise invalid_parameter("messages must not be empty.", "messages")
         prompt = self.tokenizer.encode(render_chat([m.model_dump() for m in request.messages]))

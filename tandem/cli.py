@@ -150,8 +150,8 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from orchestrator.app import create_app
     from orchestrator.config import OrchestratorConfigError, load_orchestrator_config
-    from orchestrator.gateway import create_app
 
     try:
         config = load_orchestrator_config(args.config)

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from orchestrator.app import create_app
 from orchestrator.config import parse_orchestrator_config
-from orchestrator.gateway import create_app
 from simulator.tokenizer import SYNTHETIC_WORDS
 from tests.support.fakes import Recorder, recording_server
 from tests.support.servers import free_port, pod_config, running_pod, scrape, serve, wait_until

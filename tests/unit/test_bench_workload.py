@@ -68,22 +68,40 @@ def test_generation_is_deterministic_and_exact() -> None:
     assert first == second
     assert requests == build_requests(workload, second, stages)
     tokenizer = SyntheticTokenizer()
-    for index in (0, 1, 5, 749):
-        assert len(tokenizer.encode(first.prompts[index])) == first.tokens[index] == 7200
+    for request in requests[:3]:
+        text = first.text(request)
+        assert text == second.text(request)
+        assert len(tokenizer.encode(text)) == first.tokens(request) == 7200
 
 
-def test_a_group_shares_its_system_prompt_and_nothing_else() -> None:
+def test_a_group_shares_its_system_prompt_and_each_request_has_its_own_question() -> None:
     workload = load_workload("shared-prefix-small")
     prompts = build_prompts(workload)
-    system_chars = len(prompts.prompts[0]) - len(prompts.prompts[0].split(" ", 6001)[-1])
+    requests = build_requests(workload, prompts, schedule(workload))
+    system = len(prompts.system_prompts[0])
 
-    same_group = [p for p, g in zip(prompts.prompts, prompts.groups, strict=True) if g == 0]
-    other_group = next(p for p, g in zip(prompts.prompts, prompts.groups, strict=True) if g == 1)
+    by_group: dict[int | None, list[str]] = {}
+    for request in requests[:600]:
+        by_group.setdefault(request.group, []).append(prompts.text(request))
+    same = next(texts for texts in by_group.values() if len(texts) >= 3)
+    others = [
+        texts[0] for group, texts in by_group.items() if texts[0][:system] != same[0][:system]
+    ]
 
-    assert len(same_group) == 5
-    assert all(p[:system_chars] == same_group[0][:system_chars] for p in same_group)
-    assert len({p[system_chars:] for p in same_group}) == 5
-    assert other_group[:40] != same_group[0][:40]
+    assert all(text[:system] == same[0][:system] for text in same)
+    assert len({text[system:] for text in same}) == len(same)  # the questions differ
+    assert len(by_group) > 100  # requests spread over the 150 groups
+    assert len(others) == len(by_group) - 1  # groups share nothing
+
+
+def test_random_workload_prompts_are_all_unique() -> None:
+    workload = load_workload("low-sharing")
+    prompts = build_prompts(workload)
+    requests = build_requests(workload, prompts, schedule(workload, quick=True))
+
+    texts = [prompts.text(request)[:200] for request in requests]
+    assert len(set(texts)) == len(texts)
+    assert all(prompts.tokens(request) == 2000 for request in requests)
 
 
 def test_poisson_stages_hold_about_rate_times_duration() -> None:

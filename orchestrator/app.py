@@ -1,0 +1,132 @@
+"""The orchestrator's HTTP app: routes, and the lifespan that owns client, discovery, scraping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from orchestrator.config import OrchestratorConfig
+from orchestrator.endpoints import EndpointSource, EndpointStore, StaticEndpoints
+from orchestrator.errors import install_error_handlers
+from orchestrator.gateway import Gateway, can_decode
+from orchestrator.metrics import GatewayMetrics
+from orchestrator.scheduling.config import build_scheduler
+from orchestrator.scheduling.plugins.session_affinity_scorer import SessionAffinityScorer
+from orchestrator.scraper import MetricsScraper
+
+
+def create_app(
+    config: OrchestratorConfig,
+    *,
+    config_dir: Path | None = None,
+    source: EndpointSource | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """The gateway app; its lifespan owns the HTTP client, discovery and scraping."""
+    scheduler = build_scheduler(
+        config.scheduler_config(config_dir),
+        rng=random.Random(config.seed),
+        prefix_seed=config.model or "",
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gateway_config = config.gateway
+        upstream_transport = transport or httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512)
+        )
+        client = httpx.AsyncClient(
+            transport=upstream_transport,
+            timeout=httpx.Timeout(
+                gateway_config.request_timeout_s, connect=gateway_config.connect_timeout_s
+            ),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512),
+        )
+        gateway = Gateway(
+            config=config,
+            scheduler=scheduler,
+            store=EndpointStore(config.scrape.staleness_s, config.scrape.failures_before_unhealthy),
+            client=client,
+            transport=upstream_transport,
+            metrics=GatewayMetrics(),
+            clock=clock,
+            encodes_sessions=any(
+                isinstance(p, SessionAffinityScorer)
+                and p.parameters.strategy == "encoded_endpoint_header"
+                for p in scheduler.plugins.values()
+            ),
+        )
+        gateway.scraper = MetricsScraper(
+            gateway.store, client, clock,
+            interval_s=config.scrape.interval_s, timeout_s=config.scrape.timeout_s,
+            on_scrape=gateway.on_scrape,
+        )  # fmt: skip
+        discovery = source or StaticEndpoints(e.endpoint() for e in config.endpoints)
+        gateway.tasks.append(asyncio.create_task(discovery.run(gateway.on_endpoints)))
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            for task in gateway.tasks:
+                task.cancel()
+            for task in gateway.tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await gateway.scraper.stop()
+            await client.aclose()
+
+    app = FastAPI(title="tandem orchestrator", lifespan=lifespan)
+    install_error_handlers(app)
+
+    def gateway_of(request: Request) -> Gateway:
+        gateway: Gateway = request.app.state.gateway
+        return gateway
+
+    async def completions(request: Request) -> Response:
+        return await gateway_of(request).forward(request, "completions")
+
+    async def chat_completions(request: Request) -> Response:
+        return await gateway_of(request).forward(request, "chat")
+
+    # Plain Starlette routes: the hot path needs none of FastAPI's parameter handling.
+    app.router.add_route("/v1/completions", completions, methods=["POST"])
+    app.router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        return await gateway_of(request).list_models()
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/ready")
+    async def ready(request: Request) -> JSONResponse:
+        gateway = gateway_of(request)
+        views = gateway.store.views(gateway.clock())
+        decoders = [v.name for v in views if can_decode(v)]
+        known, healthy = gateway.store.counts()
+        body: dict[str, object] = {"ready": bool(decoders), "endpoints": known, "healthy": healthy}
+        if not decoders:
+            body["reason"] = "no healthy decode-capable endpoint"
+        return JSONResponse(body, status_code=200 if decoders else 503)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        gateway = gateway_of(request)
+        gateway.refresh_gauges()
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
