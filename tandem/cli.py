@@ -30,6 +30,16 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
 
 
+def _serve(app: Any, host: str, port: int, log_level: str) -> int:
+    """Serve an ASGI app until SIGINT/SIGTERM (uvicorn shuts down gracefully)."""
+    import uvicorn
+
+    uvicorn.run(
+        app, host=host, port=port, log_level=log_level, access_log=False, timeout_keep_alive=30
+    )
+    return 0
+
+
 def _pod_launch(role: str, profile: str, served_model_name: str | None) -> VllmLaunch:
     if role == "prefill":
         return prefill_pod(profile, served_model_name=served_model_name)
@@ -116,19 +126,9 @@ def _run_sim(args: argparse.Namespace) -> int:
     if args.print_vllm_command:
         print(launch.shell_command())
         return 0
-    import uvicorn
-
     from simulator.server import create_app
 
-    uvicorn.run(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        log_level=args.log_level,
-        access_log=False,
-        timeout_keep_alive=30,
-    )
-    return 0
+    return _serve(create_app(config), config.host, config.port, args.log_level)
 
 
 def _add_orchestrator_parser(subparsers: Any) -> None:
@@ -148,8 +148,6 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
     from pathlib import Path
 
-    import uvicorn
-
     from orchestrator.app import create_app
     from orchestrator.config import OrchestratorConfigError, load_orchestrator_config
 
@@ -163,15 +161,7 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
     except OrchestratorConfigError as exc:
         print(f"tandem: invalid orchestrator config {args.config}: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        app,
-        host=config.gateway.host,
-        port=config.gateway.port,
-        log_level=args.log_level,
-        access_log=False,
-        timeout_keep_alive=30,
-    )
-    return 0
+    return _serve(app, config.gateway.host, config.gateway.port, args.log_level)
 
 
 def _add_bench_parser(subparsers: Any) -> None:
@@ -293,8 +283,6 @@ def _add_sidecar_parser(subparsers: Any) -> None:
 
 def _run_sidecar(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
-    import uvicorn
-
     from sidecar.app import create_app
     from sidecar.config import SidecarConfig
 
@@ -308,15 +296,7 @@ def _run_sidecar(args: argparse.Namespace) -> int:
         rewrite_cached_tokens=args.rewrite_cached_tokens,
         retry_local_on_kv_load_failure=not args.no_kv_failure_retry,
     )
-    uvicorn.run(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        log_level=args.log_level,
-        access_log=False,
-        timeout_keep_alive=30,
-    )
-    return 0
+    return _serve(create_app(config), config.host, config.port, args.log_level)
 
 
 def _add_up_parser(subparsers: Any) -> None:

@@ -16,14 +16,13 @@ import httpx
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.app import Sidecar, create_app
 from sidecar.config import SidecarConfig
 from simulator.config import SimPodConfig
 from simulator.tokenizer import SYNTHETIC_WORDS
 from tests.support.fakes import VLLM_METRICS, Recorder
-from tests.support.servers import free_port, pod_config, running_pod, serve
+from tests.support.servers import free_port, parse_samples, pod_config, running_pod, serve
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 PREFILLER = "x-prefiller-host-port"
@@ -153,21 +152,6 @@ def samples(url: str) -> dict[str, float]:
     """
     text = httpx.get(f"{url}/metrics", timeout=10, verify=False).text
     return parse_samples(text)
-
-
-def parse_samples(text: str) -> dict[str, float]:
-    """A Prometheus exposition as {"name{label=value,...}": value}, labels sorted, without
-    the model_name and engine labels."""
-    parsed: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(
-                f"{k}={v}"
-                for k, v in sorted(sample.labels.items())
-                if k not in ("model_name", "engine")
-            )
-            parsed[f"{sample.name}{{{labels}}}"] = sample.value
-    return parsed
 
 
 def server_load(url: str) -> int:

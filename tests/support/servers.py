@@ -65,10 +65,15 @@ def running_pod(config: SimPodConfig) -> Iterator[str]:
 
 def scrape(url: str) -> dict[str, float]:
     """`/metrics` as {"name{label=value,...}": value}, labels sorted, for assertions."""
+    return parse_samples(httpx.get(f"{url}/metrics", timeout=10).text)
+
+
+def parse_samples(text: str) -> dict[str, float]:
+    """A Prometheus exposition as {"name{label=value,...}": value}, labels sorted, without
+    the model_name and engine labels."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    samples: dict[str, float] = {}
+    parsed: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = ",".join(
@@ -76,8 +81,8 @@ def scrape(url: str) -> dict[str, float]:
                 for k, v in sorted(sample.labels.items())
                 if k not in ("model_name", "engine")
             )
-            samples[f"{sample.name}{{{labels}}}"] = sample.value
-    return samples
+            parsed[f"{sample.name}{{{labels}}}"] = sample.value
+    return parsed
 
 
 def wait_until(predicate: object, timeout_s: float = 10.0, interval_s: float = 0.05) -> bool:
