@@ -28,20 +28,33 @@ class Recorder:
     status: int = 200
     delay_s: float = 0.0
 
+    async def record(self, request: Request) -> dict[str, Any]:
+        """Keep the request's headers (lower case) and JSON body; return the body."""
+        self.headers.append({k.lower(): v for k, v in request.headers.items()})
+        body: dict[str, Any] = await request.json()
+        self.bodies.append(body)
+        return body
 
-def recording_server(recorder: Recorder) -> FastAPI:
-    """Answers completions with a fixed body after `delay_s`, recording headers and bodies."""
+
+def fake_model_server() -> FastAPI:
+    """An app that answers /metrics with the vLLM samples a scraper needs."""
     app = FastAPI()
 
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(VLLM_METRICS, media_type="text/plain")
 
+    return app
+
+
+def recording_server(recorder: Recorder) -> FastAPI:
+    """Answers completions with a fixed body after `delay_s`, recording headers and bodies."""
+    app = fake_model_server()
+
     @app.post("/v1/completions")
     @app.post("/v1/chat/completions")
     async def completion(request: Request) -> JSONResponse:
-        recorder.headers.append({k.lower(): v for k, v in request.headers.items()})
-        recorder.bodies.append(await request.json())
+        await recorder.record(request)
         if recorder.delay_s:
             await asyncio.sleep(recorder.delay_s)
         body: dict[str, Any] = {

@@ -21,7 +21,7 @@ from sidecar.app import Sidecar, create_app
 from sidecar.config import SidecarConfig
 from simulator.config import SimPodConfig
 from simulator.tokenizer import SYNTHETIC_WORDS
-from tests.support.fakes import VLLM_METRICS, Recorder
+from tests.support.fakes import Recorder, fake_model_server
 from tests.support.servers import free_port, parse_samples, pod_config, running_pod, serve
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -204,8 +204,7 @@ def fake_prefill(recorder: Recorder, params: dict[str, Any]) -> FastAPI:
     @app.post("/v1/completions")
     @app.post("/v1/chat/completions")
     async def prefill(request: Request) -> JSONResponse:
-        recorder.headers.append({k.lower(): v for k, v in request.headers.items()})
-        recorder.bodies.append(await request.json())
+        await recorder.record(request)
         if recorder.delay_s:
             await asyncio.sleep(recorder.delay_s)
         body = {
@@ -250,7 +249,7 @@ def fake_pd(params: dict[str, Any], vllm_cached_tokens: int = 0) -> Iterator[Fak
 def fake_vllm(recorder: Recorder, cached_tokens: int) -> FastAPI:
     """A local vLLM that records requests and reports `cached_tokens` in its usage, as a
     JSON body or (for stream=true) an SSE stream ending in a usage chunk."""
-    app = FastAPI()
+    app = fake_model_server()
     usage = {
         "prompt_tokens": 40,
         "completion_tokens": 2,
@@ -258,16 +257,10 @@ def fake_vllm(recorder: Recorder, cached_tokens: int) -> FastAPI:
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(VLLM_METRICS, media_type="text/plain")
-
     @app.post("/v1/completions")
     @app.post("/v1/chat/completions")
     async def completion(request: Request) -> Response:
-        recorder.headers.append({k.lower(): v for k, v in request.headers.items()})
-        body = await request.json()
-        recorder.bodies.append(body)
+        body = await recorder.record(request)
         head = {"id": "cmpl-fake", "object": "text_completion", "model": MODEL}
         if not body.get("stream"):
             choice = {"index": 0, "text": " a b", "finish_reason": "length"}
