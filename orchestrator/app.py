@@ -19,27 +19,37 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointSource, EndpointStore, StaticEndpoints
 from orchestrator.errors import install_error_handlers
-from orchestrator.gateway import Gateway, can_decode
+from orchestrator.gateway import Gateway, can_decode, encodes_sessions
+from orchestrator.kubernetes_discovery import KubernetesEndpoints
 from orchestrator.metrics import GatewayMetrics
-from orchestrator.scheduling.config import build_scheduler
-from orchestrator.scheduling.plugins.session_affinity_scorer import SessionAffinityScorer
+from orchestrator.reload import ConfigReloader
+from orchestrator.scheduling.config import EndpointPickerConfig, build_scheduler
+from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.scraper import MetricsScraper
 
 
 def create_app(
     config: OrchestratorConfig,
     *,
+    config_path: Path | None = None,
     config_dir: Path | None = None,
     source: EndpointSource | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
-    """The gateway app; its lifespan owns the HTTP client, discovery and scraping."""
-    scheduler = build_scheduler(
-        config.scheduler_config(config_dir),
-        rng=random.Random(config.seed),
-        prefix_seed=config.model or "",
-    )
+    """The gateway app; its lifespan owns the HTTP client, discovery and scraping.
+
+    With `config_path` (the file `config` came from) scheduler changes to that file are
+    applied while running; relative scheduler paths resolve against its folder, or
+    `config_dir`."""
+    if config_path is not None:
+        config_dir = config_path.parent
+    rng = random.Random(config.seed)
+
+    def new_scheduler(scheduler_config: EndpointPickerConfig) -> Scheduler:
+        return build_scheduler(scheduler_config, rng=rng, prefix_seed=config.model or "")
+
+    scheduler = new_scheduler(config.scheduler_config(config_dir))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -62,19 +72,23 @@ def create_app(
             transport=upstream_transport,
             metrics=GatewayMetrics(),
             clock=clock,
-            encodes_sessions=any(
-                isinstance(p, SessionAffinityScorer)
-                and p.parameters.strategy == "encoded_endpoint_header"
-                for p in scheduler.plugins.values()
-            ),
+            encodes_sessions=encodes_sessions(scheduler),
         )
         gateway.scraper = MetricsScraper(
             gateway.store, client, clock,
             interval_s=config.scrape.interval_s, timeout_s=config.scrape.timeout_s,
             on_scrape=gateway.on_scrape,
         )  # fmt: skip
-        discovery = source or StaticEndpoints(e.endpoint() for e in config.endpoints)
-        gateway.tasks.append(asyncio.create_task(discovery.run(gateway.on_endpoints)))
+        gateway.tasks.append(
+            asyncio.create_task(discovery(config, source).run(gateway.on_endpoints))
+        )
+        if config_path is not None:
+            reloader = ConfigReloader(
+                config_path, config,
+                lambda changed: gateway.replace_scheduler(new_scheduler(changed)),
+                on_result=lambda result: gateway.metrics.config_reloads.labels(result).inc(),
+            )  # fmt: skip
+            gateway.tasks.append(asyncio.create_task(reloader.run()))
         app.state.gateway = gateway
         try:
             yield
@@ -130,3 +144,12 @@ def create_app(
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def discovery(config: OrchestratorConfig, source: EndpointSource | None) -> EndpointSource:
+    """The given source, else Kubernetes when configured, else the static list."""
+    if source is not None:
+        return source
+    if config.kubernetes is not None:
+        return KubernetesEndpoints(config.kubernetes)
+    return StaticEndpoints(e.endpoint() for e in config.endpoints)

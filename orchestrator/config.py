@@ -5,10 +5,17 @@
     endpoints:                                 # static discovery (local runs)
       - {name: prefill-0, host: 10.0.0.5, port: 8000, role: prefill}
       - {name: decode-0, host: 10.0.0.6, port: 8000, role: decode}
+    kubernetes:                                # or: discover Ready pods by label
+      selector: llm-d.ai/inference-serving=true,llm-d.ai/model=llama-8b
+      namespace: serving                       # default: the orchestrator's own
+      port: 8000
+    reload: {interval_s: 5}                    # re-read this file; apply scheduler changes
     scrape: {interval_s: 0.5, staleness_s: 2.0}
     gateway: {port: 8000, max_in_flight_per_endpoint: 1024}
 
-Validated at start; a bad file stops the process with a message naming the field.
+Validated at start; a bad file stops the process with a message naming the field. While
+running, a changed scheduler configuration is applied in place and an invalid one is refused
+(`orchestrator/reload.py`); other changes need a restart.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from orchestrator.kubernetes_discovery import KubernetesDiscoveryConfig
 from orchestrator.scheduling.config import (
     EndpointPickerConfig,
     SchedulerConfigError,
@@ -77,14 +85,28 @@ class GatewayConfig(_Strict):
     """Prompt-length estimate when a request carries text (llm-d's estimate: 4 bytes)."""
 
 
+class ReloadConfig(_Strict):
+    interval_s: float = Field(5.0, gt=0)
+    """How often the file (and a scheduler file it names) is checked for changes. Kubernetes
+    updates a mounted ConfigMap within about a minute (kubelet sync period plus cache TTL)."""
+
+
 class OrchestratorConfig(_Strict):
     model: str | None = None
     scheduler: str | dict[str, Any] = "tandem"
     endpoints: tuple[StaticEndpoint, ...] = ()
+    kubernetes: KubernetesDiscoveryConfig | None = None
+    reload: ReloadConfig = Field(default_factory=ReloadConfig)
     scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     seed: int | None = None
     """Seeds the scheduler's tie-breaking, for repeatable benchmarks."""
+
+    @model_validator(mode="after")
+    def _one_discovery(self) -> OrchestratorConfig:
+        if self.endpoints and self.kubernetes is not None:
+            raise ValueError("give either endpoints (a static list) or kubernetes, not both")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> OrchestratorConfig:

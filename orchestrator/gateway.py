@@ -38,6 +38,7 @@ from orchestrator.proxy import (
 )
 from orchestrator.scheduling.plugins.session_affinity_scorer import (
     SESSION_TOKEN_HEADER,
+    SessionAffinityScorer,
     encode_session_token,
 )
 from orchestrator.scheduling.scheduler import Scheduler
@@ -74,6 +75,17 @@ class Gateway:
     models: tuple[float, dict[str, Any]] | None = None
     encodes_sessions: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def replace_scheduler(self, scheduler: Scheduler) -> None:
+        """Switch to a reloaded configuration's scheduler between two requests."""
+        kept = scheduler.inherit(self.scheduler)
+        self.scheduler = scheduler
+        self.encodes_sessions = encodes_sessions(scheduler)
+        for endpoint in self.store.endpoints():
+            state = self.store.state(endpoint.name)
+            if state is not None and state.metrics is not None:
+                self.on_scrape(endpoint, state.metrics, None)
+        logger.info("scheduler_replaced prefix_index_kept=%s", kept)
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -329,3 +341,12 @@ class _Unreachable(Exception):
 def can_decode(view: EndpointView) -> bool:
     """Whether an endpoint can serve as the decode (primary) target."""
     return view.endpoint.role in (None, Role.DECODE, Role.BOTH, Role.PREFILL_DECODE)
+
+
+def encodes_sessions(scheduler: Scheduler) -> bool:
+    """Whether responses must carry the session header the affinity scorer reads back."""
+    return any(
+        isinstance(plugin, SessionAffinityScorer)
+        and plugin.parameters.strategy == "encoded_endpoint_header"
+        for plugin in scheduler.plugins.values()
+    )

@@ -62,6 +62,11 @@ class GatewayMetrics:
             ["endpoint"], registry=r,
         )  # fmt: skip
 
+        self.config_reloads = Counter(
+            "tandem_config_reloads", "Configuration changes seen, by result (applied, rejected).",
+            ["result"], registry=r,
+        )  # fmt: skip
+
     def forget_endpoint(self, name: str) -> None:
         for gauge in (self.metrics_age, self.endpoint_healthy, self.in_flight):
             with contextlib.suppress(KeyError):

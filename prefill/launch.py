@@ -57,13 +57,21 @@ class VllmLaunch:
     max_model_len: int | None = None
     ucx_tls: str = "all"
     extra_args: tuple[str, ...] = field(default=())
+    model_override: str | None = None
+    """The model to serve instead of the profile's (a deployment's own model)."""
+    tensor_parallel_size_override: int | None = None
+    """The tensor-parallel size to use instead of the profile's."""
 
     @property
     def model(self) -> str:
+        if self.model_override is not None:
+            return self.model_override
         return get_profile(self.profile).model
 
     @property
     def tensor_parallel_size(self) -> int:
+        if self.tensor_parallel_size_override is not None:
+            return self.tensor_parallel_size_override
         return get_profile(self.profile).tensor_parallel_size
 
     def kv_transfer_config(self) -> dict[str, object] | None:
@@ -129,7 +137,7 @@ class VllmLaunch:
         return SimPodConfig(
             role=self.pool_role,
             profile=self.profile,
-            served_model_name=self.served_model_name,
+            served_model_name=self.served_model_name or self.model_override,
             host=host,
             port=self.port,
             side_channel_host=side_host,

@@ -2,15 +2,23 @@
 
 `x-prefiller-host-port` arrives from the network, so a target is only contacted when it is a
 known prefill endpoint, matched on host and port together (llm-d's allowlist checks only the
-host: llm-d/llm-d-router#979). The static list serves local runs; Kubernetes discovery feeds
-the same interface.
+host: llm-d/llm-d-router#979). The static list serves local runs; on Kubernetes the same
+discovery as the orchestrator's keeps `DiscoveredAllowlist` up to date.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from orchestrator.scheduling.types import Endpoint, Role
+
+PREFILL_CAPABLE = frozenset(
+    {None, Role.PREFILL, Role.BOTH, Role.PREFILL_DECODE, Role.ENCODE_PREFILL,
+     Role.ENCODE_PREFILL_DECODE}
+)  # fmt: skip
+"""Roles whose pods run prefills; an unlabelled pod counts when the selector picked it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +54,26 @@ class StaticAllowlist:
 
     def __init__(self, targets: Iterable[HostPort]) -> None:
         self._targets = frozenset(targets)
+
+    def allows(self, target: HostPort) -> bool:
+        return target in self._targets
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+
+class DiscoveredAllowlist:
+    """The prefill-capable endpoints discovery last reported; empty until it reports."""
+
+    def __init__(self) -> None:
+        self._targets: frozenset[HostPort] = frozenset()
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        self._targets = frozenset(
+            HostPort(endpoint.host.lower(), endpoint.port)
+            for endpoint in endpoints
+            if endpoint.role in PREFILL_CAPABLE
+        )
 
     def allows(self, target: HostPort) -> bool:
         return target in self._targets

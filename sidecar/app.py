@@ -13,6 +13,8 @@ Every other route (health, models, metrics, ...) is proxied to the local vLLM un
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -27,7 +29,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from orchestrator.endpoints import EndpointSource
 from orchestrator.errors import GatewayError, install_error_handlers
+from orchestrator.kubernetes_discovery import KubernetesEndpoints
 from orchestrator.proxy import (
     PREFILLER_HEADER,
     REQUEST_ID_HEADER,
@@ -37,7 +41,7 @@ from orchestrator.proxy import (
     upstream_failure,
     upstream_headers,
 )
-from sidecar.allowlist import HostPort, PrefillAllowlist, StaticAllowlist
+from sidecar.allowlist import DiscoveredAllowlist, HostPort, PrefillAllowlist, StaticAllowlist
 from sidecar.config import SidecarConfig
 from sidecar.metrics import SidecarMetrics
 from sidecar.prefill import PrefillOutcome, prefill_body, run_prefill
@@ -352,10 +356,20 @@ def create_app(
     config: SidecarConfig,
     *,
     allowlist: PrefillAllowlist | None = None,
+    source: EndpointSource | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
-    """The sidecar app; its lifespan owns the two pooled HTTP clients."""
-    allowed = allowlist or StaticAllowlist(_iter_targets(config.prefill_endpoints))
+    """The sidecar app; its lifespan owns the two pooled HTTP clients and, with
+    `config.prefill_discovery` (or a `source`), the discovery that feeds the allowlist."""
+    discovered: DiscoveredAllowlist | None = None
+    if source is None and config.prefill_discovery is not None:
+        source = KubernetesEndpoints(config.prefill_discovery)
+    if allowlist is not None:
+        allowed: PrefillAllowlist = allowlist
+    elif source is not None:
+        allowed = discovered = DiscoveredAllowlist()
+    else:
+        allowed = StaticAllowlist(_iter_targets(config.prefill_endpoints))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -378,13 +392,23 @@ def create_app(
         app.state.sidecar = Sidecar(
             config, allowed, vllm, vllm_transport, prefill, SidecarMetrics()
         )
+        discovery = (
+            asyncio.create_task(source.run(discovered.update))
+            if source is not None and discovered is not None
+            else None
+        )
         logger.info(
-            "sidecar_started port=%d vllm=%s:%d prefill_endpoints=%d",
-            config.port, config.vllm_host, config.vllm_port, len(config.prefill_endpoints),
+            "sidecar_started port=%d vllm=%s:%d prefill_allowlist=%s",
+            config.port, config.vllm_host, config.vllm_port,
+            "discovered" if discovery else len(config.prefill_endpoints),
         )  # fmt: skip
         try:
             yield
         finally:
+            if discovery is not None:
+                discovery.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await discovery
             await vllm.aclose()
             await prefill.aclose()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from orchestrator.kubernetes_discovery import KubernetesDiscoveryConfig
 
 
 class SidecarConfig(BaseModel):
@@ -14,6 +16,8 @@ class SidecarConfig(BaseModel):
     vllm_port: int = Field(8200, ge=1, le=65535)
     prefill_endpoints: tuple[str, ...] = ()
     """Allowed prefill targets as host:port (the static allowlist)."""
+    prefill_discovery: KubernetesDiscoveryConfig | None = None
+    """Or: the allowlist is the Ready prefill pods this selects (on Kubernetes)."""
     connect_timeout_s: float = Field(5.0, gt=0)
     prefill_timeout_s: float = Field(120.0, gt=0)
     """Longest wait for a prefill answer before trying the next candidate."""
@@ -28,3 +32,9 @@ class SidecarConfig(BaseModel):
     retry_local_on_kv_load_failure: bool = True
     """When the decode fails before its first token because the KV load failed, prefill
     locally once instead of failing the client."""
+
+    @model_validator(mode="after")
+    def _one_allowlist(self) -> SidecarConfig:
+        if self.prefill_endpoints and self.prefill_discovery is not None:
+            raise ValueError("give either prefill_endpoints or prefill_discovery, not both")
+        return self

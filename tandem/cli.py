@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -90,9 +91,12 @@ def _add_sim_parser(subparsers: Any) -> None:
 
 def sim_config(args: argparse.Namespace) -> tuple[VllmLaunch, SimPodConfig]:
     """The pod definition for the role, and its simulated config with the CLI's overrides."""
+    # As vLLM does, the side channel binds to and advertises VLLM_NIXL_SIDE_CHANNEL_HOST (on
+    # Kubernetes the pod IP); without it, the HTTP host.
+    side_channel_host = os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST") or args.host
     launch = dataclasses.replace(
         _pod_launch(args.role, args.profile, args.served_model_name),
-        side_channel_host=args.host,
+        side_channel_host=side_channel_host,
     )
     base = launch.simulated(host=args.host, time_scale=args.time_scale).model_dump()
     overrides = {
@@ -157,7 +161,7 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
             update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         )
         config = config.model_copy(update={"gateway": gateway})
-        app = create_app(config, config_dir=Path(args.config).resolve().parent)
+        app = create_app(config, config_path=Path(args.config).resolve())
     except OrchestratorConfigError as exc:
         print(f"tandem: invalid orchestrator config {args.config}: {exc}", file=sys.stderr)
         return 2
@@ -268,6 +272,14 @@ def _add_sidecar_parser(subparsers: Any) -> None:
         "--prefill-endpoints", default="",
         help="comma-separated host:port of the prefill pods this sidecar may use",
     )  # fmt: skip
+    discovery = parser.add_argument_group("prefill discovery on Kubernetes (instead of a list)")
+    discovery.add_argument(
+        "--prefill-selector",
+        help="label selector of the prefill pods, e.g. llm-d.ai/role=prefill,llm-d.ai/model=x",
+    )
+    discovery.add_argument("--prefill-port", type=int, default=8000, help="their serving port")
+    discovery.add_argument("--namespace", help="their namespace (default: this pod's)")
+    discovery.add_argument("--kubeconfig", help="default: the in-cluster service account")
     parser.add_argument("--prefill-timeout", type=float, default=120.0, help="seconds")
     parser.add_argument(
         "--rewrite-cached-tokens", action="store_true",
@@ -286,16 +298,35 @@ def _run_sidecar(args: argparse.Namespace) -> int:
     from sidecar.app import create_app
     from sidecar.config import SidecarConfig
 
-    config = SidecarConfig(
-        host=args.host,
-        port=args.port,
-        vllm_host=args.vllm_host,
-        vllm_port=args.vllm_port,
-        prefill_endpoints=tuple(e for e in args.prefill_endpoints.split(",") if e),
-        prefill_timeout_s=args.prefill_timeout,
-        rewrite_cached_tokens=args.rewrite_cached_tokens,
-        retry_local_on_kv_load_failure=not args.no_kv_failure_retry,
-    )
+    discovery = None
+    if args.prefill_selector:
+        discovery = {
+            "selector": args.prefill_selector,
+            "namespace": args.namespace,
+            "port": args.prefill_port,
+            "kubeconfig": args.kubeconfig,
+        }
+    try:
+        config = SidecarConfig.model_validate(
+            {
+                "host": args.host,
+                "port": args.port,
+                "vllm_host": args.vllm_host,
+                "vllm_port": args.vllm_port,
+                "prefill_endpoints": tuple(e for e in args.prefill_endpoints.split(",") if e),
+                "prefill_discovery": discovery,
+                "prefill_timeout_s": args.prefill_timeout,
+                "rewrite_cached_tokens": args.rewrite_cached_tokens,
+                "retry_local_on_kv_load_failure": not args.no_kv_failure_retry,
+            }
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}".lstrip(": ")
+            for error in exc.errors()
+        )
+        print(f"tandem sidecar: {problems}", file=sys.stderr)
+        return 2
     return _serve(create_app(config), config.host, config.port, args.log_level)
 
 

@@ -45,6 +45,17 @@ class PrefixIndex:
         self._entries: dict[str, OrderedDict[int, None]] = {}
         self._capacity: dict[str, int] = {}
 
+    def hashes_like(self, other: PrefixIndex) -> bool:
+        """Whether both indexes hash text the same way (so one's entries mean the same in
+        the other) and default to the same per-endpoint capacity."""
+        return (
+            self.block_size_tokens == other.block_size_tokens
+            and self.block_chars == other.block_chars
+            and self.max_blocks == other.max_blocks
+            and self.default_capacity == other.default_capacity
+            and self._seed == other._seed
+        )
+
     def hashes(self, text: str) -> list[int]:
         """Chained hashes of the text's full blocks, up to the match limit."""
         data = text.encode()

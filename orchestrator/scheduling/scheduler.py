@@ -51,6 +51,15 @@ class Scheduler:
             blocks = kv_tokens // self.prefix_index.block_size_tokens
             self.prefix_index.set_capacity(endpoint_name, blocks)
 
+    def inherit(self, previous: Scheduler) -> bool:
+        """Take over what `previous` learnt about the pods' caches, when this scheduler's
+        index hashes prompts the same way (a reloaded configuration that changed weights
+        must not start from an empty index). Returns whether it did."""
+        if not self.prefix_index.hashes_like(previous.prefix_index):
+            return False
+        self.prefix_index = previous.prefix_index
+        return True
+
     def forget_endpoint(self, endpoint_name: str) -> None:
         self.prefix_index.forget(endpoint_name)
 

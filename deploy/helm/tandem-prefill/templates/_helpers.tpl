@@ -1,0 +1,104 @@
+{{/*
+Names and labels of the prefill pool. Every resource carries the app.kubernetes.io labels; the
+pods also carry the llm-d.ai serving labels through which the orchestrator and the decode
+sidecars find them.
+*/}}
+
+{{- define "tandem-prefill.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The release name, with "-prefill" added unless it already says so. */}}
+{{- define "tandem-prefill.fullname" -}}
+{{- if contains "prefill" .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-prefill" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "tandem-prefill.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "tandem-prefill.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tandem-prefill.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "tandem-prefill.labels" -}}
+{{ include "tandem-prefill.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: prefill
+app.kubernetes.io/part-of: tandem
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ include "tandem-prefill.chart" . }}
+{{- end -}}
+
+{{/* The labels the orchestrator selects on (llm-d's conventions for P/D pools). */}}
+{{- define "tandem-prefill.servingLabels" -}}
+llm-d.ai/inference-serving: "true"
+llm-d.ai/model: {{ .Values.servingName | quote }}
+llm-d.ai/role: prefill
+{{- end -}}
+
+{{/* The name clients use for the model. */}}
+{{- define "tandem-prefill.servedModelName" -}}
+{{- .Values.servedModelName | default .Values.model -}}
+{{- end -}}
+
+{{/* GPUs per pod: gpusPerPod, or one per tensor-parallel rank. */}}
+{{- define "tandem-prefill.gpus" -}}
+{{- $gpus := .Values.gpusPerPod | default .Values.tensorParallelSize | int -}}
+{{- if lt $gpus (int .Values.tensorParallelSize) -}}
+{{- fail (printf "gpusPerPod (%d) must be at least tensorParallelSize (%d)" $gpus (int .Values.tensorParallelSize)) -}}
+{{- end -}}
+{{- $gpus -}}
+{{- end -}}
+
+{{- define "tandem-prefill.tandemImage" -}}
+{{- printf "%s:%s" .Values.tandemImage.repository (.Values.tandemImage.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/*
+The `vllm serve` arguments after the subcommand, in the order prefill/launch.py's
+VllmLaunch.argv() writes them (the chart tests compare the two). The KV-transfer JSON is
+written by hand: toJson would sort its keys.
+*/}}
+{{- define "tandem-prefill.vllmArgs" -}}
+{{- $v := .Values -}}
+{{- $kvConfig := printf "{\"kv_connector\":\"NixlConnector\",\"kv_role\":\"kv_producer\",\"kv_load_failure_policy\":%s,\"kv_connector_extra_config\":{\"backends\":[\"UCX\"],\"kv_lease_duration\":%d}}" ($v.kv.loadFailurePolicy | toJson) (int $v.kv.leaseDuration) -}}
+{{- $args := list $v.model
+  "--port" "8000"
+  "--served-model-name" (include "tandem-prefill.servedModelName" .)
+  "--tensor-parallel-size" (toString (int $v.tensorParallelSize))
+  "--gpu-memory-utilization" (toString $v.gpuMemoryUtilization)
+  "--block-size" (toString (int $v.blockSize))
+  "--enable-prefix-caching"
+  "--enable-prompt-tokens-details"
+  "--enable-server-load-tracking" -}}
+{{- if $v.maxModelLen -}}
+{{- $args = concat $args (list "--max-model-len" (toString (int $v.maxModelLen))) -}}
+{{- end -}}
+{{- $args = concat $args (list "--kv-transfer-config" $kvConfig) $v.extraArgs -}}
+{{- toYaml $args -}}
+{{- end -}}
+
+{{/* The simulated pod's arguments after `tandem sim`. */}}
+{{- define "tandem-prefill.simArgs" -}}
+{{- $v := .Values -}}
+{{- $args := list
+  "--role" "prefill"
+  "--profile" $v.simulatedProfile
+  "--host" "0.0.0.0"
+  "--port" "8000"
+  "--side-channel-port" (toString (int $v.kv.sideChannelPort))
+  "--served-model-name" (include "tandem-prefill.servedModelName" .)
+  "--engine-id" "$(POD_NAME)"
+  "--kv-lease-duration" (toString (int $v.kv.leaseDuration))
+  "--kv-load-failure-policy" $v.kv.loadFailurePolicy -}}
+{{- if $v.maxModelLen -}}
+{{- $args = concat $args (list "--max-model-len" (toString (int $v.maxModelLen))) -}}
+{{- end -}}
+{{- toYaml $args -}}
+{{- end -}}

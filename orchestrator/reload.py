@@ -1,0 +1,112 @@
+"""Applying a changed configuration file without a restart.
+
+The orchestrator's file (on Kubernetes, a mounted ConfigMap) is re-read every
+`reload.interval_s`, together with the scheduler file it names. When the scheduler
+configuration changed and is valid, the new scheduler replaces the running one between two
+requests; an invalid file is refused with a log line and the running configuration stays.
+Changes to anything else (ports, discovery, scraping) are logged as needing a restart.
+
+Content is compared, not modification times: Kubernetes updates a ConfigMap volume by
+swapping a symlink, which leaves the visible files' times unreliable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from orchestrator.config import (
+    SHIPPED_SCHEDULERS,
+    OrchestratorConfig,
+    OrchestratorConfigError,
+    load_orchestrator_config,
+)
+from orchestrator.scheduling.config import EndpointPickerConfig, SchedulerConfigError
+
+logger = logging.getLogger("tandem.reload")
+
+
+class ConfigReloader:
+    """Watches one orchestrator configuration file and applies scheduler changes."""
+
+    def __init__(
+        self,
+        path: Path,
+        running: OrchestratorConfig,
+        apply: Callable[[EndpointPickerConfig], None],
+        *,
+        on_result: Callable[[str], None] | None = None,
+    ) -> None:
+        """`apply` builds and installs a scheduler; it raises SchedulerConfigError to refuse.
+        `on_result` hears "applied" or "rejected" (for metrics)."""
+        self.path = path
+        self.started = running
+        """What the process runs with, except the scheduler (which reloads)."""
+        self.running = running
+        """The last valid file read."""
+        self._scheduler = running.scheduler_config(path.parent)
+        self._apply = apply
+        self._on_result = on_result
+        self._fingerprint = self._read_fingerprint(running)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.running.reload.interval_s)
+            self.check()
+
+    def check(self) -> str | None:
+        """Look once; returns "applied", "rejected", or None when nothing changed."""
+        fingerprint = self._read_fingerprint(self.running)
+        if fingerprint == self._fingerprint:
+            return None
+        self._fingerprint = fingerprint
+        try:
+            config = load_orchestrator_config(self.path)
+            scheduler = config.scheduler_config(self.path.parent)
+            if scheduler != self._scheduler:
+                self._apply(scheduler)
+        except (OrchestratorConfigError, SchedulerConfigError) as exc:
+            logger.error(
+                "config_reload_rejected path=%s error=%s; the running configuration stays",
+                self.path, exc,
+            )  # fmt: skip
+            return self._result("rejected")
+        changed = self._scheduler != scheduler
+        self._note_restart_fields(config)
+        self.running, self._scheduler = config, scheduler
+        if not changed:
+            return None
+        logger.info("config_reload_applied path=%s scheduler changed", self.path)
+        return self._result("applied")
+
+    def _result(self, result: str) -> str:
+        if self._on_result is not None:
+            self._on_result(result)
+        return result
+
+    def _note_restart_fields(self, config: OrchestratorConfig) -> None:
+        before = self.started.model_dump(exclude={"scheduler"})
+        after = config.model_dump(exclude={"scheduler"})
+        changed = sorted(key for key in after if after[key] != before.get(key))
+        if changed:
+            logger.warning(
+                "config_reload_needs_restart path=%s fields=%s: the running values stay until "
+                "the orchestrator restarts", self.path, ",".join(changed),
+            )  # fmt: skip
+
+    def _read_fingerprint(self, config: OrchestratorConfig) -> bytes:
+        """A digest of the file and of the scheduler file it names (missing files count)."""
+        digest = hashlib.sha256()
+        files = [self.path]
+        if isinstance(config.scheduler, str) and config.scheduler not in SHIPPED_SCHEDULERS:
+            files.append(self.path.parent / config.scheduler)
+        for file in files:
+            try:
+                digest.update(file.read_bytes())
+            except OSError as exc:
+                digest.update(repr(exc).encode())
+            digest.update(b"\0")
+        return digest.digest()
