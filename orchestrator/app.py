@@ -19,10 +19,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointSource, EndpointStore, StaticEndpoints
 from orchestrator.errors import install_error_handlers
-from orchestrator.gateway import Gateway, can_decode, encodes_sessions
+from orchestrator.gateway import Gateway
 from orchestrator.kubernetes_discovery import KubernetesEndpoints
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.reload import ConfigReloader
+from orchestrator.router import Router, can_decode, encodes_sessions
 from orchestrator.scheduling.config import EndpointPickerConfig, build_scheduler
 from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.scraper import MetricsScraper
@@ -64,20 +65,19 @@ def create_app(
             ),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=512),
         )
-        gateway = Gateway(
+        router = Router(
             config=config,
             scheduler=scheduler,
             store=EndpointStore(config.scrape.staleness_s, config.scrape.failures_before_unhealthy),
-            client=client,
-            transport=upstream_transport,
             metrics=GatewayMetrics(),
             clock=clock,
             encodes_sessions=encodes_sessions(scheduler),
         )
+        gateway = Gateway(config=config, router=router, client=client, transport=upstream_transport)
         gateway.scraper = MetricsScraper(
             gateway.store, client, clock,
             interval_s=config.scrape.interval_s, timeout_s=config.scrape.timeout_s,
-            on_scrape=gateway.on_scrape,
+            on_scrape=router.on_scrape,
         )  # fmt: skip
         gateway.tasks.append(
             asyncio.create_task(discovery(config, source).run(gateway.on_endpoints))
@@ -85,7 +85,7 @@ def create_app(
         if config_path is not None:
             reloader = ConfigReloader(
                 config_path, config,
-                lambda changed: gateway.replace_scheduler(new_scheduler(changed)),
+                lambda changed: router.replace_scheduler(new_scheduler(changed)),
                 on_result=lambda result: gateway.metrics.config_reloads.labels(result).inc(),
             )  # fmt: skip
             gateway.tasks.append(asyncio.create_task(reloader.run()))
@@ -140,7 +140,7 @@ def create_app(
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         gateway = gateway_of(request)
-        gateway.refresh_gauges()
+        gateway.router.refresh_gauges()
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -36,18 +36,13 @@ from orchestrator.proxy import (
     upstream_failure,
     upstream_headers,
 )
+from orchestrator.router import Loads, Router
 from orchestrator.scheduling.plugins.session_affinity_scorer import (
     SESSION_TOKEN_HEADER,
-    SessionAffinityScorer,
     encode_session_token,
 )
-from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.scheduling.types import (
     Endpoint,
-    EndpointView,
-    EngineMetrics,
-    Role,
-    SchedulingError,
     SchedulingResult,
 )
 from orchestrator.scraper import MetricsScraper
@@ -63,99 +58,31 @@ class Gateway:
     """Everything the routes share; built by the app's lifespan."""
 
     config: OrchestratorConfig
-    scheduler: Scheduler
-    store: EndpointStore
+    router: Router
     client: httpx.AsyncClient
     transport: httpx.AsyncBaseTransport
     """Inference requests go straight to the transport: the client's cookie, auth and
     redirect handling cost a third of the gateway's time and mean nothing to a proxy."""
-    metrics: GatewayMetrics
-    clock: Callable[[], float]
     scraper: MetricsScraper | None = None
     models: tuple[float, dict[str, Any]] | None = None
-    encodes_sessions: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def replace_scheduler(self, scheduler: Scheduler) -> None:
-        """Switch to a reloaded configuration's scheduler between two requests."""
-        kept = scheduler.inherit(self.scheduler)
-        self.scheduler = scheduler
-        self.encodes_sessions = encodes_sessions(scheduler)
-        for endpoint in self.store.endpoints():
-            state = self.store.state(endpoint.name)
-            if state is not None and state.metrics is not None:
-                self.on_scrape(endpoint, state.metrics, None)
-        logger.info("scheduler_replaced prefix_index_kept=%s", kept)
+    @property
+    def store(self) -> EndpointStore:
+        return self.router.store
 
-    # -- endpoints ------------------------------------------------------------------------
+    @property
+    def metrics(self) -> GatewayMetrics:
+        return self.router.metrics
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.router.clock
 
     def on_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
-        added, removed = self.store.set_endpoints(endpoints)
-        for name in removed:
-            self.scheduler.forget_endpoint(name)
-            self.metrics.forget_endpoint(name)
-        if added or removed:
-            logger.info("endpoints_changed added=%s removed=%s", added, removed)
+        self.router.on_endpoints(endpoints)
         if self.scraper is not None:
             self.scraper.sync()
-
-    def on_scrape(
-        self, endpoint: Endpoint, metrics: EngineMetrics | None, error: str | None
-    ) -> None:
-        if error is not None:
-            self.metrics.scrape_errors.labels(endpoint.name).inc()
-            return
-        if metrics is not None and metrics.num_gpu_blocks and metrics.block_size:
-            capacity = metrics.num_gpu_blocks * metrics.block_size
-            self.scheduler.endpoint_capacity(endpoint.name, capacity)
-
-    def refresh_gauges(self) -> None:
-        now = self.clock()
-        for endpoint in self.store.endpoints():
-            state = self.store.state(endpoint.name)
-            if state is None:
-                continue
-            self.metrics.endpoint_healthy.labels(endpoint.name).set(1 if state.healthy else 0)
-            self.metrics.in_flight.labels(endpoint.name).set(state.in_flight)
-            if state.metrics is not None:
-                age = now - state.metrics.scraped_at
-                self.metrics.metrics_age.labels(endpoint.name).set(age)
-
-    # -- scheduling -----------------------------------------------------------------------
-
-    def schedule(self, request: InferenceRequest, exclude: frozenset[str]) -> SchedulingResult:
-        now = self.clock()
-        views = [v for v in self.store.views(now) if v.name not in exclude]
-        limit = self.config.gateway.max_in_flight_per_endpoint
-        open_views = [v for v in views if v.in_flight < limit]
-        started = time.perf_counter()
-        try:
-            saturated = any(can_decode(v) for v in views) and not any(
-                can_decode(v) for v in open_views
-            )
-            if saturated:
-                raise SchedulingError(
-                    429,
-                    f"every decode endpoint has {limit} requests in flight; retry later",
-                    "saturated",
-                )
-            result = self.scheduler.schedule(request.scheduling, open_views, now)
-        except SchedulingError as exc:
-            self.metrics.rejections.labels(exc.reason).inc()
-            known, healthy = self.store.counts()
-            message = exc.message
-            if exc.status == 503:
-                message = f"{message}; {healthy} of {known} endpoints are healthy"
-            headers = {"retry-after": str(self.config.gateway.retry_after_s)}
-            raise GatewayError(exc.status, message, headers=headers) from None
-        finally:
-            self.metrics.scheduling_duration.observe(time.perf_counter() - started)
-        self.metrics.pd_decisions.labels(result.decision.value, result.reason).inc()
-        self.metrics.picks.labels(result.decode.profile, result.decode.best.name).inc()
-        if result.prefill is not None and result.prefill_targets:
-            prefill = result.prefill_targets[0].name
-            self.metrics.picks.labels(result.prefill.profile, prefill).inc()
-        return result
 
     # -- forwarding -----------------------------------------------------------------------
 
@@ -189,7 +116,7 @@ class Gateway:
     async def _send(self, request: Request, parsed: InferenceRequest) -> Response:
         exclude: frozenset[str] = frozenset()
         for attempt in (1, 2):
-            result = self.schedule(parsed, exclude)
+            result = self.router.schedule(parsed.scheduling, exclude)
             decode = result.decode.best.view.endpoint
             try:
                 return await self._send_to(request, parsed, result)
@@ -232,23 +159,23 @@ class Gateway:
         upstream_request = self.client.build_request(
             "POST", url, content=parsed.body, headers=headers, params=request.query_params
         )
-        loads = self._acquire(parsed, result)
+        loads = self.router.acquire(parsed.scheduling, result)
         try:
             upstream = await self.transport.handle_async_request(upstream_request)
             upstream.request = upstream_request
         except httpx.ConnectError as exc:
-            self._release(loads)
+            self.router.release(loads)
             raise _Unreachable(decode.name, exc) from None
         except httpx.HTTPError as exc:
-            self._release(loads)
+            self.router.release(loads)
             error, kind = upstream_failure(f"decode endpoint {decode.name}", exc)
             self.metrics.upstream_errors.labels(kind).inc()
             raise error from None
         except BaseException:
-            self._release(loads)
+            self.router.release(loads)
             raise
         out_headers = downstream_headers(upstream.headers)
-        if self.encodes_sessions:
+        if self.router.encodes_sessions:
             out_headers[SESSION_TOKEN_HEADER] = encode_session_token(decode.name)
         if parsed.stream and upstream.headers.get("content-type", "").startswith(
             "text/event-stream"
@@ -266,42 +193,20 @@ class Gateway:
             raise error from None
         finally:
             await upstream.aclose()
-            self._release(loads)
+            self.router.release(loads)
         return Response(body, status_code=upstream.status_code, headers=out_headers)
 
-    def _relay(
-        self, upstream: httpx.Response, endpoint: str, loads: _Loads
-    ) -> AsyncIterator[bytes]:
+    def _relay(self, upstream: httpx.Response, endpoint: str, loads: Loads) -> AsyncIterator[bytes]:
         async def release() -> None:
-            self._release(loads)
+            self.router.release(loads)
 
         return relay_stream(
             upstream,
             what=f"decode endpoint {endpoint}",
-            on_first_chunk=lambda: self._prefill_done(loads),
+            on_first_chunk=lambda: self.router.prefill_done(loads),
             on_failure=lambda kind: self.metrics.upstream_errors.labels(kind).inc(),
             on_close=release,
         )
-
-    def _acquire(self, parsed: InferenceRequest, result: SchedulingResult) -> _Loads:
-        decode = result.decode.best.name
-        prefill = result.prefill_targets[0].name if result.prefill_targets else None
-        tokens = parsed.scheduling.num_prompt_tokens
-        self.store.acquire(decode, 0 if prefill else tokens)
-        if prefill:
-            self.store.acquire(prefill, tokens)
-        return _Loads(decode, prefill, tokens)
-
-    def _prefill_done(self, loads: _Loads) -> None:
-        if not loads.prefill_done:
-            loads.prefill_done = True
-            self.store.release_tokens(loads.prefill or loads.decode, loads.tokens)
-            if loads.prefill:
-                self.store.release(loads.prefill)
-
-    def _release(self, loads: _Loads) -> None:
-        self._prefill_done(loads)
-        self.store.release(loads.decode)
 
     # -- models ---------------------------------------------------------------------------
 
@@ -321,32 +226,8 @@ class Gateway:
         raise GatewayError(503, "no healthy endpoint to list models from")
 
 
-@dataclass(slots=True)
-class _Loads:
-    """What one forwarded request adds to the endpoints' in-flight counts."""
-
-    decode: str
-    prefill: str | None
-    tokens: int
-    prefill_done: bool = False
-
-
 class _Unreachable(Exception):
     def __init__(self, endpoint: str, cause: httpx.HTTPError) -> None:
         super().__init__(endpoint)
         self.endpoint = endpoint
         self.cause = cause
-
-
-def can_decode(view: EndpointView) -> bool:
-    """Whether an endpoint can serve as the decode (primary) target."""
-    return view.endpoint.role in (None, Role.DECODE, Role.BOTH, Role.PREFILL_DECODE)
-
-
-def encodes_sessions(scheduler: Scheduler) -> bool:
-    """Whether responses must carry the session header the affinity scorer reads back."""
-    return any(
-        isinstance(plugin, SessionAffinityScorer)
-        and plugin.parameters.strategy == "encoded_endpoint_header"
-        for plugin in scheduler.plugins.values()
-    )

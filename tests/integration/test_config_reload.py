@@ -134,16 +134,16 @@ def test_the_running_orchestrator_swaps_its_scheduler_and_keeps_the_prefix_index
 
     with serve(app, free_port()) as url:
         gateway: Gateway = app.state.gateway
-        first = gateway.scheduler
+        first = gateway.router.scheduler
         first.prefix_index.record("pod-a", [1, 2, 3])
 
         write_config(tmp_path, reweighted(5.0))
-        assert wait_until(lambda: gateway.scheduler is not first, timeout_s=10)
-        second = gateway.scheduler
+        assert wait_until(lambda: gateway.router.scheduler is not first, timeout_s=10)
+        second = gateway.router.scheduler
         write_config(tmp_path, "plugins: [")
         assert wait_until(lambda: rejected(url) == 1, timeout_s=10)
         write_config(tmp_path, load_round_robin())
-        assert wait_until(lambda: gateway.scheduler is not second, timeout_s=10)
+        assert wait_until(lambda: gateway.router.scheduler is not second, timeout_s=10)
         metrics = parse_samples(httpx.get(f"{url}/metrics").text)
 
     assert second.prefix_index is first.prefix_index  # same hashing: cache knowledge kept

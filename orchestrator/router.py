@@ -1,0 +1,174 @@
+"""The routing core every face of the orchestrator shares: endpoints, scheduling, load.
+
+`Router` owns the endpoint store and the scheduler: discovery and scrapes update it, each
+request is scheduled against a snapshot of it, and the requests in flight to each endpoint
+are counted until their answers end. It does no I/O, so the HTTP gateway and the
+virtual-time planner (`planner/`) drive the very same object, with a wall or a virtual clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from orchestrator.config import OrchestratorConfig
+from orchestrator.endpoints import EndpointStore
+from orchestrator.errors import GatewayError
+from orchestrator.metrics import GatewayMetrics
+from orchestrator.scheduling.plugins.session_affinity_scorer import SessionAffinityScorer
+from orchestrator.scheduling.scheduler import Scheduler
+from orchestrator.scheduling.types import (
+    Endpoint,
+    EndpointView,
+    EngineMetrics,
+    Role,
+    SchedulingError,
+    SchedulingRequest,
+    SchedulingResult,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Loads:
+    """What one routed request adds to the endpoints' in-flight counts."""
+
+    decode: str
+    prefill: str | None
+    tokens: int
+    prefill_done: bool = False
+
+
+@dataclass(slots=True)
+class Router:
+    config: OrchestratorConfig
+    scheduler: Scheduler
+    store: EndpointStore
+    metrics: GatewayMetrics
+    clock: Callable[[], float]
+    encodes_sessions: bool = False
+
+    def replace_scheduler(self, scheduler: Scheduler) -> None:
+        """Switch to a reloaded configuration's scheduler between two requests."""
+        kept = scheduler.inherit(self.scheduler)
+        self.scheduler = scheduler
+        self.encodes_sessions = encodes_sessions(scheduler)
+        for endpoint in self.store.endpoints():
+            state = self.store.state(endpoint.name)
+            if state is not None and state.metrics is not None:
+                self.on_scrape(endpoint, state.metrics, None)
+        logger.info("scheduler_replaced prefix_index_kept=%s", kept)
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    def on_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        added, removed = self.store.set_endpoints(endpoints)
+        for name in removed:
+            self.scheduler.forget_endpoint(name)
+            self.metrics.forget_endpoint(name)
+        if added or removed:
+            logger.info("endpoints_changed added=%s removed=%s", added, removed)
+
+    def on_scrape(
+        self, endpoint: Endpoint, metrics: EngineMetrics | None, error: str | None
+    ) -> None:
+        if error is not None:
+            self.metrics.scrape_errors.labels(endpoint.name).inc()
+            return
+        if metrics is not None and metrics.num_gpu_blocks and metrics.block_size:
+            capacity = metrics.num_gpu_blocks * metrics.block_size
+            self.scheduler.endpoint_capacity(endpoint.name, capacity)
+
+    def refresh_gauges(self) -> None:
+        now = self.clock()
+        for endpoint in self.store.endpoints():
+            state = self.store.state(endpoint.name)
+            if state is None:
+                continue
+            self.metrics.endpoint_healthy.labels(endpoint.name).set(1 if state.healthy else 0)
+            self.metrics.in_flight.labels(endpoint.name).set(state.in_flight)
+            if state.metrics is not None:
+                age = now - state.metrics.scraped_at
+                self.metrics.metrics_age.labels(endpoint.name).set(age)
+
+    # -- scheduling -----------------------------------------------------------------------
+
+    def schedule(
+        self, request: SchedulingRequest, exclude: frozenset[str] = frozenset()
+    ) -> SchedulingResult:
+        """Pick endpoints; raises GatewayError (429 saturated, 503 none) when none can take
+        the request."""
+        now = self.clock()
+        views = [v for v in self.store.views(now) if v.name not in exclude]
+        limit = self.config.gateway.max_in_flight_per_endpoint
+        open_views = [v for v in views if v.in_flight < limit]
+        started = time.perf_counter()
+        try:
+            saturated = any(can_decode(v) for v in views) and not any(
+                can_decode(v) for v in open_views
+            )
+            if saturated:
+                raise SchedulingError(
+                    429,
+                    f"every decode endpoint has {limit} requests in flight; retry later",
+                    "saturated",
+                )
+            result = self.scheduler.schedule(request, open_views, now)
+        except SchedulingError as exc:
+            self.metrics.rejections.labels(exc.reason).inc()
+            known, healthy = self.store.counts()
+            message = exc.message
+            if exc.status == 503:
+                message = f"{message}; {healthy} of {known} endpoints are healthy"
+            headers = {"retry-after": str(self.config.gateway.retry_after_s)}
+            raise GatewayError(exc.status, message, headers=headers) from None
+        finally:
+            self.metrics.scheduling_duration.observe(time.perf_counter() - started)
+        self.metrics.pd_decisions.labels(result.decision.value, result.reason).inc()
+        self.metrics.picks.labels(result.decode.profile, result.decode.best.name).inc()
+        if result.prefill is not None and result.prefill_targets:
+            prefill = result.prefill_targets[0].name
+            self.metrics.picks.labels(result.prefill.profile, prefill).inc()
+        return result
+
+    # -- load accounting ------------------------------------------------------------------
+
+    def acquire(self, request: SchedulingRequest, result: SchedulingResult) -> Loads:
+        """Count the request against the endpoints it was routed to."""
+        decode = result.decode.best.name
+        prefill = result.prefill_targets[0].name if result.prefill_targets else None
+        tokens = request.num_prompt_tokens
+        self.store.acquire(decode, 0 if prefill else tokens)
+        if prefill:
+            self.store.acquire(prefill, tokens)
+        return Loads(decode, prefill, tokens)
+
+    def prefill_done(self, loads: Loads) -> None:
+        """The first byte came back: the prompt no longer loads whoever prefilled it."""
+        if not loads.prefill_done:
+            loads.prefill_done = True
+            self.store.release_tokens(loads.prefill or loads.decode, loads.tokens)
+            if loads.prefill:
+                self.store.release(loads.prefill)
+
+    def release(self, loads: Loads) -> None:
+        """The answer ended (or failed)."""
+        self.prefill_done(loads)
+        self.store.release(loads.decode)
+
+
+def can_decode(view: EndpointView) -> bool:
+    """Whether an endpoint can serve as the decode (primary) target."""
+    return view.endpoint.role in (None, Role.DECODE, Role.BOTH, Role.PREFILL_DECODE)
+
+
+def encodes_sessions(scheduler: Scheduler) -> bool:
+    """Whether responses must carry the session header the affinity scorer reads back."""
+    return any(
+        isinstance(plugin, SessionAffinityScorer)
+        and plugin.parameters.strategy == "encoded_endpoint_header"
+        for plugin in scheduler.plugins.values()
+    )
