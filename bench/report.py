@@ -39,10 +39,14 @@ BASELINE_POLICY = "round-robin"
 _MISSING = "-"
 
 
-def write_markdown(path: Path, results: BenchResults) -> None:
-    """report.md: setup, definitions, warnings, goodput, comparison, reference, stage tables."""
+def write_markdown(
+    path: Path, results: BenchResults, *, title: str = "tandem bench", lead: Sequence[str] = ()
+) -> None:
+    """report.md: setup, definitions, warnings, goodput, comparison, reference, stage tables;
+    `lead` sections (e.g. a recommendation) come right after the setup."""
     sections = [
-        _setup(results),
+        _setup(results, title),
+        *lead,
         "## Definitions\n\n" + results.definitions.strip(),
         _warnings(results),
         _goodput_table(results),
@@ -54,17 +58,22 @@ def write_markdown(path: Path, results: BenchResults) -> None:
     path.write_text("\n\n".join(s for s in sections if s) + "\n")
 
 
-def _setup(results: BenchResults) -> str:
+def _setup(results: BenchResults, title: str) -> str:
     clusters = ", ".join(f"`{name}` ({_shape(shape)})" for name, shape in results.clusters.items())
+    time_line = (
+        f"- Time scale: {results.time_scale:g} wall seconds per model second; every time and "
+        "rate below is in model time"
+        if results.time_scale
+        else "- Time: virtual (a discrete-event simulation); every time and rate is model time"
+    )
     lines = [
-        f"# tandem bench: {results.workload}",
+        f"# {title}: {results.workload}",
         "",
         "## Setup",
         "",
         f"- Workload: `{results.workload}`",
         f"- Model: `{results.model}`",
-        f"- Time scale: {results.time_scale:g} wall seconds per model second; every time and "
-        "rate below is in model time",
+        time_line,
         f"- Target: {results.target or 'local cluster started by tandem'}",
         f"- SLO: TTFT ≤ {results.slo.ttft_ms:g} ms, mean ITL ≤ {results.slo.itl_ms:g} ms",
         f"- Clusters: {clusters or _MISSING}",

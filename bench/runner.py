@@ -67,7 +67,7 @@ def _spec(
     )
 
 
-def _hit_rate(records: Sequence[RequestRecord]) -> float | None:
+def hit_rate(records: Sequence[RequestRecord]) -> float | None:
     served = [r for r in records if r.success and r.cached_tokens is not None]
     prompt = sum(r.prompt_tokens for r in served)
     return sum(r.cached_tokens or 0 for r in served) / prompt if prompt else None
@@ -77,15 +77,16 @@ def summarize_run(
     records: Sequence[RequestRecord],
     stages: Sequence[tuple[int, Stage]],
     workload: Workload,
-    cpu: CpuSampler,
+    cpu: CpuSampler | None,
 ) -> list[StageSummary]:
+    """Per-stage summaries; `cpu` (absent in virtual time) flags machine-limited stages."""
     summaries = []
     start = 0.0
     for index, stage in stages:
         end = start + stage.duration
         if index >= 0:
             in_stage = [r for r in records if r.stage == index]
-            busy = cpu.busy_between(start, end)
+            busy = cpu.busy_between(start, end) if cpu is not None else None
             summaries.append(
                 summarize_stage(
                     stage=index,
@@ -94,7 +95,7 @@ def summarize_run(
                     records=in_stage,
                     slo_ttft_s=workload.slo.ttft_ms / 1000,
                     slo_itl_s=workload.slo.itl_ms / 1000,
-                    hit_rate=_hit_rate(in_stage),
+                    hit_rate=hit_rate(in_stage),
                     cpu_saturated=busy is not None and busy >= CPU_SATURATED,
                 )
             )

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from decode.pod import decode_pod
+from planner import cli as plan_cli
 from prefill.launch import VllmLaunch
 from prefill.pod import aggregated_pod, prefill_pod
 from simulator.config import SimPodConfig
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sidecar_parser(subparsers)
     _add_bench_parser(subparsers)
     _add_microbench_parser(subparsers)
+    plan_cli.add_parser(subparsers)
     return parser
 
 

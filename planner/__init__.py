@@ -1,0 +1,1 @@
+"""`tandem plan`: whole clusters in virtual time, with the live system's engine and scheduler."""

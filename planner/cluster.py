@@ -1,0 +1,366 @@
+"""A whole tandem deployment in virtual time: router, sidecars, pods and the KV transfers.
+
+What runs is the live code: the orchestrator's `Router` (endpoint store, the configured
+scheduler with its plugins, decider and prefix index, in-flight accounting) and one engine
+core per pod, built from the same pod definitions as `tandem up`. What is modelled is what
+the live path adds around them:
+
+* **scrapes**: the router sees each pod's queue and KV usage as of its last scrape, every
+  `scrape_interval_s` (the orchestrator's own default), not the pod's current state;
+* **hops**: `gateway_s` from client to the serving pod and back (the gateway's measured
+  cost), `sidecar_s` for each sidecar leg of a disaggregated request (the prefill request,
+  the local decode request);
+* **KV transfer**: the profile's time for the uncached tokens (bytes per token x tokens /
+  bandwidth + latency), as the live simulated pods wait; NIXL lease heartbeats every
+  lease/6 as the live consumer sends them.
+
+Each request produces the same `RequestRecord` the live load generator writes, so `tandem
+plan` and `tandem bench` summarize identically.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from bench.generate import BenchRequest, PromptSet
+from bench.records import RequestRecord
+from bench.workload import ClusterShape
+from decode.pod import decode_pod
+from orchestrator.config import OrchestratorConfig
+from orchestrator.endpoints import EndpointStore
+from orchestrator.errors import GatewayError
+from orchestrator.inference_request import parse_inference_request
+from orchestrator.metrics import GatewayMetrics
+from orchestrator.router import Loads, Router, encodes_sessions
+from orchestrator.scheduling.config import EndpointPickerConfig, build_scheduler
+from orchestrator.scheduling.types import ROLE_LABEL, Endpoint, EngineMetrics, SchedulingResult
+from planner.events import EventLoop
+from planner.pods import VirtualPod
+from prefill.launch import VllmLaunch
+from prefill.pod import aggregated_pod, prefill_pod
+from sidecar.prefill import REMOTE_DECODE_PARAMS
+from simulator.kv_connector import KVReadError, RemoteLoad
+from simulator.request import EngineRequest, RequestOutput
+from simulator.tokenizer import SyntheticTokenizer
+
+
+@dataclass(frozen=True, slots=True)
+class PathModel:
+    """What the live request path adds around the engines, in model seconds."""
+
+    gateway_s: float = 0.003
+    """Gateway hop, each way (`tandem microbench gateway`: +2.6 to 3.3 ms p50)."""
+    sidecar_s: float = 0.003
+    """One sidecar leg (`tandem microbench sidecar`: +2.6 ms p50)."""
+    scrape_interval_s: float = 0.5
+    """How often the router's view of each pod is refreshed (the orchestrator's default)."""
+    staleness_s: float = 2.0
+    expiry_tick_s: float = 1.0
+    """How often idle pods drop expired KV leases (the live pod's expiry loop)."""
+
+    def scaled(self, time_scale: float) -> PathModel:
+        """The path of a live run at `time_scale` (wall costs shrink in model time)."""
+        return PathModel(
+            gateway_s=self.gateway_s / time_scale,
+            sidecar_s=self.sidecar_s / time_scale,
+            scrape_interval_s=self.scrape_interval_s / time_scale,
+            staleness_s=self.staleness_s / time_scale,
+            expiry_tick_s=self.expiry_tick_s,
+        )
+
+
+def pod_launches(shape: ClusterShape, profile: str) -> list[tuple[str, str, VllmLaunch]]:
+    """(name, role, launch) of every pod, named and defined as `tandem up` does."""
+    pods = [(f"pod-{i}", "both", aggregated_pod(profile)) for i in range(shape.both)]
+    pods += [(f"prefill-{i}", "prefill", prefill_pod(profile)) for i in range(shape.prefill)]
+    pods += [(f"decode-{i}", "decode", decode_pod(profile).vllm) for i in range(shape.decode)]
+    return pods
+
+
+@dataclass(eq=False)
+class _Flight:
+    """One request on its way through the virtual cluster."""
+
+    bench: BenchRequest
+    record: RequestRecord
+    loads: Loads | None = None
+    last_token_s: float | None = None
+    decode_pod: VirtualPod | None = None
+
+
+@dataclass(eq=False)
+class VirtualCluster:
+    loop: EventLoop
+    router: Router
+    pods: dict[str, VirtualPod]
+    path: PathModel
+    prompts: PromptSet
+    model: str
+    on_done: Callable[[RequestRecord], None] | None = None
+    records: list[RequestRecord] = field(default_factory=list)
+    _tokenizer: SyntheticTokenizer = field(default_factory=SyntheticTokenizer)
+    _system_ids: dict[int, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        shape: ClusterShape,
+        profile: str,
+        scheduler: EndpointPickerConfig,
+        prompts: PromptSet,
+        model: str,
+        *,
+        path: PathModel | None = None,
+        seed: int = 0,
+        on_done: Callable[[RequestRecord], None] | None = None,
+    ) -> VirtualCluster:
+        path = path or PathModel()
+        loop = EventLoop()
+        config = OrchestratorConfig.model_validate(
+            {"scrape": {"interval_s": path.scrape_interval_s, "staleness_s": path.staleness_s}}
+        )
+        # As `tandem bench` runs the orchestrator: seeded tie-breaks, no model configured.
+        router_scheduler = build_scheduler(scheduler, rng=random.Random(seed), prefix_seed="")
+        router = Router(
+            config=config,
+            scheduler=router_scheduler,
+            store=EndpointStore(path.staleness_s),
+            metrics=GatewayMetrics(),
+            clock=loop.clock,
+            encodes_sessions=encodes_sessions(router_scheduler),
+        )
+        cluster = cls(loop, router, {}, path, prompts, model, on_done)
+        for name, role, launch in pod_launches(shape, profile):
+            cluster.pods[name] = VirtualPod.build(
+                name, role, launch.simulated(), loop, cluster._remote_load
+            )
+        router.on_endpoints(
+            [
+                Endpoint(name, name, 8000, {ROLE_LABEL: pod.role})
+                for name, pod in cluster.pods.items()
+            ]
+        )
+        for index, pod in enumerate(cluster.pods.values()):
+            # Scrapes spread over the interval, as independent pollers drift apart.
+            phase = path.scrape_interval_s * index / max(1, len(cluster.pods))
+            cluster._scrape(pod)
+            loop.at(phase, cluster._scrape_loop, pod)
+            loop.at(path.expiry_tick_s, cluster._expiry_loop, pod)
+            if pod.role == "decode":
+                loop.at(pod.engine.held.heartbeat_interval, cluster._heartbeat_loop, pod)
+        return cluster
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self, requests: Sequence[BenchRequest]) -> list[RequestRecord]:
+        """Send every request at its arrival time and run until all have ended."""
+        self._pending = len(requests)
+        for request in requests:
+            self.loop.at(request.arrival_s, self._arrive, request)
+        self.loop.run()
+        return self.records
+
+    def utilization(self) -> dict[str, float]:
+        """Share of the elapsed virtual time each pod spent in steps."""
+        elapsed = self.loop.now or 1.0
+        return {name: pod.busy_s / elapsed for name, pod in self.pods.items()}
+
+    # -- periodic work --------------------------------------------------------------------
+
+    def _scrape(self, pod: VirtualPod) -> None:
+        engine = pod.engine
+        metrics = EngineMetrics(
+            waiting=engine.num_waiting,
+            running=engine.num_running,
+            kv_usage=engine.kv_usage,
+            scraped_at=self.loop.now,
+            block_size=engine.config.block_size,
+            num_gpu_blocks=engine.config.num_gpu_blocks,
+        )
+        self.router.store.record_scrape(pod.name, metrics)
+        endpoint = self.router.store.state(pod.name)
+        if endpoint is not None:
+            self.router.on_scrape(endpoint.endpoint, metrics, None)
+
+    def _scrape_loop(self, pod: VirtualPod) -> None:
+        self._scrape(pod)
+        if self._pending:
+            self.loop.after(self.path.scrape_interval_s, self._scrape_loop, pod)
+
+    def _expiry_loop(self, pod: VirtualPod) -> None:
+        if pod.engine.expire_held(self.loop.now):
+            pod.wake()
+        if self._pending:
+            self.loop.after(self.path.expiry_tick_s, self._expiry_loop, pod)
+
+    def _heartbeat_loop(self, consumer: VirtualPod) -> None:
+        """Keep the leases of prefilled KV this pod has yet to read (the live consumer's
+        heartbeats)."""
+        for request in consumer.engine.scheduler.waiting:
+            if request.awaits_remote_kv and request.remote is not None:
+                producer = self.pods.get(request.remote.remote_engine_id)
+                if producer is not None:
+                    producer.engine.heartbeat_held(
+                        [request.remote.remote_request_id], self.loop.now
+                    )
+        if self._pending:
+            self.loop.after(consumer.engine.held.heartbeat_interval, self._heartbeat_loop, consumer)
+
+    # -- the request path -----------------------------------------------------------------
+
+    def _prompt_ids(self, request: BenchRequest, text: str) -> list[int]:
+        """Token ids as the pod's synthetic tokenizer makes them (one per word), with each
+        group's shared system prompt encoded once."""
+        if request.group is None:
+            return self._tokenizer.encode(text)
+        system = self._system_ids.get(request.group)
+        if system is None:
+            system = self._tokenizer.encode(self.prompts.system_prompts[request.group])
+            self._system_ids[request.group] = system
+        own = text[len(self.prompts.system_prompts[request.group]) :]
+        return system + self._tokenizer.encode(own)
+
+    def _arrive(self, request: BenchRequest) -> None:
+        now = self.loop.now
+        text = self.prompts.text(request)
+        record = RequestRecord(
+            request_id=request.request_id,
+            stage=request.stage,
+            scheduled_s=request.arrival_s,
+            sent_s=now,
+            prompt_tokens=self.prompts.tokens(request),
+            max_tokens=request.max_tokens,
+            group=request.group,
+        )
+        flight = _Flight(request, record)
+        body = {"model": self.model, "prompt": text, "max_tokens": request.max_tokens}
+        parsed = parse_inference_request(
+            "completions", json.dumps(body).encode(), {}, request.request_id,
+            self.router.config.gateway.chars_per_token,
+        )  # fmt: skip
+        try:
+            result = self.router.schedule(parsed.scheduling)
+        except GatewayError as exc:
+            record.status, record.error = exc.status, exc.message
+            self._finish(flight)
+            return
+        flight.loads = self.router.acquire(parsed.scheduling, result)
+        prompt = self._prompt_ids(request, text)
+        self.loop.after(self.path.gateway_s, self._at_decode_endpoint, flight, result, prompt)
+
+    def _at_decode_endpoint(
+        self, flight: _Flight, result: SchedulingResult, prompt: list[int]
+    ) -> None:
+        decode = self.pods[result.decode.best.name]
+        flight.decode_pod = decode
+        if not result.prefill_targets:
+            self._decode(flight, decode, prompt, None)
+            return
+        prefill = self.pods[result.prefill_targets[0].name]
+        leg = EngineRequest(
+            request_id=f"{flight.bench.request_id}-prefill",
+            prompt_token_ids=prompt,
+            max_tokens=1,
+            arrival_time=0.0,
+            kv_transfer_params=dict(REMOTE_DECODE_PARAMS),
+        )
+
+        def prefilled(output: RequestOutput) -> None:
+            if not output.finished:
+                return
+            if output.error is not None or output.kv_transfer_params is None:
+                # The sidecar falls back to a local prefill on the decode pod.
+                self.loop.after(self.path.sidecar_s, self._decode, flight, decode, prompt, None)
+                return
+            params = output.kv_transfer_params
+            self.loop.after(self.path.sidecar_s, self._decode, flight, decode, prompt, params)
+
+        self.loop.after(self.path.sidecar_s, prefill.submit, leg, prefilled)
+
+    def _decode(
+        self,
+        flight: _Flight,
+        pod: VirtualPod,
+        prompt: list[int],
+        kv_transfer_params: dict[str, object] | None,
+    ) -> None:
+        request = EngineRequest(
+            request_id=flight.bench.request_id,
+            prompt_token_ids=prompt,
+            max_tokens=flight.bench.max_tokens,
+            arrival_time=0.0,
+            kv_transfer_params=kv_transfer_params,
+        )
+        pod.submit(request, lambda output: self._token(flight, output))
+
+    def _token(self, flight: _Flight, output: RequestOutput) -> None:
+        """An engine output reaches the client one gateway hop later."""
+        record = flight.record
+        at = self.loop.now + self.path.gateway_s
+        if output.new_token_ids:
+            if record.ttft_s is None:
+                record.ttft_s = at - record.sent_s
+                if flight.loads is not None:
+                    self.router.prefill_done(flight.loads)
+            elif flight.last_token_s is not None:
+                record.itl_s.append(at - flight.last_token_s)
+            flight.last_token_s = at
+            record.output_tokens += len(output.new_token_ids)
+        if output.finished:
+            record.success = output.error is None
+            record.status = 200 if record.success else 500
+            record.error = output.error
+            record.cached_tokens = output.num_cached_tokens
+            record.e2e_s = at - record.sent_s
+            self._finish(flight)
+
+    def _finish(self, flight: _Flight) -> None:
+        if flight.loads is not None:
+            self.router.release(flight.loads)
+        self.records.append(flight.record)
+        self._pending -= 1
+        if self.on_done is not None:
+            self.on_done(flight.record)
+
+    # -- KV transfer ----------------------------------------------------------------------
+
+    def _remote_load(self, consumer: VirtualPod, load: RemoteLoad) -> None:
+        """The decode engine started reading prefilled KV: time it like the live pod."""
+        source = load.source
+        producer = self.pods.get(source.remote_engine_id)
+        now = self.loop.now
+        try:
+            if producer is None:
+                raise KVReadError(f"unknown engine id {source.remote_engine_id}")
+            blocks = source.remote_block_ids[0]  # what the live side channel sends
+            producer.engine.read_held(source.remote_request_id, blocks, now)
+        except KVReadError as exc:
+            output = consumer.engine.finish_remote_load(load.request_id, now, error=str(exc))
+            self._transfer_ended(consumer, producer, source.remote_request_id, output)
+            return
+        seconds = consumer.profile.kv_transfer_seconds(load.num_tokens)
+        num_bytes = load.num_tokens * consumer.profile.kv_bytes_per_token
+
+        def arrived() -> None:
+            output = consumer.engine.finish_remote_load(
+                load.request_id, self.loop.now, transfer_seconds=seconds, transfer_bytes=num_bytes
+            )
+            self._transfer_ended(consumer, producer, source.remote_request_id, output)
+
+        self.loop.after(seconds, arrived)
+
+    def _transfer_ended(
+        self,
+        consumer: VirtualPod,
+        producer: VirtualPod | None,
+        remote_request_id: str,
+        output: RequestOutput | None,
+    ) -> None:
+        if producer is not None and producer.engine.release_held(remote_request_id):
+            producer.wake()
+        if output is not None:
+            consumer.deliver(output)
+        consumer.wake()

@@ -1,0 +1,231 @@
+"""`tandem plan`: every cluster shape x policy (x decider threshold) of a workload, in virtual
+time, summarized like `tandem bench`, and the split that serves the most goodput per GPU.
+
+Runs are deterministic: the same workload, options and seed give the same records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.generate import build_prompts, build_requests, schedule
+from bench.records import RequestRecord
+from bench.report import write_markdown, write_plots
+from bench.results import BenchResults, RunResult, SloTargets, write_results
+from bench.runner import summarize_run
+from bench.workload import ClusterShape, Workload
+from orchestrator.config import CONFIG_DIR, SHIPPED_SCHEDULERS
+from orchestrator.scheduling.config import EndpointPickerConfig, load_config_file
+from planner.cluster import PathModel, VirtualCluster
+from simulator.profiles import get_profile
+
+DECIDER_TYPE = "prefix-based-pd-decider"
+
+
+class PlanError(ValueError):
+    """The plan's options do not fit the workload; the message says what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOptions:
+    workload: Workload
+    policies: tuple[str, ...]
+    clusters: tuple[str, ...]
+    output: Path
+    ratios: tuple[tuple[int, int], ...] = ()
+    """Extra prefill:decode splits of the workload's GPUs."""
+    thresholds: tuple[int, ...] = ()
+    """Decider thresholds (`nonCachedTokens`) to try on P/D shapes; empty: the config's."""
+    path: PathModel = field(default_factory=PathModel)
+    seed: int = 0
+    quick: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    cluster: str
+    shape: dict[str, int]
+    policy: str
+    goodput_per_gpu: float
+    runner_up: str | None
+    margin: float | None
+    """How much more goodput per GPU than the runner-up (0.1 = 10 %)."""
+
+    def sentence(self) -> str:
+        shape = ", ".join(f"{role} {count}" for role, count in self.shape.items() if count)
+        text = (
+            f"`{self.cluster}` ({shape}) with `{self.policy}`: "
+            f"{self.goodput_per_gpu:.3f} req/s of goodput per GPU"
+        )
+        if self.runner_up is not None and self.margin is not None:
+            text += f", {self.margin:+.0%} over the runner-up ({self.runner_up})"
+        return text
+
+
+def parse_ratios(text: str) -> tuple[tuple[int, int], ...]:
+    """'2:6,3:5' → ((2, 6), (3, 5))."""
+    ratios = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        prefill, sep, decode = item.partition(":")
+        if not sep or not prefill.isdigit() or not decode.isdigit() or int(decode) < 1:
+            raise PlanError(f"--ratios: {item!r} is not PREFILL:DECODE pods, e.g. 3:5")
+        ratios.append((int(prefill), int(decode)))
+    return tuple(ratios)
+
+
+def shapes(options: PlanOptions) -> dict[str, ClusterShape]:
+    """The workload's clusters, plus one `pd-P-D` per ratio (same GPU count, checked)."""
+    workload = options.workload
+    unknown = [name for name in options.clusters if name not in workload.clusters]
+    if unknown:
+        raise PlanError(
+            f"unknown cluster {', '.join(unknown)}; the workload has {', '.join(workload.clusters)}"
+        )
+    chosen = {name: workload.clusters[name] for name in options.clusters}
+    gpus_per_pod = get_profile(workload.engine_profile).tensor_parallel_size
+    for prefill, decode in options.ratios:
+        gpus = (prefill + decode) * gpus_per_pod
+        if gpus != workload.gpus:
+            raise PlanError(
+                f"--ratios {prefill}:{decode} uses {gpus} GPUs; the workload has "
+                f"{workload.gpus} ({workload.gpus // gpus_per_pod} pods of {gpus_per_pod})"
+            )
+        chosen.setdefault(f"pd-{prefill}-{decode}", ClusterShape(prefill=prefill, decode=decode))
+    return chosen
+
+
+def policy_config(policy: str) -> EndpointPickerConfig:
+    path = CONFIG_DIR / f"{policy}.yaml" if policy in SHIPPED_SCHEDULERS else Path(policy)
+    if not path.exists():
+        raise PlanError(
+            f"policy {policy!r} is neither shipped ({', '.join(SHIPPED_SCHEDULERS)}) nor a file"
+        )
+    return load_config_file(path)
+
+
+def with_threshold(config: EndpointPickerConfig, threshold: int) -> EndpointPickerConfig | None:
+    """The config with its P/D decider's `nonCachedTokens` set; None without a decider."""
+    document = config.model_dump(mode="python", exclude_none=True)
+    deciders = [p for p in document["plugins"] if p.get("type") == DECIDER_TYPE]
+    if not deciders:
+        return None
+    for plugin in deciders:
+        plugin["parameters"] = {**(plugin.get("parameters") or {}), "nonCachedTokens": threshold}
+    return EndpointPickerConfig.model_validate(document)
+
+
+def variants(options: PlanOptions, shape: ClusterShape) -> list[tuple[str, EndpointPickerConfig]]:
+    """(label, config) per policy, and per threshold on P/D shapes."""
+    out: list[tuple[str, EndpointPickerConfig]] = []
+    for policy in options.policies:
+        config = policy_config(policy)
+        tuned = [
+            (f"{policy}@{t}", c)
+            for t in options.thresholds
+            if shape.prefill and (c := with_threshold(config, t)) is not None
+        ]
+        out += tuned or [(policy, config)]
+    return out
+
+
+def recommend(runs: Sequence[RunResult]) -> Recommendation | None:
+    ranked = sorted(runs, key=lambda r: r.goodput_per_gpu, reverse=True)
+    if not ranked:
+        return None
+    best = ranked[0]
+    runner_up = ranked[1] if len(ranked) > 1 else None
+    margin = None
+    if runner_up is not None and runner_up.goodput_per_gpu > 0:
+        margin = best.goodput_per_gpu / runner_up.goodput_per_gpu - 1
+    return Recommendation(
+        cluster=best.cluster,
+        shape=best.shape,
+        policy=best.policy,
+        goodput_per_gpu=best.goodput_per_gpu,
+        runner_up=f"`{runner_up.cluster}` / `{runner_up.policy}`" if runner_up else None,
+        margin=margin,
+    )
+
+
+def _utilization_note(cluster: VirtualCluster) -> str:
+    by_role: dict[str, list[float]] = {}
+    for name, share in cluster.utilization().items():
+        by_role.setdefault(cluster.pods[name].role, []).append(share)
+    parts = [f"{role} {sum(v) / len(v):.0%}" for role, v in sorted(by_role.items())]
+    return "pool utilization (busy share of the run): " + ", ".join(parts)
+
+
+@dataclass(slots=True)
+class PlanResults:
+    results: BenchResults
+    recommendation: Recommendation | None
+    seconds: dict[str, float]
+    """Wall seconds each run took, by `cluster / policy`."""
+
+
+def run_plan(
+    options: PlanOptions,
+    *,
+    on_start: Callable[[str, int], None] | None = None,
+    on_done: Callable[[RequestRecord], None] | None = None,
+) -> PlanResults:
+    """Run everything in virtual time; write results.json, report.md and plots."""
+    workload = options.workload
+    prompts = build_prompts(workload)
+    stages = schedule(workload, quick=options.quick)
+    requests = build_requests(workload, prompts, stages)
+    gpus_per_pod = get_profile(workload.engine_profile).tensor_parallel_size
+    runs: list[RunResult] = []
+    seconds: dict[str, float] = {}
+    for name, shape in shapes(options).items():
+        for label, config in variants(options, shape):
+            if on_start is not None:
+                on_start(f"{name} / {label}", len(requests))
+            started = time.perf_counter()
+            cluster = VirtualCluster.build(
+                shape, workload.engine_profile, config, prompts, workload.model,
+                path=options.path, seed=options.seed, on_done=on_done,
+            )  # fmt: skip
+            records = cluster.run(requests)
+            seconds[f"{name} / {label}"] = time.perf_counter() - started
+            runs.append(
+                RunResult.from_stages(
+                    cluster=name,
+                    shape=shape.model_dump(exclude_defaults=True),
+                    policy=label,
+                    gpus=shape.pods * gpus_per_pod,
+                    stages=summarize_run(records, stages, workload, None),
+                    records=records,
+                    notes=[_utilization_note(cluster)],
+                )
+            )
+    results = BenchResults(
+        workload=workload.name,
+        model=workload.model,
+        time_scale=0.0,
+        target="virtual cluster (tandem plan)",
+        slo=SloTargets(workload.slo.ttft_ms, workload.slo.itl_ms),
+        reference={k: v.model_dump(exclude_none=True) for k, v in workload.reference.items()},
+        runs=runs,
+        metadata=_path_metadata(options.path),
+    )
+    recommendation = recommend(runs)
+    lead = ["## Recommendation\n\n" + (recommendation.sentence() if recommendation else "none")]
+    options.output.mkdir(parents=True, exist_ok=True)
+    write_results(options.output / "results.json", results)
+    write_markdown(options.output / "report.md", results, title="tandem plan", lead=lead)
+    write_plots(options.output, results)
+    return PlanResults(results, recommendation, seconds)
+
+
+def _path_metadata(path: PathModel) -> dict[str, str]:
+    return {
+        "Modelled path": (
+            f"gateway hop {path.gateway_s * 1000:g} ms each way, sidecar leg "
+            f"{path.sidecar_s * 1000:g} ms, scrape every {path.scrape_interval_s * 1000:g} ms, "
+            "KV transfer from the engine profile"
+        )
+    }

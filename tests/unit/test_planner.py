@@ -1,0 +1,325 @@
+"""The virtual-time planner: determinism, a hand-computed case, the live objects it drives,
+and the recommendation."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from bench.generate import BenchRequest, build_prompts, build_requests, schedule
+from bench.records import Percentiles, StageSummary
+from bench.results import RunResult
+from bench.workload import ClusterShape, load_workload
+from orchestrator.router import Router
+from orchestrator.scheduling.config import load_config_file
+from orchestrator.scheduling.plugins import builtin_registry
+from orchestrator.scheduling.scheduler import Scheduler
+from planner.cluster import PathModel, VirtualCluster
+from planner.events import EventLoop
+from planner.run import (
+    PlanError,
+    PlanOptions,
+    parse_ratios,
+    recommend,
+    run_plan,
+    shapes,
+    with_threshold,
+)
+from simulator import profiles
+from simulator.engine import Engine
+from simulator.profiles import StepCoefficients
+
+CONFIGS = Path(__file__).resolve().parents[2] / "orchestrator" / "configs"
+TINY = Path(__file__).resolve().parents[1] / "e2e" / "data" / "tiny-workload.yaml"
+NO_PATH = PathModel(gateway_s=0.0, sidecar_s=0.0)
+
+
+@pytest.fixture
+def fixed_step(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A profile whose every step takes exactly 10 ms, whatever it computes."""
+    base = profiles.get_profile("llama-3.1-8b-h100-tp1")
+    fixed = dataclasses.replace(
+        base,
+        name="fixed-10ms",
+        step=StepCoefficients(t_ovh=0.010, t_w=0.0, c_lin=0.0, c_attn=0.0, c_kv=0.0),
+    )
+    monkeypatch.setitem(profiles.PROFILES, fixed.name, fixed)
+    return fixed.name
+
+
+def write_workload(folder: Path, profile: str, body: str) -> Path:
+    path = folder / "w.yaml"
+    path.write_text(f"name: w\nmodel: m\nengine_profile: {profile}\n{body}")
+    return path
+
+
+def test_one_pod_with_fixed_steps_gives_the_hand_computed_latencies(
+    tmp_path: Path, fixed_step: str
+) -> None:
+    # One pod, two requests far apart: each is prefilled in one 10 ms step (400 tokens fit the
+    # 8,192-token budget), then decodes one token per 10 ms step.
+    workload = load_workload(
+        str(
+            write_workload(
+                tmp_path, fixed_step,
+                "gpus: 1\nclusters: {one: {both: 1}}\n"
+                "data: {type: random, num_prompts: 2, input_len: 400, output_len: 5, seed: 1}\n"
+                "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
+                "slo: {ttft_ms: 100, itl_ms: 20}\n",
+            )
+        )
+    )  # fmt: skip
+    prompts = build_prompts(workload)
+    requests = [
+        BenchRequest("a", 0, 0.5, 0, 5),
+        BenchRequest("b", 0, 3.0, 1, 5),
+    ]
+    cluster = VirtualCluster.build(
+        workload.clusters["one"], fixed_step, load_config_file(CONFIGS / "tandem.yaml"),
+        prompts, workload.model, path=NO_PATH,
+    )  # fmt: skip
+
+    records = {r.request_id: r for r in cluster.run(requests)}
+
+    for name in ("a", "b"):
+        record = records[name]
+        assert record.success
+        assert record.ttft_s == pytest.approx(0.010)
+        assert record.itl_s == pytest.approx([0.010] * 4)
+        assert record.e2e_s == pytest.approx(0.050)
+        assert record.output_tokens == 5
+        assert record.prompt_tokens == 400
+        assert record.cached_tokens == 0
+    assert records["b"].sent_s == 3.0
+
+
+def test_hops_add_to_the_first_token_not_to_the_gaps(tmp_path: Path, fixed_step: str) -> None:
+    workload = load_workload(
+        str(
+            write_workload(
+                tmp_path, fixed_step,
+                "gpus: 1\nclusters: {one: {both: 1}}\n"
+                "data: {type: random, num_prompts: 1, input_len: 100, output_len: 3, seed: 1}\n"
+                "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
+                "slo: {ttft_ms: 100, itl_ms: 20}\n",
+            )
+        )
+    )  # fmt: skip
+    cluster = VirtualCluster.build(
+        workload.clusters["one"], fixed_step, load_config_file(CONFIGS / "round-robin.yaml"),
+        build_prompts(workload), workload.model, path=PathModel(gateway_s=0.002),
+    )  # fmt: skip
+
+    [record] = cluster.run([BenchRequest("a", 0, 1.0, 0, 3)])
+
+    assert record.ttft_s == pytest.approx(0.002 + 0.010 + 0.002)
+    assert record.itl_s == pytest.approx([0.010, 0.010])
+
+
+def test_a_disaggregated_request_is_prefilled_remotely_and_its_kv_transferred(
+    tmp_path: Path, fixed_step: str
+) -> None:
+    workload = load_workload(
+        str(
+            write_workload(
+                tmp_path, fixed_step,
+                "gpus: 2\nclusters: {pd: {prefill: 1, decode: 1}}\n"
+                "data: {type: random, num_prompts: 1, input_len: 2000, output_len: 4, seed: 1}\n"
+                "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
+                "slo: {ttft_ms: 100, itl_ms: 20}\n",
+            )
+        )
+    )  # fmt: skip
+    cluster = VirtualCluster.build(
+        workload.clusters["pd"], fixed_step, load_config_file(CONFIGS / "tandem.yaml"),
+        build_prompts(workload), workload.model, path=NO_PATH,
+    )  # fmt: skip
+
+    [record] = cluster.run([BenchRequest("a", 0, 1.0, 0, 4)])
+
+    prefill, decode = cluster.pods["prefill-0"].engine, cluster.pods["decode-0"].engine
+    transfer = cluster.pods["decode-0"].profile.kv_transfer_seconds(2000 - 1999 % 16 - 1)
+    assert record.success
+    assert prefill.stats.prompt_tokens == 2000  # the prefill leg ran there
+    assert decode.stats.prompt_tokens_by_source["external_kv_transfer"] > 0
+    assert decode.stats.prompt_tokens_by_source["local_compute"] == 0
+    assert decode.stats.transfer.num_failed_transfers == 0
+    # prefill step, transfer (started at the decode pod's step), first decode step
+    assert record.ttft_s == pytest.approx(0.010 + transfer + 0.010, abs=0.011)
+    assert prefill.pool.usage == 0.0  # the held KV was released after the read
+
+
+def test_the_same_seed_gives_the_same_records() -> None:
+    workload = load_workload(str(TINY))
+    prompts = build_prompts(workload)
+    requests = build_requests(workload, prompts, schedule(workload))
+
+    def run() -> list[tuple[object, ...]]:
+        cluster = VirtualCluster.build(
+            workload.clusters["pd-1-1"], workload.engine_profile,
+            load_config_file(CONFIGS / "tandem.yaml"), prompts, workload.model, seed=7,
+        )  # fmt: skip
+        return [
+            (r.request_id, r.ttft_s, r.e2e_s, tuple(r.itl_s), r.cached_tokens, r.success)
+            for r in cluster.run(requests)
+        ]
+
+    first, second = run(), run()
+    assert first == second
+    assert len(first) == len(requests)
+
+
+def test_the_planner_drives_the_live_router_scheduler_and_engines() -> None:
+    workload = load_workload(str(TINY))
+    config = load_config_file(CONFIGS / "tandem.yaml")
+    cluster = VirtualCluster.build(
+        workload.clusters["pd-1-1"], workload.engine_profile, config,
+        build_prompts(workload), workload.model,
+    )  # fmt: skip
+
+    registry = builtin_registry()
+    assert type(cluster.router) is Router
+    assert type(cluster.router.scheduler) is Scheduler
+    for spec in config.plugins:
+        assert type(cluster.router.scheduler.plugins[spec.name or spec.type]) is (
+            registry.get(spec.type)
+        )
+    assert all(type(pod.engine) is Engine for pod in cluster.pods.values())
+    assert cluster.router.clock() == cluster.loop.now
+
+
+def test_threshold_variants_set_the_deciders_threshold() -> None:
+    config = load_config_file(CONFIGS / "tandem.yaml")
+
+    tuned = with_threshold(config, 4096)
+
+    assert tuned is not None
+    [decider] = [p for p in tuned.plugins if p.type == "prefix-based-pd-decider"]
+    assert decider.parameters == {"nonCachedTokens": 4096}
+    assert with_threshold(load_config_file(CONFIGS / "round-robin.yaml"), 4096) is None
+
+
+def test_ratios_must_use_the_workloads_gpus(tmp_path: Path) -> None:
+    workload = load_workload("shared-prefix-small")
+    options = PlanOptions(workload, ("tandem",), ("aggregated-8",), tmp_path, ratios=((2, 6),))
+
+    assert "pd-2-6" in shapes(options)
+    assert shapes(options)["pd-2-6"] == ClusterShape(prefill=2, decode=6)
+    with pytest.raises(PlanError, match="uses 6 GPUs; the workload has 8"):
+        shapes(dataclasses.replace(options, ratios=((2, 4),)))
+    with pytest.raises(PlanError, match="not PREFILL:DECODE"):
+        parse_ratios("2-6")
+
+
+def _run(cluster: str, policy: str, goodput: float, gpus: int = 8) -> RunResult:
+    none = Percentiles(None, None, None, None)
+    stage = StageSummary(0, goodput, 10, 1, 1, 1.0, 1, 1, 1, 1, none, none, none, 1.0, None,
+                         0.0, False)  # fmt: skip
+    return RunResult(cluster, {"prefill": 1}, policy, gpus, [stage], [], goodput)
+
+
+def test_the_recommendation_is_the_most_goodput_per_gpu_with_its_margin() -> None:
+    runs = [_run("pd-4-4", "tandem", 40), _run("pd-2-6", "tandem", 50), _run("agg", "rr", 44)]
+
+    best = recommend(runs)
+
+    assert best is not None
+    assert (best.cluster, best.policy) == ("pd-2-6", "tandem")
+    assert best.margin == pytest.approx(50 / 44 - 1)
+    assert "pd-2-6" in best.sentence()
+
+
+def test_the_plan_picks_the_split_that_fits_a_prefill_heavy_workload(
+    tmp_path: Path, fixed_step: str
+) -> None:
+    # Long prompts, one output token: all the work is prefill, so three prefill pods and one
+    # decode pod must beat one prefill pod and three decode pods.
+    workload = load_workload(
+        str(
+            write_workload(
+                tmp_path, "llama-3.1-8b-h100-tp1",
+                "gpus: 4\nclusters: {pd-1-3: {prefill: 1, decode: 3}}\n"
+                "data: {type: random, num_prompts: 50, input_len: 6000, output_len: 2, seed: 1}\n"
+                "load: {type: poisson, stages: [{rate: 2, duration: 3}, {rate: 5, duration: 3},"
+                " {rate: 8, duration: 3}]}\n"
+                "slo: {ttft_ms: 600, itl_ms: 100}\n",
+            )
+        )
+    )  # fmt: skip
+
+    plan = run_plan(
+        PlanOptions(
+            workload, ("tandem",), ("pd-1-3",), tmp_path / "out", ratios=((3, 1),),
+            path=NO_PATH,
+        )
+    )  # fmt: skip
+
+    assert plan.recommendation is not None
+    assert plan.recommendation.cluster == "pd-3-1"
+    assert (tmp_path / "out" / "report.md").read_text().count("## Recommendation") == 1
+    assert (tmp_path / "out" / "results.json").exists()
+
+
+def test_events_run_in_time_then_scheduling_order() -> None:
+    loop = EventLoop()
+    seen: list[str] = []
+    loop.at(2.0, seen.append, "late")
+    loop.at(1.0, seen.append, "first")
+    loop.at(1.0, seen.append, "second")
+    loop.after(0.5, lambda: loop.after(0.0, seen.append, "nested"))
+
+    loop.run()
+
+    assert seen == ["nested", "first", "second", "late"]
+    assert loop.now == 2.0
+
+
+def test_tandem_plan_writes_results_and_recommends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tandem.cli import main
+
+    code = main(["plan", str(TINY), "--policies", "tandem,round-robin", "--output", str(tmp_path)])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "recommended: " in out
+    folder = tmp_path / "tiny"
+    assert {p.name for p in folder.iterdir()} >= {"results.json", "report.md", "ttft_p50.png"}
+    assert "# tandem plan: tiny" in (folder / "report.md").read_text()
+
+
+def test_tandem_plan_refuses_a_split_of_other_gpus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tandem.cli import main
+
+    code = main(["plan", str(TINY), "--ratios", "2:2", "--output", str(tmp_path)])
+
+    assert code == 2
+    assert "--ratios 2:2 uses 4 GPUs; the workload has 2" in capsys.readouterr().err
+
+
+def test_comparison_judges_each_stage_within_the_tolerance() -> None:
+    from bench.results import BenchResults, SloTargets
+    from planner.compare import compare_runs, markdown
+
+    def results(rps: float, ttft: float, limited: bool = False) -> BenchResults:
+        run = _run("agg", "tandem", rps)
+        stage = dataclasses.replace(
+            run.stages[0], requests_per_s=rps, ttft_s=Percentiles(ttft, None, None, None),
+            machine_limited=limited,
+        )  # fmt: skip
+        run.stages = [stage]
+        return BenchResults("w", "m", 6.0, None, SloTargets(1, 1), runs=[run])
+
+    [close] = compare_runs(results(10.0, 0.100), results(11.0, 0.110))
+    [far] = compare_runs(results(10.0, 0.100), results(10.0, 0.200))
+
+    assert close.agrees
+    assert close.throughput_error == pytest.approx(0.10)
+    assert not far.agrees
+    assert far.ttft_error == pytest.approx(1.0)
+    assert "1 of 1 judged stages agree" in markdown([close], Path("r.json"))
