@@ -19,10 +19,14 @@ seed, so even the 16-GPU ladder (17k requests of 7,200 tokens) needs no gigabyte
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.workload import RandomData, SharedPrefixData, Stage, Workload
 from simulator.tokenizer import SYNTHETIC_WORDS
+
+_VOCABULARY = len(SYNTHETIC_WORDS)
+_SPACED = tuple(" " + word for word in SYNTHETIC_WORDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +42,24 @@ class BenchRequest:
     group: int | None = None
 
 
+def _word_ids(rng: random.Random, num_tokens: int) -> list[int]:
+    """`num_tokens` draws of a word; a word's index is its synthetic token id.
+
+    The same draws as `rng.choice(SYNTHETIC_WORDS)`, which CPython implements as
+    `seq[rng._randbelow(len(seq))]`, taken as indices so a simulation gets token ids without
+    tokenizing text; a test holds the two equal."""
+    below = rng._randbelow  # type: ignore[attr-defined]
+    return [below(_VOCABULARY) for _ in range(num_tokens)]
+
+
+def _words(ids: Sequence[int]) -> str:
+    """The text of synthetic word ids, each with a leading space."""
+    return "".join([_SPACED[i] for i in ids])
+
+
 def _text(rng: random.Random, num_tokens: int) -> str:
     """`num_tokens` synthetic words, each one token, with a leading space."""
-    return "".join(" " + rng.choice(SYNTHETIC_WORDS) for _ in range(num_tokens))
+    return _words(_word_ids(rng, num_tokens))
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +72,19 @@ class PromptSet:
     own_tokens: int
     """Tokens each request adds of its own (the question, or the whole random prompt)."""
     system_prompt_tokens: int = 0
+    system_ids: tuple[tuple[int, ...], ...] = ()
+    """Token ids of each system prompt."""
 
     def text(self, request: BenchRequest) -> str:
-        own = _text(random.Random(f"{self.seed}:request:{request.index}"), self.own_tokens)
+        return self.text_and_ids(request)[0]
+
+    def text_and_ids(self, request: BenchRequest) -> tuple[str, list[int]]:
+        """The prompt and the ids the synthetic tokenizer gives it (one per word)."""
+        ids = _word_ids(random.Random(f"{self.seed}:request:{request.index}"), self.own_tokens)
+        own = _words(ids)
         if request.group is None:
-            return own
-        return self.system_prompts[request.group] + own
+            return own, ids
+        return self.system_prompts[request.group] + own, [*self.system_ids[request.group], *ids]
 
     def tokens(self, request: BenchRequest) -> int:
         shared = self.system_prompt_tokens if request.group is not None else 0
@@ -69,8 +95,9 @@ def build_prompts(workload: Workload) -> PromptSet:
     data = workload.data
     rng = random.Random(f"{data.seed}:system-prompts")
     if isinstance(data, SharedPrefixData):
-        systems = tuple(_text(rng, data.system_prompt_len) for _ in range(data.num_groups))
-        return PromptSet(data.seed, systems, data.question_len, data.system_prompt_len)
+        ids = tuple(tuple(_word_ids(rng, data.system_prompt_len)) for _ in range(data.num_groups))
+        systems = tuple(_words(list(group)) for group in ids)
+        return PromptSet(data.seed, systems, data.question_len, data.system_prompt_len, ids)
     assert isinstance(data, RandomData)
     return PromptSet(data.seed, (), data.input_len)
 

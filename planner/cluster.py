@@ -44,7 +44,6 @@ from prefill.pod import aggregated_pod, prefill_pod
 from sidecar.prefill import REMOTE_DECODE_PARAMS
 from simulator.kv_connector import KVReadError, RemoteLoad
 from simulator.request import EngineRequest, RequestOutput
-from simulator.tokenizer import SyntheticTokenizer
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +100,6 @@ class VirtualCluster:
     model: str
     on_done: Callable[[RequestRecord], None] | None = None
     records: list[RequestRecord] = field(default_factory=list)
-    _tokenizer: SyntheticTokenizer = field(default_factory=SyntheticTokenizer)
-    _system_ids: dict[int, list[int]] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -211,21 +208,9 @@ class VirtualCluster:
 
     # -- the request path -----------------------------------------------------------------
 
-    def _prompt_ids(self, request: BenchRequest, text: str) -> list[int]:
-        """Token ids as the pod's synthetic tokenizer makes them (one per word), with each
-        group's shared system prompt encoded once."""
-        if request.group is None:
-            return self._tokenizer.encode(text)
-        system = self._system_ids.get(request.group)
-        if system is None:
-            system = self._tokenizer.encode(self.prompts.system_prompts[request.group])
-            self._system_ids[request.group] = system
-        own = text[len(self.prompts.system_prompts[request.group]) :]
-        return system + self._tokenizer.encode(own)
-
     def _arrive(self, request: BenchRequest) -> None:
         now = self.loop.now
-        text = self.prompts.text(request)
+        text, prompt = self.prompts.text_and_ids(request)
         record = RequestRecord(
             request_id=request.request_id,
             stage=request.stage,
@@ -248,7 +233,6 @@ class VirtualCluster:
             self._finish(flight)
             return
         flight.loads = self.router.acquire(parsed.scheduling, result)
-        prompt = self._prompt_ids(request, text)
         self.loop.after(self.path.gateway_s, self._at_decode_endpoint, flight, result, prompt)
 
     def _at_decode_endpoint(

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 from collections import OrderedDict
@@ -31,7 +32,14 @@ NONE_HASH: BlockHash = hashlib.sha256(
 
 def hash_block_tokens(parent: BlockHash | None, token_ids: Sequence[int]) -> BlockHash:
     """Hash of one full block: H((parent or NONE_HASH, tuple(token_ids), None))."""
-    key = (parent if parent is not None else NONE_HASH, tuple(token_ids), None)
+    return _hash_block(parent if parent is not None else NONE_HASH, tuple(token_ids))
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _hash_block(parent: BlockHash, token_ids: tuple[int, ...]) -> BlockHash:
+    # Remembered: shared prefixes (system prompts) are hashed once per pod process, not once
+    # per request; 2^18 entries is about 60 MB.
+    key = (parent, token_ids, None)
     return hashlib.sha256(pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL)).digest()
 
 

@@ -397,13 +397,18 @@ class Engine:
 
     def _register_full_blocks(self, request: EngineRequest) -> None:
         full = min(request.num_computed_tokens, request.num_prompt_tokens) // self.config.block_size
+        if full <= request.num_registered_blocks:
+            return  # every decode step after the prompt
         for index in range(request.num_registered_blocks, min(full, len(request.blocks))):
             self.pool.cache(request.blocks[index], request.block_hashes[index])
         request.num_registered_blocks = max(request.num_registered_blocks, full)
 
     def _sample(self, request: EngineRequest) -> int:
         """A deterministic 'sampled' token: a function of the prompt and the position."""
-        seed = zlib.crc32(repr((request.num_prompt_tokens, request.prompt_token_ids[-8:])).encode())
+        seed = request.sample_seed
+        if seed is None:
+            tail = (request.num_prompt_tokens, request.prompt_token_ids[-8:])
+            seed = request.sample_seed = zlib.crc32(repr(tail).encode())
         position = len(request.output_token_ids)
         mixed = (seed * 6364136223846793005 + position * 1442695040888963407) & (2**64 - 1)
         return (mixed >> 33) % self.config.sample_vocab_size

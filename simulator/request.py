@@ -57,6 +57,8 @@ class EngineRequest:
     first_token_time: float | None = None
     last_token_time: float | None = None
     num_preemptions: int = 0
+    sample_seed: int | None = None
+    """Seed of the request's 'sampled' tokens, computed once from its prompt."""
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -180,6 +180,8 @@ class BatchScheduler:
 
     def _grow(self, request: EngineRequest, num_new: int) -> bool:
         total = request.num_computed_tokens + num_new
+        if total <= len(request.blocks) * self.config.block_size:
+            return True  # the blocks it holds have room (most decode steps)
         return self._take_blocks(request, [], total)
 
     def _preempt(self, request: EngineRequest, out: Schedule) -> None:

@@ -138,3 +138,22 @@ def test_quick_schedule_keeps_three_short_stages() -> None:
     assert [index for index, _ in stages] == [0, last // 2, last]
     assert all(stage.duration <= 5 for _, stage in stages)
     assert stages[-1][1].rate == workload.load.stages[-1].rate
+
+
+def test_prompt_token_ids_are_what_the_synthetic_tokenizer_makes_of_the_text() -> None:
+    import random
+
+    from bench.generate import _word_ids
+    from simulator.tokenizer import SYNTHETIC_WORDS
+
+    workload = load_workload("shared-prefix-small")
+    prompts = build_prompts(workload)
+    requests = build_requests(workload, prompts, schedule(workload))
+    tokenizer = SyntheticTokenizer()
+
+    for request in requests[:3]:
+        text, ids = prompts.text_and_ids(request)
+        assert tokenizer.encode(text) == ids
+    # the draws are those of random.choice over the vocabulary
+    expected = [SYNTHETIC_WORDS.index(random.Random(5).choice(SYNTHETIC_WORDS))]
+    assert _word_ids(random.Random(5), 1) == expected
