@@ -16,6 +16,7 @@ from bench.results import BenchResults, RunResult
 from bench.workload import Workload
 from planner.cluster import PathModel
 from planner.run import PlanOptions, PlanResults, run_plan
+from tandem.launcher import LOCAL_SCRAPE_INTERVAL_S
 
 TOLERANCE = 0.15
 """Agreement asked of the planner: ±15 % per stage on throughput and P50 TTFT."""
@@ -86,7 +87,8 @@ def _stage(run: RunResult, live: StageSummary, virtual: StageSummary) -> StageCo
 def replay(
     live: BenchResults, workload: Workload, output: Path, path: PathModel | None = None
 ) -> PlanResults:
-    """The live run's clusters and policies, in virtual time, with its time scale's path."""
+    """The live run's clusters and policies, in virtual time, with the path of a local
+    cluster (`tandem bench` starts one) at the run's time scale."""
     if not live.time_scale:
         raise ValueError("the results are not from a live run with a time scale")
     return run_plan(
@@ -95,7 +97,9 @@ def replay(
             policies=tuple(live.policies),
             clusters=tuple(live.clusters),
             output=output,
-            path=(path or PathModel()).scaled(live.time_scale),
+            path=(path or PathModel(scrape_interval_s=LOCAL_SCRAPE_INTERVAL_S)).scaled(
+                live.time_scale
+            ),
         )
     )
 
