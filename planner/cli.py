@@ -37,6 +37,9 @@ def add_parser(subparsers: Any) -> None:
         help="decider thresholds (non-cached tokens) to try on P/D shapes, e.g. 0,256,2048",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="3 short stages, as in bench")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs simulated at a time, one process each"
+    )
     parser.add_argument("--output", default="results/plan", help="folder for the results")
     parser.add_argument(
         "--compare-with", metavar="RESULTS_JSON",
@@ -57,10 +60,14 @@ def run(args: argparse.Namespace) -> int:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())  # fmt: skip
         with Progress(*columns) as progress:
-            current: list[Any] = []
+            tasks: dict[str, tuple[Any, int]] = {}
 
             def started(label: str, total: int) -> None:
-                current[:] = [progress.add_task(label, total=total)]
+                tasks[label] = (progress.add_task(label, total=total), total)
+
+            def finished(label: str) -> None:
+                task, total = tasks[label]
+                progress.update(task, completed=total)
 
             if args.compare_with:
                 live_path = Path(args.compare_with)
@@ -81,9 +88,11 @@ def run(args: argparse.Namespace) -> int:
                     ratios=parse_ratios(args.ratios),
                     thresholds=thresholds,
                     quick=args.quick,
+                    jobs=max(1, args.jobs),
                 ),
                 on_start=started,
-                on_done=lambda _: progress.advance(current[0]),
+                on_done=lambda _: progress.advance(next(reversed(tasks.values()))[0]),
+                on_finished=finished,
             )
     except (PlanError, WorkloadError, ValueError) as exc:
         print(f"tandem plan: {exc}", file=sys.stderr)

@@ -100,6 +100,8 @@ class VirtualCluster:
     model: str
     on_done: Callable[[RequestRecord], None] | None = None
     records: list[RequestRecord] = field(default_factory=list)
+    _in_flight: dict[str, _Flight] = field(default_factory=dict)
+    _pending: int = 0
 
     @classmethod
     def build(
@@ -152,12 +154,21 @@ class VirtualCluster:
 
     # -- running --------------------------------------------------------------------------
 
-    def run(self, requests: Sequence[BenchRequest]) -> list[RequestRecord]:
-        """Send every request at its arrival time and run until all have ended."""
+    def run(
+        self, requests: Sequence[BenchRequest], *, drain_limit_s: float = 3600.0
+    ) -> list[RequestRecord]:
+        """Send every request at its arrival time and run until all have ended, or until
+        `drain_limit_s` after the last arrival: what is still open then fails with 504 (as a
+        client would give up)."""
         self._pending = len(requests)
         for request in requests:
             self.loop.at(request.arrival_s, self._arrive, request)
-        self.loop.run()
+        last = max((r.arrival_s for r in requests), default=0.0)
+        self.loop.run(until=last + drain_limit_s)
+        for flight in list(self._in_flight.values()):
+            flight.record.status = 504
+            flight.record.error = f"no answer {drain_limit_s:g} s after the last arrival"
+            self._finish(flight)
         return self.records
 
     def utilization(self) -> dict[str, float]:
@@ -221,6 +232,7 @@ class VirtualCluster:
             group=request.group,
         )
         flight = _Flight(request, record)
+        self._in_flight[request.request_id] = flight
         body = {"model": self.model, "prompt": text, "max_tokens": request.max_tokens}
         parsed = parse_inference_request(
             "completions", json.dumps(body).encode(), {}, request.request_id,
@@ -302,6 +314,8 @@ class VirtualCluster:
             self._finish(flight)
 
     def _finish(self, flight: _Flight) -> None:
+        if self._in_flight.pop(flight.bench.request_id, None) is None:
+            return  # already ended
         if flight.loads is not None:
             self.router.release(flight.loads)
         self.records.append(flight.record)

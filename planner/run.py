@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.generate import build_prompts, build_requests, schedule
+from bench.generate import BenchRequest, PromptSet, build_prompts, build_requests, schedule
 from bench.records import RequestRecord
 from bench.report import write_markdown, write_plots
 from bench.results import BenchResults, RunResult, SloTargets, write_results
@@ -42,6 +43,8 @@ class PlanOptions:
     path: PathModel = field(default_factory=PathModel)
     seed: int = 0
     quick: bool = False
+    jobs: int = 1
+    """Runs simulated at a time, each in its own process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,42 +169,104 @@ class PlanResults:
     """Wall seconds each run took, by `cluster / policy`."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Job:
+    cluster: str
+    shape: ClusterShape
+    label: str
+    config: EndpointPickerConfig
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    records: list[RequestRecord]
+    note: str
+    seconds: float
+
+
+def _simulate(
+    options: PlanOptions,
+    job: _Job,
+    requests: Sequence[BenchRequest],
+    prompts: PromptSet,
+    on_done: Callable[[RequestRecord], None] | None = None,
+) -> _Outcome:
+    started = time.perf_counter()
+    workload = options.workload
+    cluster = VirtualCluster.build(
+        job.shape, workload.engine_profile, job.config, prompts, workload.model,
+        path=options.path, seed=options.seed, on_done=on_done,
+    )  # fmt: skip
+    records = cluster.run(requests)
+    return _Outcome(records, _utilization_note(cluster), time.perf_counter() - started)
+
+
+def _label(job: _Job) -> str:
+    return f"{job.cluster} / {job.label}"
+
+
+def _simulate_in_worker(options: PlanOptions, job: _Job) -> _Outcome:
+    """One run in a worker process: the requests are rebuilt there (they are deterministic)."""
+    prompts = build_prompts(options.workload)
+    stages = schedule(options.workload, quick=options.quick)
+    return _simulate(options, job, build_requests(options.workload, prompts, stages), prompts)
+
+
 def run_plan(
     options: PlanOptions,
     *,
     on_start: Callable[[str, int], None] | None = None,
     on_done: Callable[[RequestRecord], None] | None = None,
+    on_finished: Callable[[str], None] | None = None,
 ) -> PlanResults:
-    """Run everything in virtual time; write results.json, report.md and plots."""
+    """Run everything in virtual time (`options.jobs` runs at a time); write results.json,
+    report.md and plots. Progress: `on_start(run, requests)`, `on_done(record)` (one process
+    only), `on_finished(run)`."""
     workload = options.workload
     prompts = build_prompts(workload)
     stages = schedule(workload, quick=options.quick)
     requests = build_requests(workload, prompts, stages)
     gpus_per_pod = get_profile(workload.engine_profile).tensor_parallel_size
+    jobs = [
+        _Job(name, shape, label, config)
+        for name, shape in shapes(options).items()
+        for label, config in variants(options, shape)
+    ]
+    outcomes: dict[_Job, _Outcome] = {}
+    if options.jobs > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=options.jobs) as pool:
+            futures = {pool.submit(_simulate_in_worker, options, job): job for job in jobs}
+            for job in jobs:
+                if on_start is not None:
+                    on_start(_label(job), len(requests))
+            for future in as_completed(futures):
+                job = futures[future]
+                outcomes[job] = future.result()
+                if on_finished is not None:
+                    on_finished(_label(job))
+    else:
+        for job in jobs:
+            if on_start is not None:
+                on_start(_label(job), len(requests))
+            outcomes[job] = _simulate(options, job, requests, prompts, on_done)
+            if on_finished is not None:
+                on_finished(_label(job))
     runs: list[RunResult] = []
     seconds: dict[str, float] = {}
-    for name, shape in shapes(options).items():
-        for label, config in variants(options, shape):
-            if on_start is not None:
-                on_start(f"{name} / {label}", len(requests))
-            started = time.perf_counter()
-            cluster = VirtualCluster.build(
-                shape, workload.engine_profile, config, prompts, workload.model,
-                path=options.path, seed=options.seed, on_done=on_done,
-            )  # fmt: skip
-            records = cluster.run(requests)
-            seconds[f"{name} / {label}"] = time.perf_counter() - started
-            runs.append(
-                RunResult.from_stages(
-                    cluster=name,
-                    shape=shape.model_dump(exclude_defaults=True),
-                    policy=label,
-                    gpus=shape.pods * gpus_per_pod,
-                    stages=summarize_run(records, stages, workload, None),
-                    records=records,
-                    notes=[_utilization_note(cluster)],
-                )
+    for job in jobs:
+        outcome = outcomes[job]
+        seconds[_label(job)] = outcome.seconds
+        runs.append(
+            RunResult.from_stages(
+                cluster=job.cluster,
+                shape=job.shape.model_dump(exclude_defaults=True),
+                policy=job.label,
+                gpus=job.shape.pods * gpus_per_pod,
+                stages=summarize_run(outcome.records, stages, workload, None),
+                records=outcome.records,
+                notes=[outcome.note],
             )
+        )
     results = BenchResults(
         workload=workload.name,
         model=workload.model,

@@ -323,3 +323,52 @@ def test_comparison_judges_each_stage_within_the_tolerance() -> None:
     assert not far.agrees
     assert far.ttft_error == pytest.approx(1.0)
     assert "1 of 1 judged stages agree" in markdown([close], Path("r.json"))
+
+
+def test_parallel_runs_give_the_same_results_as_one_process(tmp_path: Path) -> None:
+    workload = load_workload(str(TINY))
+    options = PlanOptions(
+        workload, ("tandem", "round-robin"), ("pd-1-1",), tmp_path / "one", seed=3
+    )
+
+    alone = run_plan(options)
+    parallel = run_plan(dataclasses.replace(options, output=tmp_path / "two", jobs=2))
+
+    def key(plan: object) -> list[tuple[str, list[tuple[object, ...]]]]:
+        assert hasattr(plan, "results")
+        return [
+            (run.policy, [(r.request_id, r.ttft_s, r.e2e_s) for r in run.records])
+            for run in plan.results.runs
+        ]
+
+    assert key(alone) == key(parallel)
+    assert [run.policy for run in parallel.results.runs] == ["tandem", "round-robin"]
+
+
+def test_requests_still_open_at_the_drain_limit_fail_with_504(
+    tmp_path: Path, fixed_step: str
+) -> None:
+    workload = load_workload(
+        str(
+            write_workload(
+                tmp_path, fixed_step,
+                "gpus: 1\nclusters: {one: {both: 1}}\n"
+                "data: {type: random, num_prompts: 1, input_len: 100, output_len: 50, seed: 1}\n"
+                "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
+                "slo: {ttft_ms: 100, itl_ms: 20}\n",
+            )
+        )
+    )  # fmt: skip
+    cluster = VirtualCluster.build(
+        workload.clusters["one"], fixed_step, load_config_file(CONFIGS / "tandem.yaml"),
+        build_prompts(workload), workload.model, path=NO_PATH,
+    )  # fmt: skip
+
+    [record] = cluster.run([BenchRequest("a", 0, 1.0, 0, 50)], drain_limit_s=0.1)
+
+    assert not record.success
+    assert record.status == 504
+    assert 9 <= record.output_tokens <= 10  # 0.1 s of 10 ms steps
+    state = cluster.router.store.state("pod-0")
+    assert state is not None
+    assert state.in_flight == 0  # the router's count was released
