@@ -232,29 +232,32 @@ def run_plan(
         for name, shape in shapes(options).items()
         for label, config in variants(options, shape)
     ]
-    outcomes: dict[_Job, _Outcome] = {}
+    outcomes: dict[int, _Outcome] = {}
     if options.jobs > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=options.jobs) as pool:
-            futures = {pool.submit(_simulate_in_worker, options, job): job for job in jobs}
+            futures = {
+                pool.submit(_simulate_in_worker, options, job): index
+                for index, job in enumerate(jobs)
+            }
             for job in jobs:
                 if on_start is not None:
                     on_start(_label(job), len(requests))
             for future in as_completed(futures):
-                job = futures[future]
-                outcomes[job] = future.result()
+                index = futures[future]
+                outcomes[index] = future.result()
                 if on_finished is not None:
-                    on_finished(_label(job))
+                    on_finished(_label(jobs[index]))
     else:
-        for job in jobs:
+        for index, job in enumerate(jobs):
             if on_start is not None:
                 on_start(_label(job), len(requests))
-            outcomes[job] = _simulate(options, job, requests, prompts, on_done)
+            outcomes[index] = _simulate(options, job, requests, prompts, on_done)
             if on_finished is not None:
                 on_finished(_label(job))
     runs: list[RunResult] = []
     seconds: dict[str, float] = {}
-    for job in jobs:
-        outcome = outcomes[job]
+    for index, job in enumerate(jobs):
+        outcome = outcomes[index]
         seconds[_label(job)] = outcome.seconds
         runs.append(
             RunResult.from_stages(
