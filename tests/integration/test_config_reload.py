@@ -21,14 +21,20 @@ TANDEM = yaml.safe_load((CONFIG_DIR / "tandem.yaml").read_text())
 
 
 def write_config(folder: Path, scheduler: object, **extra: object) -> Path:
-    """orchestrator.yaml naming scheduler.yaml (as the Helm chart's ConfigMap does)."""
-    (folder / "scheduler.yaml").write_text(
-        scheduler if isinstance(scheduler, str) else yaml.safe_dump(scheduler)
-    )
+    """orchestrator.yaml naming scheduler.yaml (as the Helm chart's ConfigMap does), each
+    replaced whole, as Kubernetes updates a mounted ConfigMap."""
+    text = scheduler if isinstance(scheduler, str) else yaml.safe_dump(scheduler)
+    replace_file(folder / "scheduler.yaml", text)
     path = folder / "orchestrator.yaml"
     document = {"scheduler": "scheduler.yaml", "reload": {"interval_s": 0.1}, **extra}
-    path.write_text(yaml.safe_dump(document))
+    replace_file(path, yaml.safe_dump(document))
     return path
+
+
+def replace_file(path: Path, text: str) -> None:
+    staged = path.with_suffix(".staged")
+    staged.write_text(text)
+    staged.replace(path)
 
 
 def reweighted(weight: float) -> dict[str, object]:

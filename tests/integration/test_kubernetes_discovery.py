@@ -176,11 +176,12 @@ async def test_an_api_server_outage_is_survived_with_backoff(api: FakeKubeAPI) -
         assert seen.sets == []
         with fake_api(api, port):
             await seen.until(["decode-a"])
-            api.drop_watches()  # the server goes away and takes the open watch with it
+            api.go_down()  # the server goes away and takes the open watch with it
         # The last known set stays while the server is away.
         api.put_pod("decode-b", ip="10.0.0.3", labels=DECODE)
         await asyncio.sleep(0.3)
         assert seen.names() == ["decode-a"]
+        api.come_back()
         with fake_api(api, port):
             await seen.until(["decode-a", "decode-b"])
 

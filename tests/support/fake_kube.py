@@ -52,6 +52,7 @@ class FakeKubeAPI:
     _version: int = 100
     _oldest_resumable: int = 0
     _drops: int = 0
+    _down: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- what tests do --------------------------------------------------------------------
@@ -106,6 +107,17 @@ class FakeKubeAPI:
         with self._lock:
             self._drops += 1
 
+    def go_down(self) -> None:
+        """Break every connection and refuse new ones until `come_back` (so the server can
+        stop without a watch holding it open)."""
+        with self._lock:
+            self._down = True
+            self._drops += 1
+
+    def come_back(self) -> None:
+        with self._lock:
+            self._down = False
+
     def lists(self) -> int:
         return sum(1 for call in self.calls if not call.watch)
 
@@ -123,6 +135,8 @@ class FakeKubeAPI:
             watch = params.get("watch") in ("true", "1", "True")
             selector = params.get("labelSelector")
             version = params.get("resourceVersion")
+            if self._down:
+                raise DroppedConnection
             self.calls.append(ApiCall(namespace, watch, selector, version))
             if not watch:
                 return JSONResponse(self._list(namespace, selector))
@@ -174,7 +188,7 @@ class FakeKubeAPI:
         sent = since
         while loop.time() < deadline:
             with self._lock:
-                if self._drops != drops:
+                if self._drops != drops or self._down:
                     raise DroppedConnection
                 fresh = [entry for entry in self._history if entry[0] > sent]
             for version, kind, pod in fresh:
