@@ -51,6 +51,13 @@ class BenchOptions:
     seed: int = 0
 
 
+def progress_bars() -> Progress:
+    """One bar per run: what it is, how many of its requests ended, time taken."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+    )
+
+
 def _spec(
     shape: ClusterShape, workload: Workload, policy: str, options: BenchOptions
 ) -> ClusterSpec:
@@ -137,9 +144,7 @@ def run_bench(options: BenchOptions) -> BenchResults:
     runs: list[RunResult] = []
     profile = get_profile(workload.engine_profile)
     gpus_per_pod = profile.tensor_parallel_size
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns) as progress:
+    with progress_bars() as progress:
         pairs = (
             [("target", options.policies[0])]
             if options.target

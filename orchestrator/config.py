@@ -118,22 +118,30 @@ class OrchestratorConfig(_Strict):
 
     def scheduler_config(self, base_dir: Path | None = None) -> EndpointPickerConfig:
         """The scheduler configuration this file names, loads or holds inline."""
-        try:
-            if isinstance(self.scheduler, dict):
-                return parse_config(self.scheduler)
-            if self.scheduler in SHIPPED_SCHEDULERS:
-                return load_config_file(CONFIG_DIR / f"{self.scheduler}.yaml")
-            path = Path(self.scheduler)
-            if not path.is_absolute() and base_dir is not None:
-                path = base_dir / path
-            if not path.exists():
-                raise SchedulerConfigError(
-                    f"not a shipped config ({', '.join(SHIPPED_SCHEDULERS)}) "
-                    f"nor an existing file: {self.scheduler!r}"
-                )
-            return load_config_file(path)
-        except SchedulerConfigError as exc:
-            raise OrchestratorConfigError(f"scheduler: {exc}") from None
+        return load_scheduler(self.scheduler, base_dir)
+
+
+def load_scheduler(
+    reference: str | dict[str, Any], base_dir: Path | None = None
+) -> EndpointPickerConfig:
+    """A scheduler configuration: inline, a shipped name, or a file (relative to
+    `base_dir`); raises OrchestratorConfigError naming what is wrong."""
+    try:
+        if isinstance(reference, dict):
+            return parse_config(reference)
+        if reference in SHIPPED_SCHEDULERS:
+            return load_config_file(CONFIG_DIR / f"{reference}.yaml")
+        path = Path(reference)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.exists():
+            raise SchedulerConfigError(
+                f"not a shipped config ({', '.join(SHIPPED_SCHEDULERS)}) "
+                f"nor an existing file: {reference!r}"
+            )
+        return load_config_file(path)
+    except SchedulerConfigError as exc:
+        raise OrchestratorConfigError(f"scheduler: {exc}") from None
 
 
 def parse_orchestrator_config(document: dict[str, Any]) -> OrchestratorConfig:

@@ -133,8 +133,6 @@ class KubernetesEndpoints:
         self._stop = threading.Event()
         self._pods: dict[str, dict[str, Any]] = {}
         self._published: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] | None = None
-        self.relists = 0
-        """How many times the pod list was (re)read; a test and log aid."""
 
     async def run(self, on_change: Callable[[Sequence[Endpoint]], None]) -> None:
         loop = asyncio.get_running_loop()
@@ -197,7 +195,6 @@ class KubernetesEndpoints:
             _request_timeout=(5, 30),
         )
         document = json.loads(response.data)
-        self.relists += 1
         self._pods = {
             pod["metadata"]["name"]: pod
             for pod in document.get("items") or ()

@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -34,7 +32,7 @@ def add_parser(subparsers: Any) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--thresholds", default="",
-        help="decider thresholds (non-cached tokens) to try on P/D shapes, e.g. 0,256,2048",
+        help="decider thresholds (non-cached tokens, ≥ 1) to try on P/D shapes, e.g. 256,2048",
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="3 short stages, as in bench")
     parser.add_argument(
@@ -50,6 +48,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bench.results import load_results
+    from bench.runner import progress_bars
     from bench.workload import WorkloadError, load_workload
     from planner.compare import compare_runs, markdown, replay
     from planner.run import PlanError, PlanOptions, parse_ratios, run_plan
@@ -57,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         workload = load_workload(args.workload)
         output = Path(args.output) / workload.name
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())  # fmt: skip
-        with Progress(*columns) as progress:
+        with progress_bars() as progress:
             tasks: dict[str, tuple[Any, int]] = {}
 
             def started(label: str, total: int) -> None:

@@ -18,8 +18,8 @@ from bench.report import write_markdown, write_plots
 from bench.results import BenchResults, RunResult, SloTargets, write_results
 from bench.runner import summarize_run
 from bench.workload import ClusterShape, Workload
-from orchestrator.config import CONFIG_DIR, SHIPPED_SCHEDULERS
-from orchestrator.scheduling.config import EndpointPickerConfig, load_config_file
+from orchestrator.config import OrchestratorConfigError, load_scheduler
+from orchestrator.scheduling.config import EndpointPickerConfig
 from planner.cluster import PathModel, VirtualCluster
 from simulator.profiles import get_profile
 
@@ -101,12 +101,11 @@ def shapes(options: PlanOptions) -> dict[str, ClusterShape]:
 
 
 def policy_config(policy: str) -> EndpointPickerConfig:
-    path = CONFIG_DIR / f"{policy}.yaml" if policy in SHIPPED_SCHEDULERS else Path(policy)
-    if not path.exists():
-        raise PlanError(
-            f"policy {policy!r} is neither shipped ({', '.join(SHIPPED_SCHEDULERS)}) nor a file"
-        )
-    return load_config_file(path)
+    """A policy as `tandem bench` names it: a shipped scheduler config, or a file."""
+    try:
+        return load_scheduler(policy)
+    except OrchestratorConfigError as exc:
+        raise PlanError(f"--policies {policy}: {exc}") from None
 
 
 def with_threshold(config: EndpointPickerConfig, threshold: int) -> EndpointPickerConfig | None:

@@ -11,7 +11,7 @@ import pytest
 from bench.generate import BenchRequest, build_prompts, build_requests, schedule
 from bench.records import Percentiles, StageSummary
 from bench.results import RunResult
-from bench.workload import ClusterShape, load_workload
+from bench.workload import ClusterShape, Workload, load_workload
 from orchestrator.router import Router
 from orchestrator.scheduling.config import load_config_file
 from orchestrator.scheduling.plugins import builtin_registry
@@ -49,10 +49,11 @@ def fixed_step(monkeypatch: pytest.MonkeyPatch) -> str:
     return fixed.name
 
 
-def write_workload(folder: Path, profile: str, body: str) -> Path:
+def write_workload(folder: Path, profile: str, body: str) -> Workload:
+    """A workload file named w for `profile`, loaded as `tandem plan` loads it."""
     path = folder / "w.yaml"
     path.write_text(f"name: w\nmodel: m\nengine_profile: {profile}\n{body}")
-    return path
+    return load_workload(str(path))
 
 
 def test_one_pod_with_fixed_steps_gives_the_hand_computed_latencies(
@@ -60,16 +61,12 @@ def test_one_pod_with_fixed_steps_gives_the_hand_computed_latencies(
 ) -> None:
     # One pod, two requests far apart: each is prefilled in one 10 ms step (400 tokens fit the
     # 8,192-token budget), then decodes one token per 10 ms step.
-    workload = load_workload(
-        str(
-            write_workload(
-                tmp_path, fixed_step,
-                "gpus: 1\nclusters: {one: {both: 1}}\n"
-                "data: {type: random, num_prompts: 2, input_len: 400, output_len: 5, seed: 1}\n"
-                "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
-                "slo: {ttft_ms: 100, itl_ms: 20}\n",
-            )
-        )
+    workload = write_workload(
+        tmp_path, fixed_step,
+        "gpus: 1\nclusters: {one: {both: 1}}\n"
+        "data: {type: random, num_prompts: 2, input_len: 400, output_len: 5, seed: 1}\n"
+        "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
+        "slo: {ttft_ms: 100, itl_ms: 20}\n",
     )  # fmt: skip
     prompts = build_prompts(workload)
     requests = [
@@ -96,16 +93,12 @@ def test_one_pod_with_fixed_steps_gives_the_hand_computed_latencies(
 
 
 def test_hops_add_to_the_first_token_not_to_the_gaps(tmp_path: Path, fixed_step: str) -> None:
-    workload = load_workload(
-        str(
-            write_workload(
-                tmp_path, fixed_step,
-                "gpus: 1\nclusters: {one: {both: 1}}\n"
-                "data: {type: random, num_prompts: 1, input_len: 100, output_len: 3, seed: 1}\n"
-                "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
-                "slo: {ttft_ms: 100, itl_ms: 20}\n",
-            )
-        )
+    workload = write_workload(
+        tmp_path, fixed_step,
+        "gpus: 1\nclusters: {one: {both: 1}}\n"
+        "data: {type: random, num_prompts: 1, input_len: 100, output_len: 3, seed: 1}\n"
+        "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
+        "slo: {ttft_ms: 100, itl_ms: 20}\n",
     )  # fmt: skip
     cluster = VirtualCluster.build(
         workload.clusters["one"], fixed_step, load_config_file(CONFIGS / "round-robin.yaml"),
@@ -121,16 +114,12 @@ def test_hops_add_to_the_first_token_not_to_the_gaps(tmp_path: Path, fixed_step:
 def test_a_disaggregated_request_is_prefilled_remotely_and_its_kv_transferred(
     tmp_path: Path, fixed_step: str
 ) -> None:
-    workload = load_workload(
-        str(
-            write_workload(
-                tmp_path, fixed_step,
-                "gpus: 2\nclusters: {pd: {prefill: 1, decode: 1}}\n"
-                "data: {type: random, num_prompts: 1, input_len: 2000, output_len: 4, seed: 1}\n"
-                "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
-                "slo: {ttft_ms: 100, itl_ms: 20}\n",
-            )
-        )
+    workload = write_workload(
+        tmp_path, fixed_step,
+        "gpus: 2\nclusters: {pd: {prefill: 1, decode: 1}}\n"
+        "data: {type: random, num_prompts: 1, input_len: 2000, output_len: 4, seed: 1}\n"
+        "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
+        "slo: {ttft_ms: 100, itl_ms: 20}\n",
     )  # fmt: skip
     cluster = VirtualCluster.build(
         workload.clusters["pd"], fixed_step, load_config_file(CONFIGS / "tandem.yaml"),
@@ -236,17 +225,13 @@ def test_the_plan_picks_the_split_that_fits_a_prefill_heavy_workload(
 ) -> None:
     # Long prompts, one output token: all the work is prefill, so three prefill pods and one
     # decode pod must beat one prefill pod and three decode pods.
-    workload = load_workload(
-        str(
-            write_workload(
-                tmp_path, "llama-3.1-8b-h100-tp1",
-                "gpus: 4\nclusters: {pd-1-3: {prefill: 1, decode: 3}}\n"
-                "data: {type: random, num_prompts: 50, input_len: 6000, output_len: 2, seed: 1}\n"
-                "load: {type: poisson, stages: [{rate: 2, duration: 3}, {rate: 5, duration: 3},"
-                " {rate: 8, duration: 3}]}\n"
-                "slo: {ttft_ms: 600, itl_ms: 100}\n",
-            )
-        )
+    workload = write_workload(
+        tmp_path, "llama-3.1-8b-h100-tp1",
+        "gpus: 4\nclusters: {pd-1-3: {prefill: 1, decode: 3}}\n"
+        "data: {type: random, num_prompts: 50, input_len: 6000, output_len: 2, seed: 1}\n"
+        "load: {type: poisson, stages: [{rate: 2, duration: 3}, {rate: 5, duration: 3},"
+        " {rate: 8, duration: 3}]}\n"
+        "slo: {ttft_ms: 600, itl_ms: 100}\n",
     )  # fmt: skip
 
     plan = run_plan(
@@ -348,16 +333,12 @@ def test_parallel_runs_give_the_same_results_as_one_process(tmp_path: Path) -> N
 def test_requests_still_open_at_the_drain_limit_fail_with_504(
     tmp_path: Path, fixed_step: str
 ) -> None:
-    workload = load_workload(
-        str(
-            write_workload(
-                tmp_path, fixed_step,
-                "gpus: 1\nclusters: {one: {both: 1}}\n"
-                "data: {type: random, num_prompts: 1, input_len: 100, output_len: 50, seed: 1}\n"
-                "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
-                "slo: {ttft_ms: 100, itl_ms: 20}\n",
-            )
-        )
+    workload = write_workload(
+        tmp_path, fixed_step,
+        "gpus: 1\nclusters: {one: {both: 1}}\n"
+        "data: {type: random, num_prompts: 1, input_len: 100, output_len: 50, seed: 1}\n"
+        "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
+        "slo: {ttft_ms: 100, itl_ms: 20}\n",
     )  # fmt: skip
     cluster = VirtualCluster.build(
         workload.clusters["one"], fixed_step, load_config_file(CONFIGS / "tandem.yaml"),
