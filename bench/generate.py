@@ -137,6 +137,16 @@ def build_requests(
     return requests
 
 
+def stage_starts(stages: Sequence[tuple[int, Stage]]) -> dict[int, float]:
+    """Each stage's start in model seconds, as `build_requests` lays the stages out."""
+    starts: dict[int, float] = {}
+    clock = 0.0
+    for index, stage in stages:
+        starts[index] = clock
+        clock += stage.duration
+    return starts
+
+
 def schedule(workload: Workload, *, quick: bool = False) -> list[tuple[int, Stage]]:
     """(index, stage) pairs to run, warm-up first as index -1.
 

@@ -38,6 +38,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--jobs", type=int, default=1, help="runs simulated at a time, one process each"
     )
+    parser.add_argument(
+        "--isolated-stages", action="store_true",
+        help=(
+            "start each stage only when the previous one has drained, as inference-perf "
+            "runs a ladder (how the published llm-d figures were measured)"
+        ),
+    )  # fmt: skip
     parser.add_argument("--output", default="results/plan", help="folder for the results")
     parser.add_argument(
         "--compare-with", metavar="RESULTS_JSON",
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
                     thresholds=thresholds,
                     quick=args.quick,
                     jobs=max(1, args.jobs),
+                    isolated_stages=args.isolated_stages,
                 ),
                 on_start=started,
                 on_done=lambda _: progress.advance(next(reversed(tasks.values()))[0]),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bench.generate import BenchRequest, PromptSet
@@ -44,6 +44,10 @@ from prefill.pod import aggregated_pod, prefill_pod
 from sidecar.prefill import REMOTE_DECODE_PARAMS
 from simulator.kv_connector import KVReadError, RemoteLoad
 from simulator.request import EngineRequest, RequestOutput
+
+STAGE_LEAD_S = 1.0
+"""An isolated stage's first request is scheduled this long after the stage starts
+(kubernetes-sigs/inference-perf: loadgen/load_generator.py, `run_stage`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,9 @@ class VirtualCluster:
     records: list[RequestRecord] = field(default_factory=list)
     _in_flight: dict[str, _Flight] = field(default_factory=dict)
     _pending: int = 0
+    _epoch: int = 0
+    _last_end_s: float = 0.0
+    """When the client saw the last request end."""
 
     @classmethod
     def build(
@@ -142,34 +149,70 @@ class VirtualCluster:
                 for name, pod in cluster.pods.items()
             ]
         )
-        for index, pod in enumerate(cluster.pods.values()):
-            # Scrapes spread over the interval, as independent pollers drift apart.
-            phase = path.scrape_interval_s * index / max(1, len(cluster.pods))
+        for pod in cluster.pods.values():
             cluster._scrape(pod)
-            loop.at(phase, cluster._scrape_loop, pod)
-            loop.at(path.expiry_tick_s, cluster._expiry_loop, pod)
-            if pod.role == "decode":
-                loop.at(pod.engine.held.heartbeat_interval, cluster._heartbeat_loop, pod)
         return cluster
+
+    def _start_periodic(self) -> None:
+        """(Re)start each pod's scrapes, lease expiry and heartbeats from now; loops of an
+        earlier start see a stale epoch and stop."""
+        self._epoch += 1
+        epoch, now, pods = self._epoch, self.loop.now, list(self.pods.values())
+        for index, pod in enumerate(pods):
+            # Scrapes spread over the interval, as independent pollers drift apart.
+            phase = self.path.scrape_interval_s * index / max(1, len(pods))
+            self.loop.at(now + phase, self._scrape_loop, pod, epoch)
+            self.loop.at(now + self.path.expiry_tick_s, self._expiry_loop, pod, epoch)
+            if pod.role == "decode":
+                interval = pod.engine.held.heartbeat_interval
+                self.loop.at(now + interval, self._heartbeat_loop, pod, epoch)
+
+    def _ticking(self, epoch: int) -> bool:
+        return self._pending > 0 and epoch == self._epoch
 
     # -- running --------------------------------------------------------------------------
 
     def run(
-        self, requests: Sequence[BenchRequest], *, drain_limit_s: float = 3600.0
+        self,
+        requests: Sequence[BenchRequest],
+        *,
+        drain_limit_s: float = 3600.0,
+        stage_starts: Mapping[int, float] | None = None,
     ) -> list[RequestRecord]:
         """Send every request at its arrival time and run until all have ended, or until
         `drain_limit_s` after the last arrival: what is still open then fails with 504 (as a
-        client would give up)."""
-        self._pending = len(requests)
+        client would give up).
+
+        With `stage_starts` (each stage's nominal start, as `build_requests` laid them out),
+        stages are isolated as inference-perf runs a ladder: a stage begins only when every
+        request of the one before has ended, its first arrival `STAGE_LEAD_S` later, and each
+        stage gets its own drain limit."""
+        if stage_starts is None:
+            self._send(requests, 0.0, drain_limit_s)
+        else:
+            by_stage: dict[int, list[BenchRequest]] = {}
+            for request in requests:
+                by_stage.setdefault(request.stage, []).append(request)
+            for stage, batch in sorted(by_stage.items(), key=lambda item: stage_starts[item[0]]):
+                start = self._last_end_s + STAGE_LEAD_S if self.records else 0.0
+                self._send(batch, start - stage_starts[stage], drain_limit_s)
+        return self.records
+
+    def _send(
+        self, requests: Sequence[BenchRequest], offset_s: float, drain_limit_s: float
+    ) -> None:
+        """Send `requests` `offset_s` later than their arrival times, run until they have
+        all ended, and fail what is still open `drain_limit_s` after the last arrival."""
+        self._pending += len(requests)
+        self._start_periodic()
         for request in requests:
-            self.loop.at(request.arrival_s, self._arrive, request)
-        last = max((r.arrival_s for r in requests), default=0.0)
+            self.loop.at(request.arrival_s + offset_s, self._arrive, request, offset_s)
+        last = max((r.arrival_s for r in requests), default=0.0) + offset_s
         self.loop.run(until=last + drain_limit_s)
         for flight in list(self._in_flight.values()):
             flight.record.status = 504
             flight.record.error = f"no answer {drain_limit_s:g} s after the last arrival"
             self._finish(flight)
-        return self.records
 
     def utilization(self) -> dict[str, float]:
         """Share of the elapsed virtual time each pod spent in steps."""
@@ -193,18 +236,18 @@ class VirtualCluster:
         if endpoint is not None:
             self.router.on_scrape(endpoint.endpoint, metrics, None)
 
-    def _scrape_loop(self, pod: VirtualPod) -> None:
+    def _scrape_loop(self, pod: VirtualPod, epoch: int) -> None:
         self._scrape(pod)
-        if self._pending:
-            self.loop.after(self.path.scrape_interval_s, self._scrape_loop, pod)
+        if self._ticking(epoch):
+            self.loop.after(self.path.scrape_interval_s, self._scrape_loop, pod, epoch)
 
-    def _expiry_loop(self, pod: VirtualPod) -> None:
+    def _expiry_loop(self, pod: VirtualPod, epoch: int) -> None:
         if pod.engine.expire_held(self.loop.now):
             pod.wake()
-        if self._pending:
-            self.loop.after(self.path.expiry_tick_s, self._expiry_loop, pod)
+        if self._ticking(epoch):
+            self.loop.after(self.path.expiry_tick_s, self._expiry_loop, pod, epoch)
 
-    def _heartbeat_loop(self, consumer: VirtualPod) -> None:
+    def _heartbeat_loop(self, consumer: VirtualPod, epoch: int) -> None:
         """Keep the leases of prefilled KV this pod has yet to read (the live consumer's
         heartbeats)."""
         for request in consumer.engine.scheduler.waiting:
@@ -214,18 +257,19 @@ class VirtualCluster:
                     producer.engine.heartbeat_held(
                         [request.remote.remote_request_id], self.loop.now
                     )
-        if self._pending:
-            self.loop.after(consumer.engine.held.heartbeat_interval, self._heartbeat_loop, consumer)
+        if self._ticking(epoch):
+            interval = consumer.engine.held.heartbeat_interval
+            self.loop.after(interval, self._heartbeat_loop, consumer, epoch)
 
     # -- the request path -----------------------------------------------------------------
 
-    def _arrive(self, request: BenchRequest) -> None:
+    def _arrive(self, request: BenchRequest, offset_s: float = 0.0) -> None:
         now = self.loop.now
         text, prompt = self.prompts.text_and_ids(request)
         record = RequestRecord(
             request_id=request.request_id,
             stage=request.stage,
-            scheduled_s=request.arrival_s,
+            scheduled_s=request.arrival_s + offset_s,
             sent_s=now,
             prompt_tokens=self.prompts.tokens(request),
             max_tokens=request.max_tokens,
@@ -318,7 +362,10 @@ class VirtualCluster:
             return  # already ended
         if flight.loads is not None:
             self.router.release(flight.loads)
-        self.records.append(flight.record)
+        record = flight.record
+        self.records.append(record)
+        ended = record.sent_s + record.e2e_s if record.e2e_s is not None else self.loop.now
+        self._last_end_s = max(self._last_end_s, ended)
         self._pending -= 1
         if self.on_done is not None:
             self.on_done(flight.record)

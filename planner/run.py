@@ -12,7 +12,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.generate import BenchRequest, PromptSet, build_prompts, build_requests, schedule
+from bench.generate import (
+    BenchRequest,
+    PromptSet,
+    build_prompts,
+    build_requests,
+    schedule,
+    stage_starts,
+)
 from bench.records import RequestRecord
 from bench.report import write_markdown, write_plots
 from bench.results import BenchResults, RunResult, SloTargets, write_results
@@ -45,6 +52,9 @@ class PlanOptions:
     quick: bool = False
     jobs: int = 1
     """Runs simulated at a time, each in its own process."""
+    isolated_stages: bool = False
+    """Run each stage only after the previous one has drained, as inference-perf runs a
+    ladder (the published llm-d figures were measured so); else stages follow each other."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +206,10 @@ def _simulate(
         job.shape, workload.engine_profile, job.config, prompts, workload.model,
         path=options.path, seed=options.seed, on_done=on_done,
     )  # fmt: skip
-    records = cluster.run(requests)
+    starts = None
+    if options.isolated_stages:
+        starts = stage_starts(schedule(workload, quick=options.quick))
+    records = cluster.run(requests, stage_starts=starts)
     return _Outcome(records, _utilization_note(cluster), time.perf_counter() - started)
 
 
@@ -277,7 +290,7 @@ def run_plan(
         slo=SloTargets(workload.slo.ttft_ms, workload.slo.itl_ms),
         reference={k: v.model_dump(exclude_none=True) for k, v in workload.reference.items()},
         runs=runs,
-        metadata=_path_metadata(options.path),
+        metadata={**_path_metadata(options.path), **_stage_metadata(options)},
     )
     recommendation = recommend(runs)
     lead = ["## Recommendation\n\n" + (recommendation.sentence() if recommendation else "none")]
@@ -296,3 +309,14 @@ def _path_metadata(path: PathModel) -> dict[str, str]:
             "KV transfer from the engine profile"
         )
     }
+
+
+def _stage_metadata(options: PlanOptions) -> dict[str, str]:
+    if options.isolated_stages:
+        text = (
+            "isolated, as inference-perf runs a ladder: each stage starts when every request "
+            "of the previous one has ended"
+        )
+    else:
+        text = "continuous: each stage follows the previous one, whatever is still in flight"
+    return {"Stages": text}

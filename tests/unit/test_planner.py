@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.generate import BenchRequest, build_prompts, build_requests, schedule
-from bench.records import Percentiles, StageSummary
+from bench.generate import BenchRequest, build_prompts, build_requests, schedule, stage_starts
+from bench.records import Percentiles, RequestRecord, StageSummary
 from bench.results import RunResult
 from bench.workload import ClusterShape, Workload, load_workload
 from orchestrator.router import Router
 from orchestrator.scheduling.config import load_config_file
 from orchestrator.scheduling.plugins import builtin_registry
 from orchestrator.scheduling.scheduler import Scheduler
-from planner.cluster import PathModel, VirtualCluster
+from planner.cluster import STAGE_LEAD_S, PathModel, VirtualCluster
 from planner.events import EventLoop
 from planner.run import (
     PlanError,
@@ -353,3 +353,35 @@ def test_requests_still_open_at_the_drain_limit_fail_with_504(
     state = cluster.router.store.state("pod-0")
     assert state is not None
     assert state.in_flight == 0  # the router's count was released
+
+
+def test_isolated_stages_start_when_the_previous_stage_has_drained(
+    tmp_path: Path, fixed_step: str
+) -> None:
+    # Stage 0 (nominally 0-1 s) holds a request that decodes for 0.5 s past the stage's end;
+    # isolated, stage 1 starts only after it has ended, its arrivals shifted by the wait.
+    workload = write_workload(
+        tmp_path, fixed_step,
+        "gpus: 1\nclusters: {one: {both: 1}}\n"
+        "data: {type: random, num_prompts: 2, input_len: 100, output_len: 100, seed: 1}\n"
+        "load: {type: poisson, stages: [{rate: 1, duration: 1}, {rate: 1, duration: 1}]}\n"
+        "slo: {ttft_ms: 100, itl_ms: 20}\n",
+    )  # fmt: skip
+    requests = [BenchRequest("a", 0, 0.9, 0, 100), BenchRequest("b", 1, 1.2, 1, 100)]
+
+    def run(starts: dict[int, float] | None) -> dict[str, RequestRecord]:
+        cluster = VirtualCluster.build(
+            workload.clusters["one"], fixed_step, load_config_file(CONFIGS / "tandem.yaml"),
+            build_prompts(workload), workload.model, path=NO_PATH,
+        )  # fmt: skip
+        return {r.request_id: r for r in cluster.run(requests, stage_starts=starts)}
+
+    continuous = run(None)
+    isolated = run(stage_starts(schedule(workload)))
+
+    a_end = isolated["a"].sent_s + (isolated["a"].e2e_s or 0.0)
+    assert a_end == pytest.approx(0.9 + 1.0, abs=0.02)  # 100 steps of 10 ms
+    assert continuous["b"].sent_s == pytest.approx(1.2)  # overlaps a
+    # Stage 1 starts when a ended; b keeps its 0.2 s offset into the stage after the lead.
+    assert isolated["b"].sent_s == pytest.approx(a_end + STAGE_LEAD_S + 0.2)
+    assert isolated["b"].scheduled_s == isolated["b"].sent_s  # no generator lag
