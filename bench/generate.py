@@ -22,6 +22,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from bench.workload import RandomData, SharedPrefixData, Stage, Workload
 from simulator.tokenizer import SYNTHETIC_WORDS
 
@@ -47,9 +49,52 @@ def _word_ids(rng: random.Random, num_tokens: int) -> list[int]:
 
     The same draws as `rng.choice(SYNTHETIC_WORDS)`, which CPython implements as
     `seq[rng._randbelow(len(seq))]`, taken as indices so a simulation gets token ids without
-    tokenizing text; a test holds the two equal."""
+    tokenizing text; a test holds the two equal. Long draws run in bulk (`_bulk_word_ids`)."""
+    if num_tokens >= _BULK_FROM:
+        return _bulk_word_ids(rng, num_tokens)
     below = rng._randbelow  # type: ignore[attr-defined]
     return [below(_VOCABULARY) for _ in range(num_tokens)]
+
+
+_BULK_FROM = 64
+_BITS = _VOCABULARY.bit_length()
+
+
+def _bulk_word_ids(rng: random.Random, num_tokens: int) -> list[int]:
+    """`_randbelow(_VOCABULARY)` `num_tokens` times, computed with numpy, leaving `rng` in
+    the state the loop would.
+
+    CPython's `random` is MT19937; `_randbelow(n)` takes `getrandbits(k)` (k = n's bit
+    length), which is the generator's next 32-bit output shifted right by 32 - k, and draws
+    again while the result is ≥ n (CPython: Lib/random.py, Modules/_randommodule.c). numpy's
+    MT19937 started from the same state yields the same 32-bit outputs (`random_raw`)."""
+    version, internal, gauss = rng.getstate()
+    generator = _mt19937(internal)
+    # Enough outputs that the accepted ones very likely suffice; draw more if not.
+    expected = num_tokens * (1 << _BITS) / _VOCABULARY
+    parts: list[np.ndarray] = []
+    accepted = 0
+    while accepted < num_tokens:
+        draws = generator.random_raw(int(expected * 1.05) + 64) >> (32 - _BITS)
+        parts.append(draws)
+        accepted += int(np.count_nonzero(draws < _VOCABULARY))
+    draws = np.concatenate(parts)
+    positions = np.flatnonzero(draws < _VOCABULARY)[:num_tokens]
+    consumed = int(positions[-1]) + 1
+    replay = _mt19937(internal)
+    replay.random_raw(consumed)
+    after = replay.state["state"]
+    rng.setstate((version, (*after["key"].tolist(), int(after["pos"])), gauss))
+    ids: list[int] = draws[positions].tolist()
+    return ids
+
+
+def _mt19937(internal: tuple[int, ...]) -> np.random.MT19937:
+    """numpy's MT19937 in the state `random.getstate()` gives as its second item."""
+    generator = np.random.MT19937()
+    key = np.array(internal[:-1], dtype=np.uint32)
+    generator.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": internal[-1]}}
+    return generator
 
 
 def _words(ids: Sequence[int]) -> str:

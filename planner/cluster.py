@@ -20,6 +20,7 @@ plan` and `tandem bench` summarize identically.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -122,6 +123,7 @@ class VirtualCluster:
         path: PathModel | None = None,
         seed: int = 0,
         on_done: Callable[[RequestRecord], None] | None = None,
+        fast_forward: bool = True,
     ) -> VirtualCluster:
         path = path or PathModel()
         loop = EventLoop()
@@ -140,9 +142,9 @@ class VirtualCluster:
         )
         cluster = cls(loop, router, {}, path, prompts, model, on_done)
         for name, role, launch in pod_launches(shape, profile):
-            cluster.pods[name] = VirtualPod.build(
-                name, role, launch.simulated(), loop, cluster._remote_load
-            )
+            pod = VirtualPod.build(name, role, launch.simulated(), loop, cluster._remote_load)
+            pod.fast_forward = fast_forward
+            cluster.pods[name] = pod
         router.on_endpoints(
             [
                 Endpoint(name, name, 8000, {ROLE_LABEL: pod.role})
@@ -209,6 +211,8 @@ class VirtualCluster:
             self.loop.at(request.arrival_s + offset_s, self._arrive, request, offset_s)
         last = max((r.arrival_s for r in requests), default=0.0) + offset_s
         self.loop.run(until=last + drain_limit_s)
+        for pod in self.pods.values():
+            pod.observe()  # tokens of the steps under way reach their records
         for flight in list(self._in_flight.values()):
             flight.record.status = 504
             flight.record.error = f"no answer {drain_limit_s:g} s after the last arrival"
@@ -222,6 +226,7 @@ class VirtualCluster:
     # -- periodic work --------------------------------------------------------------------
 
     def _scrape(self, pod: VirtualPod) -> None:
+        pod.observe()
         engine = pod.engine
         metrics = EngineMetrics(
             waiting=engine.num_waiting,
@@ -308,7 +313,7 @@ class VirtualCluster:
             kv_transfer_params=dict(REMOTE_DECODE_PARAMS),
         )
 
-        def prefilled(output: RequestOutput) -> None:
+        def prefilled(output: RequestOutput, _: Sequence[float]) -> None:
             if not output.finished:
                 return
             if output.error is not None or output.kv_transfer_params is None:
@@ -334,19 +339,22 @@ class VirtualCluster:
             arrival_time=0.0,
             kv_transfer_params=kv_transfer_params,
         )
-        pod.submit(request, lambda output: self._token(flight, output))
+        pod.submit(request, lambda output, times: self._token(flight, output, times))
 
-    def _token(self, flight: _Flight, output: RequestOutput) -> None:
-        """An engine output reaches the client one gateway hop later."""
+    def _token(self, flight: _Flight, output: RequestOutput, times: Sequence[float]) -> None:
+        """An engine output reaches the client one gateway hop after each token's time."""
         record = flight.record
-        at = self.loop.now + self.path.gateway_s
+        hop = self.path.gateway_s
+        at = times[-1] + hop
         if output.new_token_ids:
+            arrivals = [t + hop for t in times] if len(times) > 1 else [at]
             if record.ttft_s is None:
-                record.ttft_s = at - record.sent_s
+                record.ttft_s = arrivals[0] - record.sent_s
                 if flight.loads is not None:
                     self.router.prefill_done(flight.loads)
             elif flight.last_token_s is not None:
-                record.itl_s.append(at - flight.last_token_s)
+                record.itl_s.append(arrivals[0] - flight.last_token_s)
+            record.itl_s.extend(b - a for a, b in itertools.pairwise(arrivals))
             flight.last_token_s = at
             record.output_tokens += len(output.new_token_ids)
         if output.finished:
@@ -383,6 +391,7 @@ class VirtualCluster:
             blocks = source.remote_block_ids[0]  # what the live side channel sends
             producer.engine.read_held(source.remote_request_id, blocks, now)
         except KVReadError as exc:
+            consumer.interrupt()
             output = consumer.engine.finish_remote_load(load.request_id, now, error=str(exc))
             self._transfer_ended(consumer, producer, source.remote_request_id, output)
             return
@@ -390,6 +399,7 @@ class VirtualCluster:
         num_bytes = load.num_tokens * consumer.profile.kv_bytes_per_token
 
         def arrived() -> None:
+            consumer.interrupt()
             output = consumer.engine.finish_remote_load(
                 load.request_id, self.loop.now, transfer_seconds=seconds, transfer_bytes=num_bytes
             )

@@ -27,10 +27,12 @@ class EventLoop:
         return self.now
 
     def run(self, until: float | None = None) -> None:
-        """Process events until none are left (or the next is later than `until`)."""
+        """Process events until none are left, or until the next is later than `until`; then
+        the clock reads `until`."""
         queue = self._queue
         while queue:
             if until is not None and queue[0][0] > until:
+                self.now = until
                 return
             when, _, callback, args = heapq.heappop(queue)
             self.now = when

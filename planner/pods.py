@@ -3,11 +3,21 @@
 The live pod's `EngineRunner` steps the engine, sleeps (scaled wall time) until the step's
 end, delivers the outputs and steps again; here the sleep is an event at the step's end. KV
 reads the engine starts are handed to the cluster, which times the transfer.
+
+While the engine only decodes a fixed set of requests (`Engine.steady_decode_ends`), the pod
+does not step one event at a time: it takes the whole run of steps up to the next finish or
+KV shortfall as one event, and applies the steps lazily: those started by now when the
+cluster reads the pod (`observe`, a scrape), and likewise before it hands the pod new work
+(`interrupt`), after which it steps normally again from the end of the step in progress. A
+step's effects are visible from its start, as when `Engine.step` applies a step at once, and
+every step runs at the time and with the batch it would have, so the records are those of
+step-by-step simulation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from planner.events import EventLoop
@@ -17,7 +27,21 @@ from simulator.kv_connector import ProducerIdentity, RemoteLoad
 from simulator.profiles import EngineProfile
 from simulator.request import EngineRequest, RequestOutput, StepResult
 
-OutputHandler = Callable[[RequestOutput], None]
+OutputHandler = Callable[[RequestOutput, Sequence[float]], None]
+"""Receives an engine output and the model time of each of its new tokens."""
+
+MAX_STEADY_STEPS = 4096
+"""Longest run of decode steps taken as one event (bounds the precomputed step times)."""
+
+
+@dataclass(slots=True)
+class _SteadyRun:
+    """Decode steps planned from `start`, not yet applied to the engine: step i ends at
+    `ends[i]` and starts at the previous end."""
+
+    start: float
+    ends: tuple[float, ...]
+    epoch: int
 
 
 @dataclass(eq=False)
@@ -31,9 +55,15 @@ class VirtualPod:
     on_remote_load: Callable[[VirtualPod, RemoteLoad], None]
     busy_s: float = 0.0
     """Virtual seconds spent in steps (utilization = busy_s / elapsed)."""
+    fast_forward: bool = True
+    """Take steady decode runs as one event (False: one event per step, for comparison)."""
+    steady_steps: int = 0
+    """Steps applied as part of steady decode runs."""
     _streams: dict[str, OutputHandler] = field(default_factory=dict)
     _stepping: bool = False
     _last_end: float = 0.0
+    _steady: _SteadyRun | None = None
+    _epoch: int = 0
 
     @classmethod
     def build(
@@ -57,6 +87,7 @@ class VirtualPod:
         return cls(name, role, engine, config.engine_profile, loop, on_remote_load)
 
     def submit(self, request: EngineRequest, on_output: OutputHandler) -> None:
+        self.interrupt()
         request.arrival_time = self.loop.now
         self._streams[request.request_id] = on_output
         self.engine.add_request(request)
@@ -68,19 +99,73 @@ class VirtualPod:
             self._stepping = True
             self.loop.at(self._last_end, self._step)
 
-    def deliver(self, output: RequestOutput) -> None:
+    def deliver(self, output: RequestOutput, times: Sequence[float] | None = None) -> None:
         handler = self._streams.get(output.request_id)
         if handler is None:
             return
         if output.finished:
             del self._streams[output.request_id]
-        handler(output)
+        handler(output, times if times is not None else (self.loop.now,))
+
+    def observe(self) -> None:
+        """Apply the planned decode steps that have started by now: the cluster is about to
+        read the engine's state (a scrape)."""
+        steady = self._steady
+        if steady is not None:
+            self._apply(steady, self._started(steady))
+
+    def interrupt(self) -> None:
+        """Apply the planned decode steps that have started by now and step normally from
+        the end of the last one: the engine is about to get new work (a request, a finished
+        KV read), which the next step would see."""
+        steady = self._steady
+        if steady is None:
+            return
+        self._apply(steady, self._started(steady))
+        self._stop_steady()
+
+    def _started(self, steady: _SteadyRun) -> int:
+        """How many of the run's steps started before now."""
+        now = self.loop.now
+        if steady.start >= now:
+            return 0
+        return min(bisect.bisect_left(steady.ends, now) + 1, len(steady.ends))
+
+    def _apply(self, steady: _SteadyRun, count: int) -> None:
+        if count <= 0:
+            return
+        ends, steady.ends = steady.ends[:count], steady.ends[count:]
+        self.steady_steps += count
+        self.busy_s += ends[-1] - steady.start
+        steady.start = self._last_end = ends[-1]
+        for output in self.engine.decode_steps(ends):
+            self.deliver(output, ends)
+
+    def _stop_steady(self) -> None:
+        self._steady = None
+        self._epoch += 1
+        self._stepping = False
+        self.wake()
+
+    def _steady_ended(self, epoch: int) -> None:
+        steady = self._steady
+        if steady is None or epoch != self._epoch:
+            return  # interrupted
+        self._apply(steady, len(steady.ends))
+        self._stop_steady()
 
     def _step(self) -> None:
         if not self.engine.has_schedulable_work:
             self._stepping = False
             return
-        result = self.engine.step(self.loop.now)
+        now = self.loop.now
+        if self.fast_forward:
+            ends = self.engine.steady_decode_ends(now, MAX_STEADY_STEPS)
+            if len(ends) > 1:
+                self._steady = _SteadyRun(now, ends, self._epoch)
+                self.loop.at(ends[-1], self._steady_ended, self._epoch)
+                return
+        result = self.engine.step(now)
         for load in self.engine.take_remote_loads():
             self.on_remote_load(self, load)
         self.loop.at(result.end, self._step_ended, result)
@@ -89,7 +174,7 @@ class VirtualPod:
         self._last_end = result.end
         self.busy_s += result.end - result.start
         for output in result.outputs:
-            self.deliver(output)
+            self.deliver(output, (result.end,))
         self._stepping = False
         if result.end > result.start or result.outputs:
             self.wake()

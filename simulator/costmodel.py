@@ -55,5 +55,16 @@ def step_seconds(coefficients: StepCoefficients, shape: StepShape) -> float:
         chunk.num_tokens * (chunk.context_tokens + chunk.num_tokens / 2)
         for chunk in shape.prefill_chunks
     )
-    kv_read = sum(shape.decode_context_lens)
+    return _seconds(c, linear_tokens, attention, sum(shape.decode_context_lens))
+
+
+def decode_step_seconds(coefficients: StepCoefficients, num_seqs: int, context_sum: int) -> float:
+    """Model time of a step that only decodes: `num_seqs` sequences reading `context_sum`
+    tokens in all (the same value `step_seconds` gives that shape)."""
+    if num_seqs == 0:
+        return 0.0
+    return _seconds(coefficients, num_seqs, 0, context_sum)
+
+
+def _seconds(c: StepCoefficients, linear_tokens: int, attention: float, kv_read: int) -> float:
     return c.t_ovh + max(c.t_w, c.c_lin * linear_tokens) + c.c_attn * attention + c.c_kv * kv_read

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from simulator.block_pool import BlockPool, hash_prompt_blocks
-from simulator.costmodel import PrefillChunk, StepShape, step_seconds
+from simulator.costmodel import PrefillChunk, StepShape, decode_step_seconds, step_seconds
 from simulator.kv_connector import (
     DEFAULT_KV_LEASE_DURATION_S,
     HeldKV,
@@ -253,6 +253,95 @@ class Engine:
             num_decode_seqs=shape.num_decode_seqs,
         )
 
+    # -- steady decoding ---------------------------------------------------------------------
+    # While the running requests only decode — nothing waits to be admitted, none finishes,
+    # every block they grow into is free — each step is determined in advance: the same
+    # sequences, each context one token longer. A virtual-time caller applies such a run of
+    # steps at once instead of step by step; the live pod always calls `step`.
+
+    def steady_decode_ends(self, now: float, max_steps: int) -> tuple[float, ...]:
+        """End times of the next steps from `now` that `step` would run as pure decode steps
+        of the current running requests, at most `max_steps`; empty when the next step is
+        not one. Any prefix of them can be applied with `decode_steps`."""
+        scheduler = self.scheduler
+        running = scheduler.running
+        if not running or len(running) > self.config.batching.max_num_batched_tokens:
+            return ()
+        if any(r.status is RequestStatus.WAITING for r in scheduler.waiting):
+            return ()  # the next step would admit it
+        steps = max_steps
+        context_sum = 0
+        for request in running:
+            computed = request.num_computed_tokens
+            if computed < request.num_prompt_tokens or request.num_tokens - computed != 1:
+                return ()  # still prefilling
+            steps = min(steps, self._tokens_before_finish(request) - 1)
+            context_sum += computed
+        steps = self._steps_with_free_blocks(running, steps)
+        seqs = len(running)
+        ends: list[float] = []
+        clock = now
+        for index in range(steps):
+            clock = clock + decode_step_seconds(self.config.step, seqs, context_sum + index * seqs)
+            ends.append(clock)
+        return tuple(ends)
+
+    def decode_steps(self, ends: Sequence[float]) -> tuple[RequestOutput, ...]:
+        """Apply the first `len(ends)` steps `steady_decode_ends` returned (each running
+        request gains one token per step, as `step` would give it); one output per request
+        with all its new tokens, the i-th sampled at `ends[i]`."""
+        steps = len(ends)
+        if steps == 0:
+            return ()
+        running = self.scheduler.running
+        itl = self.stats.inter_token_latency
+        outputs: list[RequestOutput] = []
+        for request in running:
+            if not self.scheduler.grow(request, steps):
+                raise RuntimeError(f"{request.request_id}: no KV blocks for a steady decode run")
+            first = len(request.output_token_ids)
+            tokens = tuple(self._sample_at(request, first + i) for i in range(steps))
+            request.output_token_ids.extend(tokens)
+            request.num_computed_tokens += steps
+            assert request.last_token_time is not None
+            itl.observe(ends[0] - request.last_token_time)
+            request.last_token_time = ends[-1]
+            outputs.append(RequestOutput(request.request_id, tokens))
+        seqs = len(running)
+        for index in range(1, steps):
+            itl.observe_many(ends[index] - ends[index - 1], seqs)
+        self.stats.generation_tokens += seqs * steps
+        self.stats.iteration_tokens.observe_many(seqs, steps)
+        return tuple(outputs)
+
+    @staticmethod
+    def _tokens_before_finish(request: EngineRequest) -> int:
+        """Tokens the request produces until `_finish_reason` ends it."""
+        limit = request.max_tokens
+        if request.eos_after is not None:
+            limit = min(limit, max(request.eos_after, request.min_tokens))
+        return limit - len(request.output_token_ids)
+
+    def _steps_with_free_blocks(self, running: Sequence[EngineRequest], steps: int) -> int:
+        """The most steps, up to `steps`, whose new blocks the pool has free now."""
+        block_size = self.config.block_size
+        free = self.pool.num_free_blocks
+
+        def needed(count: int) -> int:
+            return sum(
+                max(0, -(-(r.num_computed_tokens + count) // block_size) - len(r.blocks))
+                for r in running
+            )
+
+        low, high = 0, max(steps, 0)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if needed(middle) <= free:
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
     def _is_decode(self, chunk: ScheduledChunk) -> bool:
         return chunk.num_tokens == 1 and chunk.context_tokens >= chunk.request.num_prompt_tokens
 
@@ -404,11 +493,13 @@ class Engine:
         request.num_registered_blocks = max(request.num_registered_blocks, full)
 
     def _sample(self, request: EngineRequest) -> int:
+        return self._sample_at(request, len(request.output_token_ids))
+
+    def _sample_at(self, request: EngineRequest, position: int) -> int:
         """A deterministic 'sampled' token: a function of the prompt and the position."""
         seed = request.sample_seed
         if seed is None:
             tail = (request.num_prompt_tokens, request.prompt_token_ids[-8:])
             seed = request.sample_seed = zlib.crc32(repr(tail).encode())
-        position = len(request.output_token_ids)
         mixed = (seed * 6364136223846793005 + position * 1442695040888963407) & (2**64 - 1)
         return (mixed >> 33) % self.config.sample_vocab_size

@@ -97,7 +97,7 @@ class BatchScheduler:
             if num_new <= 0:
                 index += 1
                 continue
-            while not self._grow(request, num_new):
+            while not self.grow(request, num_new):
                 victim = self.running.pop()
                 self._preempt(victim, out)
                 if victim is request:
@@ -178,7 +178,8 @@ class BatchScheduler:
         )
         return True
 
-    def _grow(self, request: EngineRequest, num_new: int) -> bool:
+    def grow(self, request: EngineRequest, num_new: int) -> bool:
+        """Give `request` blocks for `num_new` more tokens; False if the pool is short."""
         total = request.num_computed_tokens + num_new
         if total <= len(request.blocks) * self.config.block_size:
             return True  # the blocks it holds have room (most decode steps)

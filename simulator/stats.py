@@ -60,6 +60,12 @@ class Histogram:
         self.total += value
         self.count += 1
 
+    def observe_many(self, value: float, times: int) -> None:
+        """`observe(value)` `times` times (the sum may differ from repeated adds by rounding)."""
+        self.counts[bisect.bisect_left(self.buckets, value)] += times
+        self.total += value * times
+        self.count += times
+
     def cumulative(self) -> list[tuple[str, int]]:
         """(upper bound, cumulative count) pairs, +Inf last, as Prometheus exposes them."""
         out: list[tuple[str, int]] = []

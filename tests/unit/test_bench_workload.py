@@ -157,3 +157,19 @@ def test_prompt_token_ids_are_what_the_synthetic_tokenizer_makes_of_the_text() -
     # the draws are those of random.choice over the vocabulary
     expected = [SYNTHETIC_WORDS.index(random.Random(5).choice(SYNTHETIC_WORDS))]
     assert _word_ids(random.Random(5), 1) == expected
+
+
+@pytest.mark.parametrize("num_tokens", [63, 64, 65, 1200, 6000, 50_000])
+def test_bulk_word_draws_equal_the_loop_and_leave_the_generator_where_it_would(
+    num_tokens: int,
+) -> None:
+    import random
+
+    from bench.generate import _VOCABULARY, _word_ids
+
+    for seed in ("42:request:7", "42:system-prompts", 5):
+        bulk, loop = random.Random(seed), random.Random(seed)
+        expected = [loop._randbelow(_VOCABULARY) for _ in range(num_tokens)]  # type: ignore[attr-defined]
+
+        assert _word_ids(bulk, num_tokens) == expected
+        assert bulk.getstate() == loop.getstate()  # later draws continue identically

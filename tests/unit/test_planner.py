@@ -385,3 +385,57 @@ def test_isolated_stages_start_when_the_previous_stage_has_drained(
     # Stage 1 starts when a ended; b keeps its 0.2 s offset into the stage after the lead.
     assert isolated["b"].sent_s == pytest.approx(a_end + STAGE_LEAD_S + 0.2)
     assert isolated["b"].scheduled_s == isolated["b"].sent_s  # no generator lag
+
+
+@pytest.fixture
+def small_kv(monkeypatch: pytest.MonkeyPatch) -> str:
+    """An 8B profile whose pods hold only 5k tokens of KV, so load preempts."""
+    base = profiles.get_profile("llama-3.1-8b-h100-tp1")
+    small = dataclasses.replace(base, name="small-kv", kv_capacity_tokens=5_000)
+    monkeypatch.setitem(profiles.PROFILES, small.name, small)
+    return small.name
+
+
+@pytest.mark.parametrize("cluster", ["aggregated-2", "pd-1-1"])
+def test_steady_decode_runs_give_the_records_of_step_by_step_simulation(
+    tmp_path: Path, small_kv: str, cluster: str
+) -> None:
+    workload = write_workload(
+        tmp_path, small_kv,
+        "gpus: 2\nclusters: {aggregated-2: {both: 2}, pd-1-1: {prefill: 1, decode: 1}}\n"
+        "data: {type: shared_prefix, num_groups: 4, prompts_per_group: 2,\n"
+        "       system_prompt_len: 600, question_len: 60, output_len: 200, seed: 5}\n"
+        "load: {type: poisson, stages: [{rate: 5, duration: 4}, {rate: 40, duration: 2}]}\n"
+        "slo: {ttft_ms: 1000, itl_ms: 50}\n",
+    )  # fmt: skip
+    prompts = build_prompts(workload)
+    stages = schedule(workload)
+    requests = build_requests(workload, prompts, stages)
+
+    steady_steps = 0
+
+    def run(fast_forward: bool) -> tuple[list[tuple[object, ...]], int, int]:
+        nonlocal steady_steps
+        virtual = VirtualCluster.build(
+            workload.clusters[cluster], small_kv, load_config_file(CONFIGS / "tandem.yaml"),
+            prompts, workload.model, seed=3, fast_forward=fast_forward,
+        )  # fmt: skip
+        records = virtual.run(requests, stage_starts=stage_starts(stages))
+        engines = [pod.engine for pod in virtual.pods.values()]
+        steady_steps = sum(pod.steady_steps for pod in virtual.pods.values())
+        fields = [
+            (r.request_id, r.sent_s, r.ttft_s, r.e2e_s, tuple(r.itl_s), r.output_tokens,
+             r.cached_tokens, r.status)
+            for r in records
+        ]  # fmt: skip
+        return (
+            sorted(fields),
+            sum(e.stats.num_preemptions for e in engines),
+            sum(e.stats.generation_tokens for e in engines),
+        )
+
+    stepped, preemptions, tokens = run(fast_forward=False)
+    assert preemptions > 0  # the case covers KV shortage, not only steady decoding
+    assert steady_steps == 0
+    assert run(fast_forward=True) == (stepped, preemptions, tokens)
+    assert steady_steps > 0  # and steady decode runs were taken
