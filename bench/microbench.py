@@ -3,8 +3,9 @@
     tandem microbench scheduler   # median pick time, 16 endpoints, 7,200-token prompts
     tandem microbench gateway     # added latency of the gateway hop at 50 requests/s
     tandem microbench sidecar     # added latency of the sidecar hop at 50 requests/s
+    tandem microbench ext-proc    # Envoy endpoint-picker decisions/s and decision latency
 
-Both write a JSON file with the raw figures; neither is asserted in tests.
+Each writes a JSON file with the raw figures; none is asserted in tests.
 """
 
 from __future__ import annotations
@@ -19,10 +20,19 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
-from orchestrator.config import CONFIG_DIR
+from orchestrator.config import CONFIG_DIR, parse_orchestrator_config
+from orchestrator.endpoints import EndpointStore
+from orchestrator.ext_proc import add_ext_proc_servicer
+from orchestrator.metrics import GatewayMetrics
+from orchestrator.router import Router
 from orchestrator.scheduling.config import build_scheduler, load_config_file
 from orchestrator.scheduling.types import (
     ROLE_LABEL,
@@ -64,16 +74,7 @@ def scheduler_pick_time(
     scheduler = build_scheduler(
         load_config_file(CONFIG_DIR / "tandem.yaml"), rng=random.Random(seed)
     )
-    views = [
-        EndpointView(
-            Endpoint(f"pod-{i}", "10.0.0.1", 8000 + i,
-                     {ROLE_LABEL: "prefill" if i < endpoints // 2 else "decode"}),
-            EngineMetrics(rng.randint(0, 20), rng.randint(0, 100), rng.random(), 0.0, 16, 28125),
-            metrics_fresh=True,
-            in_flight=rng.randint(0, 50),
-        )
-        for i in range(endpoints)
-    ]  # fmt: skip
+    views = _pool_views(endpoints, rng)
     # 150 groups sharing a 6,000-token system prompt, as in the benchmark workload.
     system = [_text(6000, rng) for _ in range(150)]
     chars_per_token = 4.0
@@ -90,6 +91,133 @@ def scheduler_pick_time(
         "prompt_chars_per_token_estimate": chars_per_token,
         "pick_time": asdict(LatencySummary.of(timings[requests // 10 :])),  # skip warm-up
     }
+
+
+def _pool_views(endpoints: int, rng: random.Random) -> list[EndpointView]:
+    """Half prefill, half decode pods with random load, as one scrape would report them."""
+    return [
+        EndpointView(
+            Endpoint(f"pod-{i}", "10.0.0.1", 8000 + i,
+                     {ROLE_LABEL: "prefill" if i < endpoints // 2 else "decode"}),
+            EngineMetrics(rng.randint(0, 20), rng.randint(0, 100), rng.random(), 0.0, 16, 28125),
+            metrics_fresh=True,
+            in_flight=rng.randint(0, 50),
+        )
+        for i in range(endpoints)
+    ]  # fmt: skip
+
+
+def ext_proc_decision_time(
+    *, endpoints: int = 16, prompt_tokens: int = 7200, requests: int = 2000,
+    concurrency: int = 1, seed: int = 1,
+) -> dict[str, object]:  # fmt: skip
+    """Decisions per second and decision latency of the ext_proc endpoint picker, served
+    in-process on loopback gRPC and driven as Envoy drives it: request headers, the body in
+    16 KiB chunks, then a short response. A decision's latency runs from sending the last
+    body chunk to receiving the answer to the request headers."""
+    return asyncio.run(_ext_proc_run(endpoints, prompt_tokens, requests, max(1, concurrency), seed))
+
+
+async def _ext_proc_run(
+    endpoints: int, prompt_tokens: int, requests: int, concurrency: int, seed: int
+) -> dict[str, object]:
+    rng = random.Random(seed)
+    config = parse_orchestrator_config({"scheduler": "tandem", "seed": seed})
+    router = Router(
+        config=config,
+        scheduler=build_scheduler(config.scheduler_config(), rng=random.Random(seed)),
+        store=EndpointStore(config.scrape.staleness_s),
+        metrics=GatewayMetrics(),
+        clock=lambda: 0.0,  # the synthetic scrapes below never age
+    )
+    views = _pool_views(endpoints, rng)
+    router.on_endpoints([view.endpoint for view in views])
+    for view in views:
+        assert view.metrics is not None
+        router.store.record_scrape(view.name, view.metrics)
+        router.on_scrape(view.endpoint, view.metrics, None)
+    system = [_text(6000, rng) for _ in range(150)]  # as in scheduler_pick_time
+    bodies = [  # written before the clock starts: only the picker's path is timed
+        json.dumps(
+            {"model": "bench", "prompt": system[rng.randrange(150)]
+             + _text(prompt_tokens - 6000, rng), "max_tokens": 1}
+        ).encode()
+        for _ in range(requests)
+    ]  # fmt: skip
+    server = grpc.aio.server()
+    add_ext_proc_servicer(server, router, config)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    latencies: list[float] = []
+    pending = iter(bodies)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = ext_proc_grpc.ExternalProcessorStub(channel)
+
+            async def stream_requests() -> None:
+                for body in pending:  # shared: each request is taken by one stream
+                    latencies.append(await _envoy_exchange(stub, body))
+
+            started = time.perf_counter()
+            await asyncio.gather(*(stream_requests() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - started
+    finally:
+        await server.stop(None)
+    states = [router.store.state(endpoint.name) for endpoint in router.store.endpoints()]
+    return {
+        "endpoints": endpoints,
+        "prompt_tokens": prompt_tokens,
+        "requests": requests,
+        "concurrency": concurrency,
+        "mean_body_bytes": statistics.fmean(len(body) for body in bodies),
+        "decisions_per_s": requests / elapsed,
+        "decision_latency": asdict(LatencySummary.of(latencies[requests // 10 :])),  # warm-up
+        "in_flight_after": sum(state.in_flight for state in states if state is not None),
+    }
+
+
+def _ext_proc_message(**fields: Any) -> Any:
+    return ext_proc_pb2.ProcessingRequest(**fields)
+
+
+_REQUEST_HEADERS = base_pb2.HeaderMap(
+    headers=[
+        base_pb2.HeaderValue(key=key, raw_value=value)
+        for key, value in ((":method", b"POST"), (":path", b"/v1/completions"),
+                           ("content-type", b"application/json"))
+    ]
+)  # fmt: skip
+
+
+async def _envoy_exchange(stub: Any, body: bytes, chunk_bytes: int = 16_384) -> float:
+    """One request's ext_proc stream as Envoy sends it; returns the decision latency."""
+    call = stub.Process()
+    await call.write(
+        _ext_proc_message(request_headers=ext_proc_pb2.HttpHeaders(headers=_REQUEST_HEADERS))
+    )
+    chunks = [body[i : i + chunk_bytes] for i in range(0, len(body), chunk_bytes)]
+    for chunk in chunks[:-1]:
+        await call.write(_ext_proc_message(request_body=ext_proc_pb2.HttpBody(body=chunk)))
+    last = ext_proc_pb2.HttpBody(body=chunks[-1], end_of_stream=True)
+    sent = time.perf_counter()
+    await call.write(_ext_proc_message(request_body=last))
+    pick = await call.read()
+    latency = time.perf_counter() - sent
+    if pick.WhichOneof("response") != "request_headers":
+        raise RuntimeError(f"the picker answered {pick.WhichOneof('response')}, not a pick")
+    while True:  # the body handed back, up to its end
+        reply = await call.read()
+        if reply.request_body.response.body_mutation.streamed_response.end_of_stream:
+            break
+    response = ext_proc_pb2.HttpHeaders(headers=base_pb2.HeaderMap())
+    await call.write(_ext_proc_message(response_headers=response))
+    answer = ext_proc_pb2.HttpBody(body=b"{}", end_of_stream=True)
+    await call.write(_ext_proc_message(response_body=answer))
+    await call.read()  # response headers answered
+    await call.read()  # response body echoed: the request's load is released
+    await call.done_writing()
+    await call.read()  # end of stream
+    return latency
 
 
 async def _open_loop(

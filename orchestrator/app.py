@@ -1,4 +1,5 @@
-"""The orchestrator's HTTP app: routes, and the lifespan that owns client, discovery, scraping."""
+"""The orchestrator's HTTP app: routes, and the lifespan that owns client, discovery, scraping
+and, when enabled, the gRPC server (on the same event loop, around the same router)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointSource, EndpointStore, StaticEndpoints
 from orchestrator.errors import install_error_handlers
 from orchestrator.gateway import Gateway
+from orchestrator.grpc_server import GrpcServer, start_grpc_server
 from orchestrator.kubernetes_discovery import KubernetesEndpoints
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.reload import ConfigReloader
@@ -38,7 +40,8 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
-    """The gateway app; its lifespan owns the HTTP client, discovery and scraping.
+    """The gateway app; its lifespan owns the HTTP client, discovery, scraping and the gRPC
+    server (`config.grpc`), which it exposes as `app.state.grpc_server`.
 
     With `config_path` (the file `config` came from) scheduler changes to that file are
     applied while running; relative scheduler paths resolve against its folder, or
@@ -90,9 +93,15 @@ def create_app(
             )  # fmt: skip
             gateway.tasks.append(asyncio.create_task(reloader.run()))
         app.state.gateway = gateway
+        grpc_server: GrpcServer | None = None
         try:
+            if config.grpc.enabled:
+                grpc_server = await start_grpc_server(router, config)
+            app.state.grpc_server = grpc_server
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop()
             for task in gateway.tasks:
                 task.cancel()
             for task in gateway.tasks:

@@ -12,6 +12,7 @@
     reload: {interval_s: 5}                    # re-read this file; apply scheduler changes
     scrape: {interval_s: 0.5, staleness_s: 2.0}
     gateway: {port: 8000, max_in_flight_per_endpoint: 1024}
+    grpc: {enabled: true, host: 0.0.0.0, port: 9002}   # the Pick API and gRPC health
 
 Validated at start; a bad file stops the process with a message naming the field. While
 running, a changed scheduler configuration is applied in place and an invalid one is refused
@@ -85,6 +86,16 @@ class GatewayConfig(_Strict):
     """Prompt-length estimate when a request carries text (llm-d's estimate: 4 bytes)."""
 
 
+class GrpcConfig(_Strict):
+    """The gRPC server: tandem's Pick API (proto/tandem/v1/pick.proto) and grpc.health.v1."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9002, ge=0, le=65535)
+    """llm-d's endpoint picker serves gRPC on 9002 (llm-d/llm-d-router: pkg/epp/server/
+    options.go, `DefaultGrpcPort`); 0 takes any free port."""
+
+
 class ReloadConfig(_Strict):
     interval_s: float = Field(5.0, gt=0)
     """How often the file (and a scheduler file it names) is checked for changes. Kubernetes
@@ -99,6 +110,7 @@ class OrchestratorConfig(_Strict):
     reload: ReloadConfig = Field(default_factory=ReloadConfig)
     scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     seed: int | None = None
     """Seeds the scheduler's tie-breaking, for repeatable benchmarks."""
 

@@ -61,7 +61,11 @@ class GatewayMetrics:
             "tandem_in_flight_requests", "Requests in flight from this gateway, by endpoint.",
             ["endpoint"], registry=r,
         )  # fmt: skip
-
+        self.ext_proc_streams = Counter(
+            "tandem_ext_proc_streams",
+            "Envoy ext_proc streams (one per request through Envoy), by outcome.",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         self.config_reloads = Counter(
             "tandem_config_reloads", "Configuration changes seen, by result (applied, rejected).",
             ["result"], registry=r,

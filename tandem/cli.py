@@ -145,6 +145,11 @@ def _add_orchestrator_parser(subparsers: Any) -> None:
     parser.add_argument("--config", required=True, help="orchestrator YAML file")
     parser.add_argument("--host", help="listen address (overrides gateway.host)")
     parser.add_argument("--port", type=int, help="listen port (overrides gateway.port)")
+    parser.add_argument(
+        "--grpc-port", type=int,
+        help="serve the gRPC Pick API and health on this port, on grpc.host (enables grpc; "
+        "overrides grpc.port)",
+    )  # fmt: skip
     parser.add_argument("--log-level", default="info")
     parser.set_defaults(handler=_run_orchestrator)
 
@@ -154,7 +159,7 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from orchestrator.app import create_app
-    from orchestrator.config import OrchestratorConfigError, load_orchestrator_config
+    from orchestrator.config import GrpcConfig, OrchestratorConfigError, load_orchestrator_config
 
     try:
         config = load_orchestrator_config(args.config)
@@ -162,6 +167,9 @@ def _run_orchestrator(args: argparse.Namespace) -> int:
             update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
         )
         config = config.model_copy(update={"gateway": gateway})
+        if args.grpc_port is not None:
+            grpc = {**config.grpc.model_dump(), "enabled": True, "port": args.grpc_port}
+            config = config.model_copy(update={"grpc": GrpcConfig.model_validate(grpc)})
         app = create_app(config, config_path=Path(args.config).resolve())
     except OrchestratorConfigError as exc:
         print(f"tandem: invalid orchestrator config {args.config}: {exc}", file=sys.stderr)
@@ -235,8 +243,14 @@ def _add_microbench_parser(subparsers: Any) -> None:
         "microbench",
         help="measure the orchestrator's own cost (scheduling time, gateway latency)",
     )
-    parser.add_argument("which", choices=("scheduler", "gateway", "sidecar"))
+    parser.add_argument("which", choices=("scheduler", "gateway", "sidecar", "ext-proc"))
     parser.add_argument("--output", default="results", help="folder for the JSON result")
+    parser.add_argument(
+        "--requests", type=int, default=2000, help="requests to time (scheduler, ext-proc)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="ext_proc streams in flight (ext-proc)"
+    )
     parser.set_defaults(handler=_run_microbench)
 
 
@@ -244,18 +258,29 @@ def _run_microbench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from bench.microbench import hop_added_latency, scheduler_pick_time
+    from bench.microbench import ext_proc_decision_time, hop_added_latency, scheduler_pick_time
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     result: dict[str, object]
     if args.which == "scheduler":
-        result = scheduler_pick_time()
+        result = scheduler_pick_time(requests=args.requests)
+    elif args.which == "ext-proc":
+        result = ext_proc_decision_time(requests=args.requests, concurrency=args.concurrency)
     else:
         result = hop_added_latency(args.which, workdir=output)
     path = output / f"microbench-{args.which}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    if args.which == "ext-proc":
+        latency = result["decision_latency"]
+        assert isinstance(latency, dict)
+        print(
+            f"ext-proc: {result['decisions_per_s']:.0f} decisions/s, decision latency "
+            f"p50 {latency['p50_ms']:.2f} ms, p99 {latency['p99_ms']:.2f} ms "
+            f"({result['requests']} requests, {result['concurrency']} streams in flight)",
+            file=sys.stderr,
+        )
     print(f"written: {path}", file=sys.stderr)
     return 0
 

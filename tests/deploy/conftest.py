@@ -54,8 +54,12 @@ SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
         for chart in ("tandem-prefill", "tandem-decode")
     },
     "inference-pool": {
+        "tandem-orchestrator": {"inferencePool": {"enabled": True}},
+    },
+    "inference-pool-elsewhere": {
         "tandem-orchestrator": {
             "inferencePool": {"enabled": True, "endpointPicker": {"service": "tandem-epp"}},
+            "grpc": {"port": 9100},
         },
     },
 }

@@ -487,6 +487,7 @@ def test_orchestrator_config_parses_and_discovers_the_model_pods(
     assert (config.scrape.interval_s, config.scrape.staleness_s) == (0.5, 2.0)
     assert (config.gateway.host, config.gateway.port) == ("0.0.0.0", 8000)
     assert config.gateway.max_in_flight_per_endpoint == 1024
+    assert (config.grpc.enabled, config.grpc.host, config.grpc.port) == (True, "0.0.0.0", 9002)
 
 
 def test_orchestrator_loads_its_scheduler_from_the_mounted_files(
@@ -523,7 +524,10 @@ def test_orchestrator_deployment_mounts_the_config_and_probes_ready(
     assert container["image"] == TANDEM_IMAGE
     assert container["command"] == ["tandem", "orchestrator"]
     assert container["args"][:2] == ["--config", "/etc/tandem/orchestrator.yaml"]
-    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 9002, "protocol": "TCP"},
+    ]
     assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8000}
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
     # The whole ConfigMap as a directory: a subPath mount would never see updates.
@@ -537,7 +541,7 @@ def test_orchestrator_deployment_mounts_the_config_and_probes_ready(
     assert r.pod_spec["securityContext"]["runAsUser"] == 10001
 
 
-def test_orchestrator_service_exposes_the_gateway(
+def test_orchestrator_service_exposes_the_gateway_and_grpc(
     rendered: dict[tuple[str, str], Rendered],
 ) -> None:
     r = rendered["tandem-orchestrator", "defaults"]
@@ -546,7 +550,8 @@ def test_orchestrator_service_exposes_the_gateway(
 
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"] == [
-        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 9002, "targetPort": "grpc", "protocol": "TCP"},
     ]
     assert pod_labels.items() >= service["spec"]["selector"].items()
     assert r.one("PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
@@ -561,6 +566,27 @@ def test_orchestrator_notes_say_how_to_reach_the_endpoint(
     assert f"kubectl -n {NAMESPACE} port-forward svc/{name} 8000:8000" in notes
     assert "curl -s http://127.0.0.1:8000/v1/chat/completions" in notes
     assert f"http://{name}.{NAMESPACE}.svc:8000/v1" in notes
+    assert f"{name}.{NAMESPACE}.svc:9002" in notes
+
+
+def test_grpc_port_value_moves_the_server_the_container_and_the_service_port(
+    charts: dict[str, helm_python.Chart],
+) -> None:
+    values = {**REQUIRED["tandem-orchestrator"], "grpc": {"port": 9100}}
+    files = charts["tandem-orchestrator"].render(values, name=RELEASE, namespace=NAMESPACE)
+    r = Rendered("tandem-orchestrator", "grpc-port", values, {k: v for k, v in files.items() if v})
+
+    config = parse_orchestrator_config(
+        yaml.safe_load(r.one("ConfigMap")["data"]["orchestrator.yaml"])
+    )
+
+    assert (config.grpc.enabled, config.grpc.port) == (True, 9100)
+    assert {"name": "grpc", "containerPort": 9100, "protocol": "TCP"} in r.container(
+        "orchestrator"
+    )["ports"]
+    assert {"name": "grpc", "port": 9100, "targetPort": "grpc", "protocol": "TCP"} in r.one(
+        "Service"
+    )["spec"]["ports"]
 
 
 def test_inference_pool_selects_the_decode_sidecars(
@@ -577,13 +603,26 @@ def test_inference_pool_selects_the_decode_sidecars(
         "targetPorts": [{"number": 8000}],
         "endpointPickerRef": {
             "kind": "Service",
-            "name": "tandem-epp",
+            "name": f"{RELEASE}-orchestrator",  # this orchestrator's ext_proc picker
             "port": {"number": 9002},
             "failureMode": "FailClose",
         },
     }
+    orchestrator = rendered["tandem-orchestrator", "inference-pool"]
+    assert orchestrator.one("Service")["metadata"]["name"] == f"{RELEASE}-orchestrator"
+    assert {"name": "grpc", "port": 9002, "targetPort": "grpc", "protocol": "TCP"} in (
+        orchestrator.one("Service")["spec"]["ports"]
+    )
     assert decode_labels.items() >= pool["spec"]["selector"]["matchLabels"].items()
     assert decode.container("sidecar", init=True)["ports"][0]["containerPort"] == 8000
+
+
+def test_inference_pool_can_name_another_picker(
+    rendered: dict[tuple[str, str], Rendered],
+) -> None:
+    pool = rendered["tandem-orchestrator", "inference-pool-elsewhere"].one("InferencePool")
+    assert pool["spec"]["endpointPickerRef"]["name"] == "tandem-epp"
+    assert pool["spec"]["endpointPickerRef"]["port"] == {"number": 9100}  # grpc.port
 
 
 def test_inference_pool_is_off_by_default(rendered: dict[tuple[str, str], Rendered]) -> None:
@@ -606,7 +645,13 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     *[(f"tandem-{role}", {"kv": {"leaseDurtion": 5}}, "'leaseDurtion'") for role in ROLES],
     ("tandem-decode", {"sidecar": {"image": "x"}}, "'image'"),
     ("tandem-orchestrator", {"service": {"type": "Ingress"}}, "/service/type"),
-    ("tandem-orchestrator", {"inferencePool": {"enabled": True}}, "/endpointPicker/service"),
+    ("tandem-orchestrator", {"grpc": {"port": 0}}, "/grpc/port"),
+    ("tandem-orchestrator", {"grpc": {"enabled": False}}, "additional properties 'enabled'"),
+    (
+        "tandem-orchestrator",
+        {"inferencePool": {"enabled": True, "endpointPicker": {"port": -1}}},
+        "/endpointPicker/port",
+    ),
 ]
 
 

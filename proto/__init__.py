@@ -1,0 +1,1 @@
+"""tandem's gRPC API: the .proto sources and the Python stubs generated from them."""
