@@ -226,12 +226,11 @@ class VirtualCluster:
     # -- periodic work --------------------------------------------------------------------
 
     def _scrape(self, pod: VirtualPod) -> None:
-        pod.observe()
         engine = pod.engine
         metrics = EngineMetrics(
             waiting=engine.num_waiting,
             running=engine.num_running,
-            kv_usage=engine.kv_usage,
+            kv_usage=pod.kv_usage(),
             scraped_at=self.loop.now,
             block_size=engine.config.block_size,
             num_gpu_blocks=engine.config.num_gpu_blocks,

@@ -6,9 +6,10 @@ reads the engine starts are handed to the cluster, which times the transfer.
 
 While the engine only decodes a fixed set of requests (`Engine.steady_decode_ends`), the pod
 does not step one event at a time: it takes the whole run of steps up to the next finish or
-KV shortfall as one event, and applies the steps lazily: those started by now when the
-cluster reads the pod (`observe`, a scrape), and likewise before it hands the pod new work
-(`interrupt`), after which it steps normally again from the end of the step in progress. A
+KV shortfall as one event, and applies the steps lazily: those started by now before the
+cluster hands the pod new work (`interrupt`), after which it steps normally again from the
+end of the step in progress. A scrape reads the KV usage those steps give without applying
+them (`kv_usage`); what else it reads does not change during such a run. A
 step's effects are visible from its start, as when `Engine.step` applies a step at once, and
 every step runs at the time and with the batch it would have, so the records are those of
 step-by-step simulation.
@@ -94,7 +95,10 @@ class VirtualPod:
         self.wake()
 
     def wake(self) -> None:
-        """Step as soon as the previous step has ended, if there is work."""
+        """Step as soon as the previous step has ended, if there is work. Something changed
+        (blocks freed, KV arrived): a steady decode run in progress yields to normal steps,
+        which see the change."""
+        self.interrupt()
         if not self._stepping and self.engine.has_schedulable_work:
             self._stepping = True
             self.loop.at(self._last_end, self._step)
@@ -107,9 +111,17 @@ class VirtualPod:
             del self._streams[output.request_id]
         handler(output, times if times is not None else (self.loop.now,))
 
+    def kv_usage(self) -> float:
+        """The engine's KV usage now, counting the planned decode steps started by now
+        without applying them (a scrape reads it; the run goes on)."""
+        steady = self._steady
+        if steady is None:
+            return self.engine.kv_usage
+        return self.engine.steady_kv_usage(self._started(steady))
+
     def observe(self) -> None:
-        """Apply the planned decode steps that have started by now: the cluster is about to
-        read the engine's state (a scrape)."""
+        """Apply the planned decode steps that have started by now: their tokens reach the
+        clients (the run goes on)."""
         steady = self._steady
         if steady is not None:
             self._apply(steady, self._started(steady))

@@ -265,10 +265,9 @@ class Engine:
         not one. Any prefix of them can be applied with `decode_steps`."""
         scheduler = self.scheduler
         running = scheduler.running
-        if not running or len(running) > self.config.batching.max_num_batched_tokens:
+        budget = self.config.batching.max_num_batched_tokens - len(running)
+        if not running or budget < 0 or scheduler.may_admit(budget):
             return ()
-        if any(r.status is RequestStatus.WAITING for r in scheduler.waiting):
-            return ()  # the next step would admit it
         steps = max_steps
         context_sum = 0
         for request in running:
@@ -300,7 +299,7 @@ class Engine:
             if not self.scheduler.grow(request, steps):
                 raise RuntimeError(f"{request.request_id}: no KV blocks for a steady decode run")
             first = len(request.output_token_ids)
-            tokens = tuple(self._sample_at(request, first + i) for i in range(steps))
+            tokens = self._samples(request, first, steps)
             request.output_token_ids.extend(tokens)
             request.num_computed_tokens += steps
             assert request.last_token_time is not None
@@ -322,21 +321,26 @@ class Engine:
             limit = min(limit, max(request.eos_after, request.min_tokens))
         return limit - len(request.output_token_ids)
 
+    def steady_kv_usage(self, steps: int) -> float:
+        """`kv_usage` as it will read once `decode_steps` has applied `steps` steps."""
+        needed = self._blocks_for_steps(self.scheduler.running, steps)
+        return 1.0 - (self.pool.num_free_blocks - needed) / self.pool.capacity
+
+    def _blocks_for_steps(self, running: Sequence[EngineRequest], steps: int) -> int:
+        """New blocks the running requests take in `steps` decode steps."""
+        block_size = self.config.block_size
+        return sum(
+            max(0, -(-(r.num_computed_tokens + steps) // block_size) - len(r.blocks))
+            for r in running
+        )
+
     def _steps_with_free_blocks(self, running: Sequence[EngineRequest], steps: int) -> int:
         """The most steps, up to `steps`, whose new blocks the pool has free now."""
-        block_size = self.config.block_size
         free = self.pool.num_free_blocks
-
-        def needed(count: int) -> int:
-            return sum(
-                max(0, -(-(r.num_computed_tokens + count) // block_size) - len(r.blocks))
-                for r in running
-            )
-
         low, high = 0, max(steps, 0)
         while low < high:
             middle = (low + high + 1) // 2
-            if needed(middle) <= free:
+            if self._blocks_for_steps(running, middle) <= free:
                 low = middle
             else:
                 high = middle - 1
@@ -494,6 +498,17 @@ class Engine:
 
     def _sample(self, request: EngineRequest) -> int:
         return self._sample_at(request, len(request.output_token_ids))
+
+    def _samples(self, request: EngineRequest, first: int, count: int) -> tuple[int, ...]:
+        """`_sample_at` for positions first .. first + count - 1."""
+        self._sample_at(request, first)  # sets the request's seed
+        seed, vocab, mask = request.sample_seed, self.config.sample_vocab_size, 2**64 - 1
+        assert seed is not None
+        base = seed * 6364136223846793005
+        return tuple(
+            (((base + position * 1442695040888963407) & mask) >> 33) % vocab
+            for position in range(first, first + count)
+        )
 
     def _sample_at(self, request: EngineRequest, position: int) -> int:
         """A deterministic 'sampled' token: a function of the prompt and the position."""

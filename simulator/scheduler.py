@@ -137,14 +137,41 @@ class BatchScheduler:
         limit = (request.num_tokens - 1) // self.config.block_size
         return self.pool.longest_cached_prefix(request.block_hashes[:limit])
 
-    def _take_blocks(self, request: EngineRequest, hits: list[KVBlock], total_tokens: int) -> bool:
-        """Reserve cached `hits` plus new blocks so `request` covers `total_tokens` tokens."""
+    def may_admit(self, budget: int) -> bool:
+        """Whether a pass with `budget` tokens left after the running requests would admit a
+        waiting request — or, as far as this can tell, one that does no more than grow the
+        running requests' blocks could. A head that does not fit now stays out while the
+        pool's free blocks only shrink: taking a free block leaves it short by as much or
+        more, whether or not that block was one of its cached hits."""
+        if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
+            return False
+        for request in self.waiting:
+            if request.status is RequestStatus.WAITING_FOR_REMOTE_KV:
+                continue  # skipped, as `_schedule_waiting` does
+            remaining = request.num_tokens - request.num_computed_tokens
+            threshold = self.config.long_prefill_token_threshold
+            if remaining > budget or 0 < threshold < remaining:
+                return True  # a partial chunk: its size depends on hits; do not reason
+            hits = self._cached_prefix(request)
+            return self._fits(request, hits, request.num_tokens)
+        return False
+
+    def _fits(self, request: EngineRequest, hits: list[KVBlock], total_tokens: int) -> bool:
+        """Whether the pool can give `request` cached `hits` plus new blocks for
+        `total_tokens` tokens."""
         to_allocate = (
             _blocks_needed(total_tokens, self.config.block_size) - len(request.blocks) - len(hits)
         )
         evictable_hits = sum(1 for block in hits if block.ref_cnt == 0)
-        if max(to_allocate, 0) > self.pool.num_free_blocks - evictable_hits:
+        return max(to_allocate, 0) <= self.pool.num_free_blocks - evictable_hits
+
+    def _take_blocks(self, request: EngineRequest, hits: list[KVBlock], total_tokens: int) -> bool:
+        """Reserve cached `hits` plus new blocks so `request` covers `total_tokens` tokens."""
+        if not self._fits(request, hits, total_tokens):
             return False
+        to_allocate = (
+            _blocks_needed(total_tokens, self.config.block_size) - len(request.blocks) - len(hits)
+        )
         self.pool.touch(hits)
         new_blocks = self.pool.allocate(max(to_allocate, 0)) or []
         request.blocks.extend(hits)
