@@ -12,6 +12,10 @@ on simulated pods.
   only sets the group weights (all equal here).
 * `random`: every request's prompt is unique.
 
+With a prompt pool (`build_requests(..., prompt_pool=True)`) requests instead cycle, in a
+seeded shuffled order, through a fixed set of prompts — `num_groups` x `prompts_per_group`
+(or `num_prompts`) — as inference-perf's generators do, so whole prompts repeat.
+
 Prompt texts are made when a request is sent (`PromptSet.text`), from the request's own
 seed, so even the 16-GPU ladder (17k requests of 7,200 tokens) needs no gigabytes up front.
 """
@@ -42,6 +46,8 @@ class BenchRequest:
     """Position in the run; seeds the request's own text."""
     max_tokens: int
     group: int | None = None
+    prompt_slot: int | None = None
+    """Which prompt of the workload's fixed pool it repeats; None: a question of its own."""
 
 
 def _word_ids(rng: random.Random, num_tokens: int) -> list[int]:
@@ -125,7 +131,12 @@ class PromptSet:
 
     def text_and_ids(self, request: BenchRequest) -> tuple[str, list[int]]:
         """The prompt and the ids the synthetic tokenizer gives it (one per word)."""
-        ids = _word_ids(random.Random(f"{self.seed}:request:{request.index}"), self.own_tokens)
+        own_seed = (
+            f"{self.seed}:request:{request.index}"
+            if request.prompt_slot is None
+            else f"{self.seed}:prompt:{request.prompt_slot}"
+        )
+        ids = _word_ids(random.Random(own_seed), self.own_tokens)
         own = _words(ids)
         if request.group is None:
             return own, ids
@@ -158,16 +169,27 @@ def _arrivals(rng: random.Random, stage: Stage, start: float) -> list[float]:
 
 
 def build_requests(
-    workload: Workload, prompts: PromptSet, stages: list[tuple[int, Stage]]
+    workload: Workload,
+    prompts: PromptSet,
+    stages: list[tuple[int, Stage]],
+    *,
+    prompt_pool: bool = False,
 ) -> list[BenchRequest]:
-    """Poisson arrivals per stage, one after the other; each request drawn a group."""
+    """Poisson arrivals per stage, one after the other; each request drawn a group, or with
+    `prompt_pool` the next prompt of the pool's shuffled cycle (the same arrival times)."""
     rng = random.Random(f"{workload.data.seed}:arrivals")
     groups = len(prompts.system_prompts)
+    pool = _prompt_pool(workload) if prompt_pool else None
     requests: list[BenchRequest] = []
     start = 0.0
     for stage_index, stage in stages:
         for arrival in _arrivals(rng, stage, start):
+            # Drawn in either mode, so that arrival times do not depend on the mode.
             group = rng.randrange(groups) if groups else None
+            slot = None
+            if pool is not None:
+                slot = pool[len(requests) % len(pool)]
+                group = _slot_group(workload, slot)
             requests.append(
                 BenchRequest(
                     request_id=f"{workload.name}-{len(requests):06d}",
@@ -176,10 +198,31 @@ def build_requests(
                     index=len(requests),
                     max_tokens=workload.data.output_len,
                     group=group,
+                    prompt_slot=slot,
                 )
             )
         start += stage.duration
     return requests
+
+
+def _prompt_pool(workload: Workload) -> list[int]:
+    """The pool's prompt slots in the order requests cycle through them: shuffled once, as
+    inference-perf shuffles its pre-generated prompts (kubernetes-sigs/inference-perf:
+    inference_perf/datagen/shared_prefix_datagen.py, `load_lazy_data` takes index % count)."""
+    data = workload.data
+    size = (
+        data.num_groups * data.prompts_per_group
+        if isinstance(data, SharedPrefixData)
+        else data.num_prompts
+    )
+    slots = list(range(size))
+    random.Random(f"{data.seed}:prompt-pool").shuffle(slots)
+    return slots
+
+
+def _slot_group(workload: Workload, slot: int) -> int | None:
+    data = workload.data
+    return slot // data.prompts_per_group if isinstance(data, SharedPrefixData) else None
 
 
 def stage_starts(stages: Sequence[tuple[int, Stage]]) -> dict[int, float]:

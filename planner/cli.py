@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from planner.harness import HARNESSES
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -39,10 +41,11 @@ def add_parser(subparsers: Any) -> None:
         "--jobs", type=int, default=1, help="runs simulated at a time, one process each"
     )
     parser.add_argument(
-        "--isolated-stages", action="store_true",
+        "--harness", choices=sorted(HARNESSES), default="tandem",
         help=(
-            "start each stage only when the previous one has drained, as inference-perf "
-            "runs a ladder (how the published llm-d figures were measured)"
+            "how load is offered: as tandem bench does, or as inference-perf does (each stage "
+            "after the previous one drained, prompts repeating from a fixed pool; the harness "
+            "of the published llm-d figures)"
         ),
     )  # fmt: skip
     parser.add_argument("--output", default="results/plan", help="folder for the results")
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                     thresholds=thresholds,
                     quick=args.quick,
                     jobs=max(1, args.jobs),
-                    isolated_stages=args.isolated_stages,
+                    harness=args.harness,
                 ),
                 on_start=started,
                 on_done=lambda _: progress.advance(next(reversed(tasks.values()))[0]),

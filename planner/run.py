@@ -28,6 +28,7 @@ from bench.workload import ClusterShape, Workload
 from orchestrator.config import OrchestratorConfigError, load_scheduler
 from orchestrator.scheduling.config import EndpointPickerConfig
 from planner.cluster import PathModel, VirtualCluster
+from planner.harness import HARNESSES
 from simulator.profiles import get_profile
 
 DECIDER_TYPE = "prefix-based-pd-decider"
@@ -52,9 +53,8 @@ class PlanOptions:
     quick: bool = False
     jobs: int = 1
     """Runs simulated at a time, each in its own process."""
-    isolated_stages: bool = False
-    """Run each stage only after the previous one has drained, as inference-perf runs a
-    ladder (the published llm-d figures were measured so); else stages follow each other."""
+    harness: str = "tandem"
+    """How the load is offered (`HARNESSES`): `tandem bench`'s way, or inference-perf's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +207,7 @@ def _simulate(
         path=options.path, seed=options.seed, on_done=on_done,
     )  # fmt: skip
     starts = None
-    if options.isolated_stages:
+    if options.harness == "inference-perf":
         starts = stage_starts(schedule(workload, quick=options.quick))
     records = cluster.run(requests, stage_starts=starts)
     return _Outcome(records, _utilization_note(cluster), time.perf_counter() - started)
@@ -217,11 +217,16 @@ def _label(job: _Job) -> str:
     return f"{job.cluster} / {job.label}"
 
 
+def _requests(options: PlanOptions, prompts: PromptSet) -> list[BenchRequest]:
+    stages = schedule(options.workload, quick=options.quick)
+    pool = options.harness == "inference-perf"
+    return build_requests(options.workload, prompts, stages, prompt_pool=pool)
+
+
 def _simulate_in_worker(options: PlanOptions, job: _Job) -> _Outcome:
     """One run in a worker process: the requests are rebuilt there (they are deterministic)."""
     prompts = build_prompts(options.workload)
-    stages = schedule(options.workload, quick=options.quick)
-    return _simulate(options, job, build_requests(options.workload, prompts, stages), prompts)
+    return _simulate(options, job, _requests(options, prompts), prompts)
 
 
 def run_plan(
@@ -237,7 +242,7 @@ def run_plan(
     workload = options.workload
     prompts = build_prompts(workload)
     stages = schedule(workload, quick=options.quick)
-    requests = build_requests(workload, prompts, stages)
+    requests = _requests(options, prompts)
     gpus_per_pod = get_profile(workload.engine_profile).tensor_parallel_size
     jobs = [
         _Job(name, shape, label, config)
@@ -290,7 +295,7 @@ def run_plan(
         slo=SloTargets(workload.slo.ttft_ms, workload.slo.itl_ms),
         reference={k: v.model_dump(exclude_none=True) for k, v in workload.reference.items()},
         runs=runs,
-        metadata={**_path_metadata(options.path), **_stage_metadata(options)},
+        metadata={**_path_metadata(options.path), **_harness_metadata(options)},
     )
     recommendation = recommend(runs)
     lead = ["## Recommendation\n\n" + (recommendation.sentence() if recommendation else "none")]
@@ -311,12 +316,5 @@ def _path_metadata(path: PathModel) -> dict[str, str]:
     }
 
 
-def _stage_metadata(options: PlanOptions) -> dict[str, str]:
-    if options.isolated_stages:
-        text = (
-            "isolated, as inference-perf runs a ladder: each stage starts when every request "
-            "of the previous one has ended"
-        )
-    else:
-        text = "continuous: each stage follows the previous one, whatever is still in flight"
-    return {"Stages": text}
+def _harness_metadata(options: PlanOptions) -> dict[str, str]:
+    return {"Load harness": f"`{options.harness}`, {HARNESSES[options.harness]}"}

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from bench.generate import build_prompts, build_requests, schedule
-from bench.workload import WORKLOAD_DIR, WorkloadError, load_workload
+from bench.workload import WORKLOAD_DIR, SharedPrefixData, WorkloadError, load_workload
 from simulator.tokenizer import SyntheticTokenizer
 
 SHIPPED = sorted(p.stem for p in WORKLOAD_DIR.glob("*.yaml"))
@@ -173,3 +173,26 @@ def test_bulk_word_draws_equal_the_loop_and_leave_the_generator_where_it_would(
 
         assert _word_ids(bulk, num_tokens) == expected
         assert bulk.getstate() == loop.getstate()  # later draws continue identically
+
+
+def test_a_prompt_pool_repeats_whole_prompts_in_a_shuffled_cycle() -> None:
+    workload = load_workload("shared-prefix-small")
+    prompts = build_prompts(workload)
+    stages = schedule(workload)
+    own = build_requests(workload, prompts, stages)
+    pooled = build_requests(workload, prompts, stages, prompt_pool=True)
+    data = workload.data
+    assert isinstance(data, SharedPrefixData)
+    size = data.num_groups * data.prompts_per_group
+
+    assert [r.arrival_s for r in pooled] == [r.arrival_s for r in own]  # same offered load
+    first_cycle = [r.prompt_slot for r in pooled[:size]]
+    assert sorted(first_cycle) == list(range(size))  # every prompt once per cycle
+    assert first_cycle != sorted(first_cycle)  # in a shuffled order
+    assert [r.prompt_slot for r in pooled[size : 2 * size]] == first_cycle
+    for request in pooled[:size]:
+        assert request.prompt_slot is not None
+        assert request.group == request.prompt_slot // data.prompts_per_group
+    again = next(r for r in pooled[size:] if r.prompt_slot == pooled[0].prompt_slot)
+    assert prompts.text(again) == prompts.text(pooled[0])  # the whole prompt repeats
+    assert prompts.text(own[0]) != prompts.text(own[size])  # without a pool it does not

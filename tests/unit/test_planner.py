@@ -276,6 +276,26 @@ def test_tandem_plan_writes_results_and_recommends(
     assert "# tandem plan: tiny" in (folder / "report.md").read_text()
 
 
+def test_the_inference_perf_harness_isolates_stages_and_repeats_prompts(tmp_path: Path) -> None:
+    workload = load_workload(str(TINY))
+    options = PlanOptions(
+        workload=workload, policies=("tandem",), clusters=("aggregated-2",),
+        output=tmp_path, harness="inference-perf",
+    )  # fmt: skip
+
+    plan = run_plan(options)
+
+    records = sorted(plan.results.runs[0].records, key=lambda r: r.sent_s)
+    first_stage = [r for r in records if r.stage == 0]
+    second_stage = [r for r in records if r.stage == 1]
+    first_end = max(r.sent_s + (r.e2e_s or 0.0) for r in first_stage)
+    assert min(r.sent_s for r in second_stage) >= first_end + STAGE_LEAD_S
+    # 3 groups x 2 prompts: later requests find their whole prompt cached
+    repeats = [r for r in records[6:] if r.cached_tokens]
+    assert any(r.cached_tokens and r.cached_tokens > 600 for r in repeats)
+    assert "`inference-perf`" in (tmp_path / "report.md").read_text()
+
+
 def test_tandem_plan_refuses_a_split_of_other_gpus(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
