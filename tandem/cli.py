@@ -147,8 +147,8 @@ def _add_orchestrator_parser(subparsers: Any) -> None:
     parser.add_argument("--port", type=int, help="listen port (overrides gateway.port)")
     parser.add_argument(
         "--grpc-port", type=int,
-        help="serve the gRPC Pick API and health on this port, on grpc.host (enables grpc; "
-        "overrides grpc.port)",
+        help="serve gRPC (Pick API, Envoy ext_proc endpoint picker, health) on this port, "
+        "on grpc.host (enables grpc; overrides grpc.port)",
     )  # fmt: skip
     parser.add_argument("--log-level", default="info")
     parser.set_defaults(handler=_run_orchestrator)
