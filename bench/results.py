@@ -121,8 +121,10 @@ class ResultsFormatError(ValueError):
     """results.json is not a file this version wrote."""
 
 
-def write_results(path: Path, results: BenchResults) -> None:
-    """results.json: metadata, per-stage summaries and every raw request record."""
+def write_results(path: Path, results: BenchResults, *, token_gaps: bool = True) -> None:
+    """results.json: metadata, per-stage summaries and every raw request record. Without
+    `token_gaps` the records leave out their inter-token gaps (`itl_s` is empty; the stage
+    summaries were computed with them): a simulated 16-GPU ladder has 17 million of them."""
     document = {
         "format": RESULTS_FORMAT,
         "workload": results.workload,
@@ -135,7 +137,7 @@ def write_results(path: Path, results: BenchResults) -> None:
         "policies": results.policies,
         "definitions": results.definitions,
         "metadata": results.metadata,
-        "runs": [_run_document(run) for run in results.runs],
+        "runs": [_run_document(run, token_gaps) for run in results.runs],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, separators=(",", ":"), ensure_ascii=False) + "\n")
@@ -162,7 +164,7 @@ def load_results(path: Path) -> BenchResults:
         raise ResultsFormatError(f"{path}: malformed results: {exc!r}") from None
 
 
-def _run_document(run: RunResult) -> dict[str, Any]:
+def _run_document(run: RunResult, token_gaps: bool) -> dict[str, Any]:
     return {
         "cluster": run.cluster,
         "shape": run.shape,
@@ -173,16 +175,19 @@ def _run_document(run: RunResult) -> dict[str, Any]:
         "notes": run.notes,
         "machine_limited_stages": run.machine_limited_stages,
         "stages": [asdict(stage) for stage in run.stages],
-        "records": [_record_document(record) for record in run.records],
+        "records": [_record_document(record, token_gaps) for record in run.records],
     }
 
 
 _RECORD_FIELDS = tuple(f.name for f in fields(RequestRecord))
 
 
-def _record_document(record: RequestRecord) -> dict[str, Any]:
+def _record_document(record: RequestRecord, token_gaps: bool) -> dict[str, Any]:
     """A record's fields (`asdict` without its deep copy: a run holds millions of gaps)."""
-    return {name: getattr(record, name) for name in _RECORD_FIELDS}
+    document = {name: getattr(record, name) for name in _RECORD_FIELDS}
+    if not token_gaps:
+        document["itl_s"] = []
+    return document
 
 
 def _run_from(document: dict[str, Any]) -> RunResult:

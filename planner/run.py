@@ -300,7 +300,7 @@ def run_plan(
     recommendation = recommend(runs)
     lead = ["## Recommendation\n\n" + (recommendation.sentence() if recommendation else "none")]
     options.output.mkdir(parents=True, exist_ok=True)
-    write_results(options.output / "results.json", results)
+    write_results(options.output / "results.json", results, token_gaps=False)
     write_markdown(options.output / "report.md", results, title="tandem plan", lead=lead)
     write_plots(options.output, results)
     return PlanResults(results, recommendation, seconds)
@@ -317,4 +317,7 @@ def _path_metadata(path: PathModel) -> dict[str, str]:
 
 
 def _harness_metadata(options: PlanOptions) -> dict[str, str]:
-    return {"Load harness": f"`{options.harness}`, {HARNESSES[options.harness]}"}
+    return {
+        "Load harness": f"`{options.harness}`, {HARNESSES[options.harness]}",
+        "Records": "results.json keeps every request's record without its inter-token gaps",
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -127,6 +128,19 @@ def test_results_json_round_trips(tmp_path: Path, results: BenchResults) -> None
     assert document["policies"] == ["round-robin", "tandem"]
     assert len(document["runs"][0]["records"]) == 30
     assert "SLO attainment" in document["definitions"]
+
+
+def test_results_json_can_leave_out_the_token_gaps(tmp_path: Path, results: BenchResults) -> None:
+    path = tmp_path / "results.json"
+    write_results(path, results, token_gaps=False)
+    loaded = load_results(path)
+
+    kept = [record for run in results.runs for record in run.records]
+    read = [record for run in loaded.runs for record in run.records]
+    assert any(record.itl_s for record in kept)
+    assert all(record.itl_s == [] for record in read)
+    assert [dataclasses.replace(r, itl_s=[]) for r in kept] == read
+    assert [run.stages for run in loaded.runs] == [run.stages for run in results.runs]
 
 
 def test_load_results_rejects_other_files(tmp_path: Path) -> None:
