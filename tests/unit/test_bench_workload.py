@@ -186,10 +186,11 @@ def test_a_prompt_pool_repeats_whole_prompts_in_a_shuffled_cycle() -> None:
     size = data.num_groups * data.prompts_per_group
 
     assert [r.arrival_s for r in pooled] == [r.arrival_s for r in own]  # same offered load
-    first_cycle = [r.prompt_slot for r in pooled[:size]]
+    first_cycle = [r.prompt_slot or 0 for r in pooled[:size]]
+    assert all(r.prompt_slot is not None for r in pooled)
     assert sorted(first_cycle) == list(range(size))  # every prompt once per cycle
     assert first_cycle != sorted(first_cycle)  # in a shuffled order
-    assert [r.prompt_slot for r in pooled[size : 2 * size]] == first_cycle
+    assert [r.prompt_slot or 0 for r in pooled[size : 2 * size]] == first_cycle
     for request in pooled[:size]:
         assert request.prompt_slot is not None
         assert request.group == request.prompt_slot // data.prompts_per_group
