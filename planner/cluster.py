@@ -210,7 +210,9 @@ class VirtualCluster:
         for request in requests:
             self.loop.at(request.arrival_s + offset_s, self._arrive, request, offset_s)
         last = max((r.arrival_s for r in requests), default=0.0) + offset_s
-        self.loop.run(until=last + drain_limit_s)
+        # Stop when the last request ends: periodic work still queued then (a heartbeat due
+        # seconds later) must not hold back the next stage's first arrivals.
+        self.loop.run(until=last + drain_limit_s, done=lambda: self._pending == 0)
         for pod in self.pods.values():
             pod.observe()  # tokens of the steps under way reach their records
         for flight in list(self._in_flight.values()):

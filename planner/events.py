@@ -26,9 +26,9 @@ class EventLoop:
     def clock(self) -> float:
         return self.now
 
-    def run(self, until: float | None = None) -> None:
-        """Process events until none are left, or until the next is later than `until`; then
-        the clock reads `until`."""
+    def run(self, until: float | None = None, done: Callable[[], bool] | None = None) -> None:
+        """Process events until none are left, until `done()` holds after an event, or until
+        the next is later than `until` (then the clock reads `until`)."""
         queue = self._queue
         while queue:
             if until is not None and queue[0][0] > until:
@@ -37,3 +37,5 @@ class EventLoop:
             when, _, callback, args = heapq.heappop(queue)
             self.now = when
             callback(*args)
+            if done is not None and done():
+                return
