@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.generate import schedule
 from bench.records import StageSummary
 from bench.results import BenchResults, RunResult
 from bench.workload import Workload
@@ -97,10 +98,22 @@ def replay(
             policies=tuple(live.policies),
             clusters=tuple(live.clusters),
             output=output,
+            quick=ran_quick(live, workload),
             path=(path or PathModel(scrape_interval_s=LOCAL_SCRAPE_INTERVAL_S)).scaled(
                 live.time_scale
             ),
         )
+    )
+
+
+def ran_quick(live: BenchResults, workload: Workload) -> bool:
+    """Whether the live run was a `--quick` one: its stages are those quick mode picks."""
+    quick = {index: stage.duration for index, stage in schedule(workload, quick=True)}
+    ran = {s.stage: s.duration_s for run in live.runs for s in run.stages}
+    return (
+        bool(ran)
+        and ran == quick
+        and quick != dict(enumerate(stage.duration for stage in workload.load.stages))
     )
 
 

@@ -461,3 +461,26 @@ def test_steady_decode_runs_give_the_records_of_step_by_step_simulation(
     assert steady_steps == 0
     assert run(fast_forward=True) == (stepped, preemptions, tokens)
     assert steady_steps > 0  # and steady decode runs were taken
+
+
+def test_a_quick_live_run_is_replayed_quick() -> None:
+    from bench.results import BenchResults, SloTargets
+    from planner.compare import ran_quick
+
+    workload = load_workload("shared-prefix-small")
+    none = Percentiles(None, None, None, None)
+
+    def summary(index: int, duration: float) -> StageSummary:
+        return StageSummary(index, 5.0, duration, 1, 1, 1.0, 1, 1, 1, 1, none, none, none, 1.0,
+                            None, 0.0, False)  # fmt: skip
+
+    def live(stages: list[tuple[int, float]]) -> BenchResults:
+        summaries = [summary(index, duration) for index, duration in stages]
+        run = RunResult("aggregated-8", {"both": 8}, "tandem", 8, summaries, [], 0.0)
+        return BenchResults("w", "m", 6.0, None, SloTargets(1, 1), runs=[run])
+
+    quick = [(index, stage.duration) for index, stage in schedule(workload, quick=True)]
+    full = [(index, stage.duration) for index, stage in enumerate(workload.load.stages)]
+
+    assert ran_quick(live(quick), workload)
+    assert not ran_quick(live(full), workload)
