@@ -34,19 +34,13 @@ from orchestrator.scheduling.plugins.session_affinity_scorer import (
     SESSION_TOKEN_HEADER,
     encode_session_token,
 )
-from orchestrator.scheduling.types import ROLE_LABEL, Endpoint, EngineMetrics
+from orchestrator.scheduling.types import Endpoint, EngineMetrics
 from simulator.tokenizer import SYNTHETIC_WORDS
+from tests.support.endpoints import pool
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 NOW = 100.0
 TANDEM = yaml.safe_load((CONFIG_DIR / "tandem.yaml").read_text())
-
-
-def pool(role: str, count: int, subnet: int) -> list[Endpoint]:
-    return [
-        Endpoint(f"{role}-{i}", f"10.0.{subnet}.{i + 1}", 8000, {ROLE_LABEL: role})
-        for i in range(count)
-    ]
 
 
 PREFILL = pool("prefill", 2, 1)

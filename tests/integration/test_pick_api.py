@@ -24,9 +24,10 @@ from orchestrator.grpc_server import start_grpc_server
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.router import Router
 from orchestrator.scheduling.config import build_scheduler
-from orchestrator.scheduling.types import ROLE_LABEL, Endpoint, EngineMetrics
+from orchestrator.scheduling.types import Endpoint, EngineMetrics
 from proto.tandem.v1 import pick_pb2, pick_pb2_grpc
 from simulator.tokenizer import SYNTHETIC_WORDS
+from tests.support.endpoints import pool
 from tests.support.fakes import Recorder, fake_model_server, recording_server
 from tests.support.processes import REPO_ROOT, TANDEM
 from tests.support.servers import free_port, serve, wait_until
@@ -42,13 +43,6 @@ def words(count: int, offset: int = 0) -> str:
 
 LONG = words(3000)  # far above the decider's 256 uncached tokens
 SHORT = "How far is the moon?"
-
-
-def pool(role: str, count: int, subnet: int) -> list[Endpoint]:
-    return [
-        Endpoint(f"{role}-{i}", f"10.0.{subnet}.{i + 1}", 8000, {ROLE_LABEL: role})
-        for i in range(count)
-    ]
 
 
 PREFILL = pool("prefill", 2, 1)
