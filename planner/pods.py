@@ -5,14 +5,14 @@ end, delivers the outputs and steps again; here the sleep is an event at the ste
 reads the engine starts are handed to the cluster, which times the transfer.
 
 While the engine only decodes a fixed set of requests (`Engine.steady_decode_ends`), the pod
-does not step one event at a time: it takes the whole run of steps up to the next finish or
-KV shortfall as one event, and applies the steps lazily: those started by now before the
-cluster hands the pod new work (`interrupt`), after which it steps normally again from the
-end of the step in progress. A scrape reads the KV usage those steps give without applying
-them (`kv_usage`); what else it reads does not change during such a run. A
-step's effects are visible from its start, as when `Engine.step` applies a step at once, and
-every step runs at the time and with the batch it would have, so the records are those of
-step-by-step simulation.
+does not step one event at a time: it plans the whole run of steps up to the next finish or
+KV shortfall as one event and applies them lazily. When the cluster hands the pod new work
+(`interrupt`: a request, KV that arrived, freed blocks) the steps started by then are applied
+and the pod steps normally from the end of the one in progress; a scrape reads the KV usage
+the started steps give without applying them (`kv_usage`; nothing else it reads changes
+during such a run). As with `Engine.step`, a step's effects count from its start, and every
+step runs at the time and with the batch it would have stepping one by one, so the records
+are the same (a test holds them equal).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ class _SteadyRun:
 
     start: float
     ends: tuple[float, ...]
-    epoch: int
 
 
 @dataclass(eq=False)
@@ -174,7 +173,7 @@ class VirtualPod:
         if self.fast_forward:
             ends = self.engine.steady_decode_ends(now, MAX_STEADY_STEPS)
             if len(ends) > 1:
-                self._steady = _SteadyRun(now, ends, self._epoch)
+                self._steady = _SteadyRun(now, ends)
                 self.loop.at(ends[-1], self._steady_ended, self._epoch)
                 return
         result = self.engine.step(now)

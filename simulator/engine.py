@@ -501,10 +501,8 @@ class Engine:
 
     def _samples(self, request: EngineRequest, first: int, count: int) -> tuple[int, ...]:
         """`_sample_at` for positions first .. first + count - 1."""
-        self._sample_at(request, first)  # sets the request's seed
-        seed, vocab, mask = request.sample_seed, self.config.sample_vocab_size, 2**64 - 1
-        assert seed is not None
-        base = seed * 6364136223846793005
+        base = self._sample_seed(request) * 6364136223846793005
+        vocab, mask = self.config.sample_vocab_size, 2**64 - 1
         return tuple(
             (((base + position * 1442695040888963407) & mask) >> 33) % vocab
             for position in range(first, first + count)
@@ -512,9 +510,14 @@ class Engine:
 
     def _sample_at(self, request: EngineRequest, position: int) -> int:
         """A deterministic 'sampled' token: a function of the prompt and the position."""
+        seed = self._sample_seed(request)
+        mixed = (seed * 6364136223846793005 + position * 1442695040888963407) & (2**64 - 1)
+        return (mixed >> 33) % self.config.sample_vocab_size
+
+    @staticmethod
+    def _sample_seed(request: EngineRequest) -> int:
         seed = request.sample_seed
         if seed is None:
             tail = (request.num_prompt_tokens, request.prompt_token_ids[-8:])
             seed = request.sample_seed = zlib.crc32(repr(tail).encode())
-        mixed = (seed * 6364136223846793005 + position * 1442695040888963407) & (2**64 - 1)
-        return (mixed >> 33) % self.config.sample_vocab_size
+        return seed

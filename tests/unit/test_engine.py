@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from simulator.engine import Engine
 from simulator.request import FinishReason, RequestStatus
 from tests.unit.engine_support import (
     STEP_S,
@@ -326,3 +327,35 @@ def test_kv_usage_tracks_blocks_in_use() -> None:
     assert engine.kv_usage == pytest.approx(2 / 10)
     run_until_idle(engine, now=STEP_S)
     assert engine.kv_usage == 0.0
+
+
+def test_a_steady_decode_run_applies_what_single_steps_would() -> None:
+    def engine_with_two_decoding() -> Engine:
+        engine = make_engine(num_gpu_blocks=40)
+        engine.add_request(make_request("a", list(range(10)), max_tokens=30))
+        engine.add_request(make_request("b", list(range(20, 26)), max_tokens=12))
+        engine.step(0.0)  # both prefill and sample their first token
+        return engine
+
+    stepped, planned = engine_with_two_decoding(), engine_with_two_decoding()
+    ends = planned.steady_decode_ends(STEP_S, max_steps=100)
+    assert len(ends) == 10  # b finishes at its 12th token: that step runs normally
+
+    clock = STEP_S
+    for _ in ends:
+        clock = stepped.step(clock).end
+    outputs = planned.decode_steps(ends)
+
+    for request_id in ("a", "b"):
+        stepped_request = stepped.request(request_id)
+        planned_request = planned.request(request_id)
+        assert stepped_request is not None
+        assert planned_request is not None
+        assert planned_request.output_token_ids == stepped_request.output_token_ids
+        assert len(planned_request.blocks) == len(stepped_request.blocks)
+        assert planned_request.last_token_time == pytest.approx(clock)
+    assert [len(out.new_token_ids) for out in outputs] == [10, 10]
+    assert planned.kv_usage == stepped.kv_usage
+    assert planned.stats.generation_tokens == stepped.stats.generation_tokens
+    assert planned.stats.inter_token_latency.count == stepped.stats.inter_token_latency.count
+    assert planned.steady_decode_ends(clock, max_steps=100) == ()  # the finishing step is next
