@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +57,17 @@ def write_workload(folder: Path, profile: str, body: str) -> Workload:
     return load_workload(str(path))
 
 
+def virtual_cluster(
+    workload: Workload, cluster: str, profile: str, policy: str = "tandem", **options: Any
+) -> VirtualCluster:
+    """The workload's `cluster` in virtual time, scheduled by a shipped policy."""
+    config = load_config_file(CONFIGS / f"{policy}.yaml")
+    shape = workload.clusters[cluster]
+    return VirtualCluster.build(
+        shape, profile, config, build_prompts(workload), workload.model, **options
+    )
+
+
 def test_one_pod_with_fixed_steps_gives_the_hand_computed_latencies(
     tmp_path: Path, fixed_step: str
 ) -> None:
@@ -68,15 +80,11 @@ def test_one_pod_with_fixed_steps_gives_the_hand_computed_latencies(
         "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
         "slo: {ttft_ms: 100, itl_ms: 20}\n",
     )  # fmt: skip
-    prompts = build_prompts(workload)
     requests = [
         BenchRequest("a", 0, 0.5, 0, 5),
         BenchRequest("b", 0, 3.0, 1, 5),
     ]
-    cluster = VirtualCluster.build(
-        workload.clusters["one"], fixed_step, load_config_file(CONFIGS / "tandem.yaml"),
-        prompts, workload.model, path=NO_PATH,
-    )  # fmt: skip
+    cluster = virtual_cluster(workload, "one", fixed_step, path=NO_PATH)
 
     records = {r.request_id: r for r in cluster.run(requests)}
 
@@ -100,10 +108,9 @@ def test_hops_add_to_the_first_token_not_to_the_gaps(tmp_path: Path, fixed_step:
         "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
         "slo: {ttft_ms: 100, itl_ms: 20}\n",
     )  # fmt: skip
-    cluster = VirtualCluster.build(
-        workload.clusters["one"], fixed_step, load_config_file(CONFIGS / "round-robin.yaml"),
-        build_prompts(workload), workload.model, path=PathModel(gateway_s=0.002),
-    )  # fmt: skip
+    cluster = virtual_cluster(
+        workload, "one", fixed_step, "round-robin", path=PathModel(gateway_s=0.002)
+    )
 
     [record] = cluster.run([BenchRequest("a", 0, 1.0, 0, 3)])
 
@@ -121,10 +128,7 @@ def test_a_disaggregated_request_is_prefilled_remotely_and_its_kv_transferred(
         "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
         "slo: {ttft_ms: 100, itl_ms: 20}\n",
     )  # fmt: skip
-    cluster = VirtualCluster.build(
-        workload.clusters["pd"], fixed_step, load_config_file(CONFIGS / "tandem.yaml"),
-        build_prompts(workload), workload.model, path=NO_PATH,
-    )  # fmt: skip
+    cluster = virtual_cluster(workload, "pd", fixed_step, path=NO_PATH)
 
     [record] = cluster.run([BenchRequest("a", 0, 1.0, 0, 4)])
 
@@ -146,10 +150,7 @@ def test_the_same_seed_gives_the_same_records() -> None:
     requests = build_requests(workload, prompts, schedule(workload))
 
     def run() -> list[tuple[object, ...]]:
-        cluster = VirtualCluster.build(
-            workload.clusters["pd-1-1"], workload.engine_profile,
-            load_config_file(CONFIGS / "tandem.yaml"), prompts, workload.model, seed=7,
-        )  # fmt: skip
+        cluster = virtual_cluster(workload, "pd-1-1", workload.engine_profile, seed=7)
         return [
             (r.request_id, r.ttft_s, r.e2e_s, tuple(r.itl_s), r.cached_tokens, r.success)
             for r in cluster.run(requests)
@@ -362,10 +363,7 @@ def test_requests_still_open_at_the_drain_limit_fail_with_504(
         "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
         "slo: {ttft_ms: 100, itl_ms: 20}\n",
     )  # fmt: skip
-    cluster = VirtualCluster.build(
-        workload.clusters["one"], fixed_step, load_config_file(CONFIGS / "tandem.yaml"),
-        build_prompts(workload), workload.model, path=NO_PATH,
-    )  # fmt: skip
+    cluster = virtual_cluster(workload, "one", fixed_step, path=NO_PATH)
 
     [record] = cluster.run([BenchRequest("a", 0, 1.0, 0, 50)], drain_limit_s=0.1)
 
@@ -392,10 +390,7 @@ def test_isolated_stages_start_when_the_previous_stage_has_drained(
     requests = [BenchRequest("a", 0, 0.9, 0, 100), BenchRequest("b", 1, 1.2, 1, 100)]
 
     def run(starts: dict[int, float] | None) -> dict[str, RequestRecord]:
-        cluster = VirtualCluster.build(
-            workload.clusters["one"], fixed_step, load_config_file(CONFIGS / "tandem.yaml"),
-            build_prompts(workload), workload.model, path=NO_PATH,
-        )  # fmt: skip
+        cluster = virtual_cluster(workload, "one", fixed_step, path=NO_PATH)
         return {r.request_id: r for r in cluster.run(requests, stage_starts=starts)}
 
     continuous = run(None)
@@ -438,10 +433,7 @@ def test_steady_decode_runs_give_the_records_of_step_by_step_simulation(
 
     def run(fast_forward: bool) -> tuple[list[tuple[object, ...]], int, int]:
         nonlocal steady_steps
-        virtual = VirtualCluster.build(
-            workload.clusters[cluster], small_kv, load_config_file(CONFIGS / "tandem.yaml"),
-            prompts, workload.model, seed=3, fast_forward=fast_forward,
-        )  # fmt: skip
+        virtual = virtual_cluster(workload, cluster, small_kv, seed=3, fast_forward=fast_forward)
         records = virtual.run(requests, stage_starts=stage_starts(stages))
         engines = [pod.engine for pod in virtual.pods.values()]
         steady_steps = sum(pod.steady_steps for pod in virtual.pods.values())
