@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,7 +61,7 @@ from orchestrator.config import OrchestratorConfig
 from orchestrator.errors import GatewayError, error_body
 from orchestrator.gateway import ROUTES
 from orchestrator.inference_request import parse_inference_request
-from orchestrator.proxy import PREFILLER_HEADER, REQUEST_ID_HEADER
+from orchestrator.proxy import PREFILLER_HEADER, REQUEST_ID_HEADER, request_id_of
 from orchestrator.router import Loads, Router
 from orchestrator.scheduling.plugins.session_affinity_scorer import (
     SESSION_TOKEN_HEADER,
@@ -202,7 +201,7 @@ class ExtProcPicker:
     def _on_request_headers(self, exchange: _Exchange, headers: Any) -> list[Any]:
         for header in headers.headers.headers:
             exchange.headers[header.key.lower()] = _header_value(header)
-        exchange.request_id = exchange.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        exchange.request_id = request_id_of(exchange.headers)
         path = exchange.headers.get(":path", "").split("?", 1)[0]
         exchange.route = ROUTES.get(path)
         if headers.end_of_stream:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,7 @@ from orchestrator.proxy import (
     cancel_on_disconnect,
     downstream_headers,
     relay_stream,
+    request_id_of,
     upstream_failure,
     upstream_headers,
 )
@@ -87,7 +87,7 @@ class Gateway:
     # -- forwarding -----------------------------------------------------------------------
 
     async def forward(self, request: Request, route: str) -> Response:
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        request_id = request_id_of(request.headers)
         started = time.perf_counter()
         status = 500
         try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -26,7 +25,7 @@ import grpc
 from orchestrator.config import OrchestratorConfig
 from orchestrator.errors import GatewayError
 from orchestrator.inference_request import parse_inference_request
-from orchestrator.proxy import REQUEST_ID_HEADER
+from orchestrator.proxy import request_id_of
 from orchestrator.router import Router
 from orchestrator.scheduling.types import (
     PDDecision,
@@ -85,7 +84,7 @@ class PickService:
     def pick(self, request: pick_pb2.PickRequest) -> pick_pb2.PickResponse:
         """Schedule the request as the gateway would; raises GatewayError (400, 429, 503)."""
         headers = {name.lower(): value for name, value in request.headers.items()}
-        request_id = request.request_id or headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        request_id = request.request_id or request_id_of(headers)
         route, body = openai_body(request)
         parsed = parse_inference_request(route, body, headers, request_id, self.chars_per_token)
         result = self.router.schedule(parsed.scheduling)

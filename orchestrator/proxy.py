@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import httpx
@@ -29,6 +30,11 @@ _HOP_BY_HOP = frozenset(
         "content-length",
     }
 )  # fmt: skip
+
+
+def request_id_of(headers: Mapping[str, str]) -> str:
+    """The client's `x-request-id`, or a new id when it sent none."""
+    return headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
 
 
 def upstream_headers(
