@@ -76,6 +76,7 @@ def _bulk_word_ids(rng: random.Random, num_tokens: int) -> list[int]:
     MT19937 started from the same state yields the same 32-bit outputs (`random_raw`)."""
     version, internal, gauss = rng.getstate()
     generator = _mt19937(internal)
+    start = generator.state
     # Enough outputs that the accepted ones very likely suffice; draw more if not.
     expected = num_tokens * (1 << _BITS) / _VOCABULARY
     parts: list[np.ndarray] = []
@@ -87,9 +88,9 @@ def _bulk_word_ids(rng: random.Random, num_tokens: int) -> list[int]:
     draws = np.concatenate(parts)
     positions = np.flatnonzero(draws < _VOCABULARY)[:num_tokens]
     consumed = int(positions[-1]) + 1
-    replay = _mt19937(internal)
-    replay.random_raw(consumed)
-    after = replay.state["state"]
+    generator.state = start  # rewind, then take exactly what the loop would have taken
+    generator.random_raw(consumed)
+    after = generator.state["state"]
     rng.setstate((version, (*after["key"].tolist(), int(after["pos"])), gauss))
     ids: list[int] = draws[positions].tolist()
     return ids

@@ -346,9 +346,9 @@ class VirtualCluster:
         """An engine output reaches the client one gateway hop after each token's time."""
         record = flight.record
         hop = self.path.gateway_s
-        at = times[-1] + hop
+        arrivals = [t + hop for t in times]
+        at = arrivals[-1]
         if output.new_token_ids:
-            arrivals = [t + hop for t in times] if len(times) > 1 else [at]
             if record.ttft_s is None:
                 record.ttft_s = arrivals[0] - record.sent_s
                 if flight.loads is not None:
