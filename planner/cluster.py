@@ -20,8 +20,8 @@ plan` and `tandem bench` summarize identically.
 
 from __future__ import annotations
 
-import itertools
 import json
+import operator
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +110,8 @@ class VirtualCluster:
     _epoch: int = 0
     _last_end_s: float = 0.0
     """When the client saw the last request end."""
+    _pooled_prompts: dict[tuple[int, int], tuple[bytes, list[int]]] = field(default_factory=dict)
+    """Body and ids of the prompts a pooled harness repeats, by (slot, max tokens)."""
 
     @classmethod
     def build(
@@ -231,7 +233,7 @@ class VirtualCluster:
         engine = pod.engine
         metrics = EngineMetrics(
             waiting=engine.num_waiting,
-            running=engine.num_running,
+            running=pod.num_running(),
             kv_usage=pod.kv_usage(),
             scraped_at=self.loop.now,
             block_size=engine.config.block_size,
@@ -271,7 +273,7 @@ class VirtualCluster:
 
     def _arrive(self, request: BenchRequest, offset_s: float = 0.0) -> None:
         now = self.loop.now
-        text, prompt = self.prompts.text_and_ids(request)
+        body, prompt = self._prompt(request)
         record = RequestRecord(
             request_id=request.request_id,
             stage=request.stage,
@@ -283,9 +285,8 @@ class VirtualCluster:
         )
         flight = _Flight(request, record)
         self._in_flight[request.request_id] = flight
-        body = {"model": self.model, "prompt": text, "max_tokens": request.max_tokens}
         parsed = parse_inference_request(
-            "completions", json.dumps(body).encode(), {}, request.request_id,
+            "completions", body, {}, request.request_id,
             self.router.config.gateway.chars_per_token,
         )  # fmt: skip
         try:
@@ -296,6 +297,20 @@ class VirtualCluster:
             return
         flight.loads = self.router.acquire(parsed.scheduling, result)
         self.loop.after(self.path.gateway_s, self._at_decode_endpoint, flight, result, prompt)
+
+    def _prompt(self, request: BenchRequest) -> tuple[bytes, list[int]]:
+        """The completions body the client posts and the prompt's ids; one that repeats is
+        written once (nothing changes either)."""
+        slot = request.prompt_slot
+        key = (-1 if slot is None else slot, request.max_tokens)
+        if slot is not None and key in self._pooled_prompts:
+            return self._pooled_prompts[key]
+        text, ids = self.prompts.text_and_ids(request)
+        body = {"model": self.model, "prompt": text, "max_tokens": request.max_tokens}
+        prompt = json.dumps(body).encode(), ids
+        if slot is not None:
+            self._pooled_prompts[key] = prompt
+        return prompt
 
     def _at_decode_endpoint(
         self, flight: _Flight, result: SchedulingResult, prompt: list[int]
@@ -355,7 +370,7 @@ class VirtualCluster:
                     self.router.prefill_done(flight.loads)
             elif flight.last_token_s is not None:
                 record.itl_s.append(arrivals[0] - flight.last_token_s)
-            record.itl_s.extend(b - a for a, b in itertools.pairwise(arrivals))
+            record.itl_s.extend(map(operator.sub, arrivals[1:], arrivals))
             flight.last_token_s = at
             record.output_tokens += len(output.new_token_ids)
         if output.finished:

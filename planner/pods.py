@@ -4,15 +4,16 @@ The live pod's `EngineRunner` steps the engine, sleeps (scaled wall time) until 
 end, delivers the outputs and steps again; here the sleep is an event at the step's end. KV
 reads the engine starts are handed to the cluster, which times the transfer.
 
-While the engine only decodes a fixed set of requests (`Engine.steady_decode_ends`), the pod
-does not step one event at a time: it plans the whole run of steps up to the next finish or
-KV shortfall as one event and applies them lazily. When the cluster hands the pod new work
-(`interrupt`: a request, KV that arrived, freed blocks) the steps started by then are applied
-and the pod steps normally from the end of the one in progress; a scrape reads the KV usage
-the started steps give without applying them (`kv_usage`; nothing else it reads changes
-during such a run). As with `Engine.step`, a step's effects count from its start, and every
-step runs at the time and with the batch it would have stepping one by one, so the records
-are the same (a test holds them equal).
+While the engine only decodes (`Engine.plan_decode_run`), the pod does not step one event at
+a time: it plans the whole run of decode steps — through requests' finishes, up to the next
+KV shortfall or a finish that could let a waiting request in — and applies it lazily. A
+request that finishes in the run is applied at its last step's end, when the client learns
+it; the others when the cluster hands the pod new work (`interrupt`: a request, KV that
+arrived, freed blocks), and the pod then steps normally from the end of the step in
+progress. A scrape reads the queue and KV usage the started steps give without applying
+them. As with `Engine.step`, a step's effects count from its start, and every step runs at
+the time and with the batch it would have stepping one by one, so the records are the same
+(a test holds them equal).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 from planner.events import EventLoop
 from simulator.config import SimPodConfig
-from simulator.engine import Engine
+from simulator.engine import DecodeRun, Engine
 from simulator.kv_connector import ProducerIdentity, RemoteLoad
 from simulator.profiles import EngineProfile
 from simulator.request import EngineRequest, RequestOutput, StepResult
@@ -31,17 +32,18 @@ from simulator.request import EngineRequest, RequestOutput, StepResult
 OutputHandler = Callable[[RequestOutput, Sequence[float]], None]
 """Receives an engine output and the model time of each of its new tokens."""
 
-MAX_STEADY_STEPS = 4096
-"""Longest run of decode steps taken as one event (bounds the precomputed step times)."""
+MAX_STEADY_STEPS = 256
+"""Longest run of decode steps planned at once: planning costs per step, and at load a run
+is cut short by new work every few steps."""
 
 
 @dataclass(slots=True)
 class _SteadyRun:
-    """Decode steps planned from `start`, not yet applied to the engine: step i ends at
-    `ends[i]` and starts at the previous end."""
+    """A planned decode run and how many of its steps the pod has applied to every request
+    (the pod's clock and busy time follow those)."""
 
-    start: float
-    ends: tuple[float, ...]
+    run: DecodeRun
+    applied: int = 0
 
 
 @dataclass(eq=False)
@@ -116,7 +118,14 @@ class VirtualPod:
         steady = self._steady
         if steady is None:
             return self.engine.kv_usage
-        return self.engine.steady_kv_usage(self._started(steady))
+        return self.engine.decode_run_kv_usage(steady.run, self._started(steady))
+
+    def num_running(self) -> int:
+        """The engine's running requests now, as `kv_usage` counts them."""
+        steady = self._steady
+        if steady is None:
+            return self.engine.num_running
+        return steady.run.num_running(self._started(steady))
 
     def observe(self) -> None:
         """Apply the planned decode steps that have started by now: their tokens reach the
@@ -137,20 +146,22 @@ class VirtualPod:
 
     def _started(self, steady: _SteadyRun) -> int:
         """How many of the run's steps started before now."""
-        now = self.loop.now
-        if steady.start >= now:
+        now, run = self.loop.now, steady.run
+        if run.start >= now:
             return 0
-        return min(bisect.bisect_left(steady.ends, now) + 1, len(steady.ends))
+        return min(bisect.bisect_left(run.ends, now) + 1, len(run.ends))
 
     def _apply(self, steady: _SteadyRun, count: int) -> None:
-        if count <= 0:
+        if count <= steady.applied:
             return
-        ends, steady.ends = steady.ends[:count], steady.ends[count:]
-        self.steady_steps += count
-        self.busy_s += ends[-1] - steady.start
-        steady.start = self._last_end = ends[-1]
-        for output in self.engine.decode_steps(ends):
-            self.deliver(output, ends)
+        run = steady.run
+        start = run.ends[steady.applied - 1] if steady.applied else run.start
+        self.steady_steps += count - steady.applied
+        self.busy_s += run.ends[count - 1] - start
+        steady.applied = count
+        self._last_end = run.ends[count - 1]
+        for output, times in self.engine.apply_decode_run(run, count):
+            self.deliver(output, times)
 
     def _stop_steady(self) -> None:
         self._steady = None
@@ -158,11 +169,20 @@ class VirtualPod:
         self._stepping = False
         self.wake()
 
+    def _steady_finish(self, epoch: int, step: int) -> None:
+        """Requests end with this step of the run: they reach their clients now."""
+        steady = self._steady
+        if steady is None or epoch != self._epoch:
+            return  # interrupted; whatever had started is applied
+        run = steady.run
+        for output, times in self.engine.apply_decode_run(run, step + 1, run.finishers[step]):
+            self.deliver(output, times)
+
     def _steady_ended(self, epoch: int) -> None:
         steady = self._steady
         if steady is None or epoch != self._epoch:
             return  # interrupted
-        self._apply(steady, len(steady.ends))
+        self._apply(steady, len(steady.run.ends))
         self._stop_steady()
 
     def _step(self) -> None:
@@ -171,10 +191,14 @@ class VirtualPod:
             return
         now = self.loop.now
         if self.fast_forward:
-            ends = self.engine.steady_decode_ends(now, MAX_STEADY_STEPS)
-            if len(ends) > 1:
-                self._steady = _SteadyRun(now, ends)
-                self.loop.at(ends[-1], self._steady_ended, self._epoch)
+            run = self.engine.plan_decode_run(now, MAX_STEADY_STEPS)
+            if run is not None:
+                self._steady = _SteadyRun(run)
+                last = len(run.ends) - 1
+                for step in run.finish_steps:
+                    if step < last:  # the run's end applies its last step's finishers
+                        self.loop.at(run.ends[step], self._steady_finish, self._epoch, step)
+                self.loop.at(run.ends[last], self._steady_ended, self._epoch)
                 return
         result = self.engine.step(now)
         for load in self.engine.take_remote_loads():

@@ -45,12 +45,19 @@ def _hash_block(parent: BlockHash, token_ids: tuple[int, ...]) -> BlockHash:
 
 def hash_prompt_blocks(token_ids: Sequence[int], block_size: int) -> list[BlockHash]:
     """Chained hashes of every full block of `token_ids` (a trailing partial block has none)."""
+    return list(_hash_prompt(tuple(token_ids), block_size))
+
+
+@functools.lru_cache(maxsize=1024)
+def _hash_prompt(token_ids: tuple[int, ...], block_size: int) -> tuple[BlockHash, ...]:
+    # Remembered whole: a prompt sent again (a retry, a benchmark's repeated prompts) costs
+    # one tuple hash instead of a lookup per block; 1,024 prompts of 8k tokens is ~100 MB.
     hashes: list[BlockHash] = []
     parent: BlockHash | None = None
     for start in range(0, len(token_ids) - block_size + 1, block_size):
         parent = hash_block_tokens(parent, token_ids[start : start + block_size])
         hashes.append(parent)
-    return hashes
+    return tuple(hashes)
 
 
 @dataclass(slots=True, eq=False)

@@ -62,6 +62,41 @@ class EngineConfig:
         return self.batching.block_size
 
 
+@dataclass(slots=True, eq=False)
+class DecodeRun:
+    """Pure decode steps of the running requests, planned from `start` and applied lazily
+    (`Engine.plan_decode_run`). Step i ends at `ends[i]` and starts at the one before's end.
+    Request j (in running order) takes part in the first `limits[j]` steps; a finishing one
+    ends with the last of them."""
+
+    start: float
+    requests: list[EngineRequest]
+    computed: list[int]
+    """Each request's computed tokens when the run was planned."""
+    held: list[int]
+    """Blocks each request held when the run was planned."""
+    limits: list[int]
+    finishing: list[bool]
+    applied: list[int]
+    """Steps applied to each request so far."""
+    ends: list[float] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    """Requests in each step."""
+    finished: list[int] = field(default_factory=list)
+    """finished[i]: requests that ended with steps 0..i."""
+    finish_steps: list[int] = field(default_factory=list)
+    """Steps some request ends with, in order."""
+    finishers: dict[int, list[int]] = field(default_factory=dict)
+    """The requests (indices) each of those steps ends."""
+    recorded: int = 0
+    """Steps whose step-wide statistics are recorded."""
+
+    def num_running(self, steps: int) -> int:
+        """Running requests once the first `steps` steps have started (a finisher leaves
+        the running set when its last step starts, as with `Engine.step`)."""
+        return len(self.requests) - (self.finished[steps - 1] if steps > 0 else 0)
+
+
 class Engine:
     """One vLLM engine: queues, KV blocks, step timing, and both sides of the KV connector."""
 
@@ -253,65 +288,167 @@ class Engine:
             num_decode_seqs=shape.num_decode_seqs,
         )
 
-    # -- steady decoding ---------------------------------------------------------------------
-    # While the running requests only decode — nothing waits to be admitted, none finishes,
-    # every block they grow into is free — each step is determined in advance: the same
-    # sequences, each context one token longer. A virtual-time caller applies such a run of
-    # steps at once instead of step by step; the live pod always calls `step`.
+    # -- decode runs -----------------------------------------------------------------------
+    # While the running requests only decode — nothing can be admitted, every block they grow
+    # into is free — each step is determined in advance: the same sequences, each context one
+    # token longer, less those that sampled their last token. A virtual-time caller plans such
+    # a run of steps at once and applies it lazily, request by request; the live pod always
+    # calls `step`.
 
-    def steady_decode_ends(self, now: float, max_steps: int) -> tuple[float, ...]:
-        """End times of the next steps from `now` that `step` would run as pure decode steps
-        of the current running requests, at most `max_steps`; empty when the next step is
-        not one. Any prefix of them can be applied with `decode_steps`."""
+    def plan_decode_run(self, now: float, max_steps: int) -> DecodeRun | None:
+        """The next steps from `now`, at most `max_steps`, that `step` would run as pure
+        decode steps of the current running requests; None when the next step is not one.
+
+        The run goes on past a request's finish only while no waiting request could take
+        the blocks it frees (else it ends with that step), and stops short of the finish of
+        a request that hands its KV to a remote decode."""
         scheduler = self.scheduler
         running = scheduler.running
         budget = self.config.batching.max_num_batched_tokens - len(running)
         if not running or budget < 0 or scheduler.may_admit(budget):
-            return ()
+            return None
+        admits_after_finish = any(r.status is RequestStatus.WAITING for r in scheduler.waiting)
         steps = max_steps
-        context_sum = 0
+        computed: list[int] = []
+        limits: list[int] = []
         for request in running:
-            computed = request.num_computed_tokens
-            if computed < request.num_prompt_tokens or request.num_tokens - computed != 1:
-                return ()  # still prefilling
-            steps = min(steps, self._tokens_before_finish(request) - 1)
-            context_sum += computed
-        steps = self._steps_with_free_blocks(running, steps)
-        seqs = len(running)
-        ends: list[float] = []
-        clock = now
-        for index in range(steps):
-            clock = clock + decode_step_seconds(self.config.step, seqs, context_sum + index * seqs)
-            ends.append(clock)
-        return tuple(ends)
+            done = request.num_computed_tokens
+            if done < request.num_prompt_tokens or request.num_tokens - done != 1:
+                return None  # still prefilling
+            limit = self._tokens_before_finish(request)
+            if request.remote_decode:
+                steps = min(steps, limit - 1)
+            elif admits_after_finish:
+                steps = min(steps, limit)
+            computed.append(done)
+            limits.append(limit)
+        held = [len(r.blocks) for r in running]
+        steps = min(steps, max(limits))  # none left after the last finish
+        steps = self._steps_with_free_blocks(computed, held, limits, steps)
+        if steps <= 0:
+            return None
+        run = DecodeRun(
+            start=now,
+            requests=list(running),
+            computed=computed,
+            held=held,
+            limits=[min(limit, steps) for limit in limits],
+            finishing=[limit <= steps for limit in limits],
+            applied=[0] * len(running),
+        )
+        self._time_run(run, steps)
+        return run
 
-    def decode_steps(self, ends: Sequence[float]) -> tuple[RequestOutput, ...]:
-        """Apply the first `len(ends)` steps `steady_decode_ends` returned (each running
-        request gains one token per step, as `step` would give it); one output per request
-        with all its new tokens, the i-th sampled at `ends[i]`."""
-        steps = len(ends)
-        if steps == 0:
-            return ()
-        running = self.scheduler.running
-        itl = self.stats.inter_token_latency
-        outputs: list[RequestOutput] = []
-        for request in running:
-            if not self.scheduler.grow(request, steps):
-                raise RuntimeError(f"{request.request_id}: no KV blocks for a steady decode run")
-            first = len(request.output_token_ids)
-            tokens = self._samples(request, first, steps)
-            request.output_token_ids.extend(tokens)
-            request.num_computed_tokens += steps
+    def _time_run(self, run: DecodeRun, steps: int) -> None:
+        """Fill in the run's step ends, sequences per step, and what its finishers free."""
+        finishers: dict[int, list[int]] = {}
+        for index, (limit, finishing) in enumerate(zip(run.limits, run.finishing, strict=True)):
+            if finishing:
+                finishers.setdefault(limit - 1, []).append(index)
+        seqs, context = len(run.requests), sum(run.computed)
+        clock = run.start
+        finished = 0
+        for step in range(steps):
+            clock = clock + decode_step_seconds(self.config.step, seqs, context)
+            run.ends.append(clock)
+            run.seqs.append(seqs)
+            for index in finishers.get(step, ()):
+                seqs -= 1
+                context -= run.computed[index] + step
+                finished += 1
+            run.finished.append(finished)
+            context += seqs  # every remaining context is one token longer in the next step
+        run.finish_steps = sorted(finishers)
+        run.finishers = finishers
+
+    def _growth(self, run: DecodeRun, index: int, steps: int) -> int:
+        """New blocks the run's `index`-th request takes in its first `steps` steps."""
+        tokens = run.computed[index] + min(steps, run.limits[index])
+        return max(0, -(-tokens // self.config.block_size) - run.held[index])
+
+    def apply_decode_run(
+        self, run: DecodeRun, steps: int, requests: Iterable[int] | None = None
+    ) -> list[tuple[RequestOutput, tuple[float, ...]]]:
+        """Apply the run's first `steps` steps to its requests (or to the requests at the
+        given indices only): each takes one token per step it is in, as `step` would give
+        it, and a finisher ends with its last. One output per request that got tokens, with
+        the time each token was sampled."""
+        outputs: list[tuple[RequestOutput, tuple[float, ...]]] = []
+        indices = range(len(run.requests)) if requests is None else requests
+        for index in indices:
+            done, upto = run.applied[index], min(steps, run.limits[index])
+            if upto <= done:
+                continue
+            outputs.append(self._apply_run_steps(run, index, done, upto))
+        if requests is None:
+            self._record_run_steps(run, steps)
+        return outputs
+
+    def _apply_run_steps(
+        self, run: DecodeRun, index: int, done: int, upto: int
+    ) -> tuple[RequestOutput, tuple[float, ...]]:
+        request = run.requests[index]
+        count = upto - done
+        if not self.scheduler.grow(request, count):
+            raise RuntimeError(f"{request.request_id}: no KV blocks for a decode run")
+        tokens = self._samples(request, len(request.output_token_ids), count)
+        request.output_token_ids.extend(tokens)
+        request.num_computed_tokens += count
+        times = tuple(run.ends[done:upto])
+        if done == 0:
             assert request.last_token_time is not None
-            itl.observe(ends[0] - request.last_token_time)
-            request.last_token_time = ends[-1]
-            outputs.append(RequestOutput(request.request_id, tokens))
-        seqs = len(running)
-        for index in range(1, steps):
-            itl.observe_many(ends[index] - ends[index - 1], seqs)
-        self.stats.generation_tokens += seqs * steps
-        self.stats.iteration_tokens.observe_many(seqs, steps)
-        return tuple(outputs)
+            self.stats.inter_token_latency.observe(times[0] - request.last_token_time)
+        request.last_token_time = times[-1]
+        run.applied[index] = upto
+        if not (run.finishing[index] and upto == run.limits[index]):
+            return RequestOutput(request.request_id, tokens), times
+        reason = self._finish_reason(request)
+        assert reason is not None
+        self.scheduler.running.remove(request)
+        final = self._finish(request, reason, times[-1])
+        output = RequestOutput(
+            request.request_id,
+            tokens,
+            reason,
+            num_prompt_tokens=final.num_prompt_tokens,
+            num_cached_tokens=final.num_cached_tokens,
+            kv_transfer_params=final.kv_transfer_params,
+        )
+        return output, times
+
+    def _record_run_steps(self, run: DecodeRun, steps: int) -> None:
+        """Step-wide statistics of the run's steps up to `steps` (per-request ones are
+        recorded as each request's steps are applied)."""
+        stats = self.stats
+        for step in range(run.recorded, steps):
+            seqs = run.seqs[step]
+            if step > 0:
+                stats.inter_token_latency.observe_many(run.ends[step] - run.ends[step - 1], seqs)
+            stats.generation_tokens += seqs
+            stats.iteration_tokens.observe(seqs)
+        run.recorded = max(run.recorded, steps)
+
+    def decode_run_kv_usage(self, run: DecodeRun, steps: int) -> float:
+        """`kv_usage` as `step` would leave it once the run's first `steps` steps started:
+        the pool as the run's applied part left it, less the blocks the rest of those steps
+        take, plus what their finishers give back."""
+        taken = 0
+        finishers: list[int] = []
+        for index in range(len(run.requests)):
+            done, upto = run.applied[index], min(steps, run.limits[index])
+            if upto > done:
+                taken += self._growth(run, index, upto) - self._growth(run, index, done)
+                if run.finishing[index] and upto == run.limits[index]:
+                    finishers.append(index)
+        freed = 0
+        refs: dict[int, int] = {}
+        for index in finishers:
+            freed += self._growth(run, index, run.limits[index])  # its own new blocks
+            for block in run.requests[index].blocks[: run.held[index]]:
+                left = refs.get(block.block_id, block.ref_cnt) - 1
+                refs[block.block_id] = left
+                freed += left == 0
+        return 1.0 - (self.pool.num_free_blocks - taken + freed) / self.pool.capacity
 
     @staticmethod
     def _tokens_before_finish(request: EngineRequest) -> int:
@@ -321,26 +458,26 @@ class Engine:
             limit = min(limit, max(request.eos_after, request.min_tokens))
         return limit - len(request.output_token_ids)
 
-    def steady_kv_usage(self, steps: int) -> float:
-        """`kv_usage` as it will read once `decode_steps` has applied `steps` steps."""
-        needed = self._blocks_for_steps(self.scheduler.running, steps)
-        return 1.0 - (self.pool.num_free_blocks - needed) / self.pool.capacity
-
-    def _blocks_for_steps(self, running: Sequence[EngineRequest], steps: int) -> int:
-        """New blocks the running requests take in `steps` decode steps."""
+    def _steps_with_free_blocks(
+        self, computed: Sequence[int], held: Sequence[int], limits: Sequence[int], steps: int
+    ) -> int:
+        """The most steps, up to `steps`, whose new blocks the pool has free now (blocks the
+        run's finishers free are not counted on)."""
         block_size = self.config.block_size
-        return sum(
-            max(0, -(-(r.num_computed_tokens + steps) // block_size) - len(r.blocks))
-            for r in running
-        )
 
-    def _steps_with_free_blocks(self, running: Sequence[EngineRequest], steps: int) -> int:
-        """The most steps, up to `steps`, whose new blocks the pool has free now."""
+        def growth(count: int) -> int:
+            return sum(
+                max(0, -(-(c + min(count, limit)) // block_size) - h)
+                for c, h, limit in zip(computed, held, limits, strict=True)
+            )
+
         free = self.pool.num_free_blocks
         low, high = 0, max(steps, 0)
+        if growth(high) <= free:
+            return high  # the common case: the pool is not short
         while low < high:
             middle = (low + high + 1) // 2
-            if self._blocks_for_steps(running, middle) <= free:
+            if growth(middle) <= free:
                 low = middle
             else:
                 high = middle - 1

@@ -82,9 +82,12 @@ class EngineRequest:
         return self.status is RequestStatus.FINISHED
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestOutput:
-    """What one step produced for one request: new tokens and, at the end, how it finished."""
+    """What one step produced for one request: new tokens and, at the end, how it finished.
+
+    Treated as immutable; not frozen because a frozen dataclass's constructor costs several
+    times more, and an engine builds one per running request and step."""
 
     request_id: str
     new_token_ids: tuple[int, ...]

@@ -31,9 +31,10 @@ class BatchingConfig:
     """Largest prefill chunk per request and step; 0 means no limit beyond the budget."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ScheduledChunk:
-    """`num_tokens` tokens of `request` computed this step."""
+    """`num_tokens` tokens of `request` computed this step (not frozen: one is built per
+    running request and step, and a frozen dataclass's constructor costs several times more)."""
 
     request: EngineRequest
     num_tokens: int

@@ -21,6 +21,9 @@ DEFAULT_BLOCK_SIZE_TOKENS = 64
 DEFAULT_MAX_PREFIX_TOKENS = 131072
 DEFAULT_LRU_CAPACITY_PER_SERVER = 31250
 DEFAULT_CHARS_PER_TOKEN = 4.0
+HASHED_BLOCKS_KEPT = 1 << 20
+"""Block hashes of recent prompts kept (about 40 MB), so that a prompt seen again — a retry,
+a benchmark's repeated prompts — is hashed once."""
 
 
 class PrefixIndex:
@@ -44,6 +47,8 @@ class PrefixIndex:
         self._seed = hashlib.blake2b(seed.encode(), digest_size=8).digest()
         self._entries: dict[str, OrderedDict[int, None]] = {}
         self._capacity: dict[str, int] = {}
+        self._hashed: OrderedDict[tuple[int, int], tuple[int, ...]] = OrderedDict()
+        self._hashed_blocks = 0
 
     def hashes_like(self, other: PrefixIndex) -> bool:
         """Whether both indexes hash text the same way (so one's entries mean the same in
@@ -58,6 +63,21 @@ class PrefixIndex:
 
     def hashes(self, text: str) -> list[int]:
         """Chained hashes of the text's full blocks, up to the match limit."""
+        # Python's string hash and the length stand for the text: a collision (odds about
+        # 2^-64 per pair) would only mispredict a cache hit, as the index itself can.
+        key = (hash(text), len(text))
+        hashes = self._hashed.get(key)
+        if hashes is None:
+            hashes = self._hashed[key] = self._compute_hashes(text)
+            self._hashed_blocks += len(hashes)
+            while self._hashed_blocks > HASHED_BLOCKS_KEPT:
+                _, dropped = self._hashed.popitem(last=False)
+                self._hashed_blocks -= len(dropped)
+        else:
+            self._hashed.move_to_end(key)
+        return list(hashes)
+
+    def _compute_hashes(self, text: str) -> tuple[int, ...]:
         data = text.encode()
         limit = min(len(data) // self.block_chars, self.max_blocks)
         parent = self._seed
@@ -66,7 +86,7 @@ class PrefixIndex:
             chunk = data[index * self.block_chars : (index + 1) * self.block_chars]
             parent = hashlib.blake2b(parent + chunk, digest_size=8).digest()
             out.append(int.from_bytes(parent, "big"))
-        return out
+        return tuple(out)
 
     def match(self, hashes: Iterable[int], endpoint_name: str) -> int:
         """How many leading hashes are recorded for the endpoint."""

@@ -270,3 +270,10 @@ def test_reset_prefix_cache_only_when_idle(in_use: bool, expected: bool) -> None
 
     hits = pool.longest_cached_prefix(hash_prompt_blocks(prompt, BLOCK_SIZE))
     assert (hits == []) is expected
+
+
+def test_a_prompt_hashed_again_gives_a_list_of_its_own() -> None:
+    first = hash_prompt_blocks([1, 2, 3, 4, 5, 6, 7, 8], BLOCK_SIZE)
+    first.clear()
+
+    assert len(hash_prompt_blocks([1, 2, 3, 4, 5, 6, 7, 8], BLOCK_SIZE)) == 2

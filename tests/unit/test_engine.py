@@ -329,33 +329,121 @@ def test_kv_usage_tracks_blocks_in_use() -> None:
     assert engine.kv_usage == 0.0
 
 
-def test_a_steady_decode_run_applies_what_single_steps_would() -> None:
-    def engine_with_two_decoding() -> Engine:
-        engine = make_engine(num_gpu_blocks=40)
-        engine.add_request(make_request("a", list(range(10)), max_tokens=30))
-        engine.add_request(make_request("b", list(range(20, 26)), max_tokens=12))
-        engine.step(0.0)  # both prefill and sample their first token
-        return engine
+def _two_decoding(max_tokens_b: int = 12, num_gpu_blocks: int = 40, prompt_b: int = 6) -> Engine:
+    engine = make_engine(num_gpu_blocks=num_gpu_blocks)
+    engine.add_request(make_request("a", list(range(10)), max_tokens=30))
+    engine.add_request(make_request("b", list(range(100, 100 + prompt_b)), max_tokens=max_tokens_b))
+    engine.step(0.0)  # both prefill and sample their first token
+    return engine
 
-    stepped, planned = engine_with_two_decoding(), engine_with_two_decoding()
-    ends = planned.steady_decode_ends(STEP_S, max_steps=100)
-    assert len(ends) == 10  # b finishes at its 12th token: that step runs normally
 
-    clock = STEP_S
-    for _ in ends:
-        clock = stepped.step(clock).end
-    outputs = planned.decode_steps(ends)
-
+def _assert_same_state(planned: Engine, stepped: Engine) -> None:
     for request_id in ("a", "b"):
         stepped_request = stepped.request(request_id)
         planned_request = planned.request(request_id)
-        assert stepped_request is not None
-        assert planned_request is not None
+        assert (planned_request is None) == (stepped_request is None)
+        if planned_request is None or stepped_request is None:
+            continue
         assert planned_request.output_token_ids == stepped_request.output_token_ids
         assert len(planned_request.blocks) == len(stepped_request.blocks)
-        assert planned_request.last_token_time == pytest.approx(clock)
-    assert [len(out.new_token_ids) for out in outputs] == [10, 10]
+        assert planned_request.last_token_time == stepped_request.last_token_time
+    assert planned.num_running == stepped.num_running
     assert planned.kv_usage == stepped.kv_usage
     assert planned.stats.generation_tokens == stepped.stats.generation_tokens
     assert planned.stats.inter_token_latency.count == stepped.stats.inter_token_latency.count
-    assert planned.steady_decode_ends(clock, max_steps=100) == ()  # the finishing step is next
+    assert planned.stats.iteration_tokens.count == stepped.stats.iteration_tokens.count
+    assert planned.stats.request_success == stepped.stats.request_success
+
+
+def test_a_decode_run_applies_what_single_steps_would_through_a_finish() -> None:
+    stepped, planned = _two_decoding(), _two_decoding()
+    run = planned.plan_decode_run(STEP_S, max_steps=100)
+    assert run is not None
+    # b samples its 12th and last token in the run's 11th step, a its 30th in the 29th.
+    assert len(run.ends) == 29
+    assert run.finish_steps == [10, 28]
+    assert run.finishers == {10: [1], 28: [0]}
+    assert run.seqs == [2] * 11 + [1] * 18
+
+    clock, usages, running = STEP_S, [], []
+    for _ in run.ends:
+        result = stepped.step(clock)
+        usages.append(stepped.kv_usage)  # a step's effects count from its start
+        running.append(stepped.num_running)
+        clock = result.end
+    assert clock == run.ends[-1]
+    assert [planned.decode_run_kv_usage(run, s + 1) for s in range(29)] == usages
+    assert [run.num_running(s + 1) for s in range(29)] == running
+
+    applied = planned.apply_decode_run(run, 29)
+    assert [(out.request_id, len(out.new_token_ids)) for out, _ in applied] == [
+        ("a", 29),
+        ("b", 11),
+    ]
+    assert all(out.finished for out, _ in applied)
+    assert applied[1][0].num_prompt_tokens == 6
+    assert applied[1][1] == tuple(run.ends[:11])
+    assert planned.num_running == 0
+    assert planned.pool.num_free_blocks == planned.pool.capacity
+    _assert_same_state(planned, stepped)
+
+
+def test_a_decode_run_applies_its_finishers_first_and_the_rest_later() -> None:
+    stepped, planned = _two_decoding(), _two_decoding()
+    run = planned.plan_decode_run(STEP_S, max_steps=100)
+    assert run is not None
+    usages, clock = [], STEP_S
+    for _ in range(20):
+        clock = stepped.step(clock).end
+        usages.append(stepped.kv_usage)
+    early = planned.apply_decode_run(run, 11, run.finishers[10])
+    assert [(out.request_id, out.finished) for out, _ in early] == [("b", True)]
+    assert planned.stats.generation_tokens == 2  # step-wide statistics wait for the rest
+    # From then on, the usage a scrape reads counts what is applied and what is not alike.
+    assert [planned.decode_run_kv_usage(run, s) for s in range(11, 21)] == usages[10:]
+    planned.apply_decode_run(run, 15)
+    assert [planned.decode_run_kv_usage(run, s) for s in range(15, 21)] == usages[14:]
+    planned.apply_decode_run(run, 20)
+    _assert_same_state(planned, stepped)
+
+
+def test_no_decode_run_while_a_waiting_request_would_be_admitted() -> None:
+    engine = _two_decoding()
+    engine.add_request(make_request("c", list(range(40, 50)), max_tokens=2))
+    assert engine.plan_decode_run(STEP_S, max_steps=100) is None
+
+
+def test_a_decode_run_ends_with_a_finish_that_frees_blocks_for_a_waiting_request() -> None:
+    # Block size 4: a holds 3 blocks, b 8, 8 of 19 are free. c needs 10: it waits until b
+    # finishes and frees its 11, while b's 11 steps and a's take 6 blocks.
+    stepped = _two_decoding(num_gpu_blocks=20, prompt_b=30)
+    planned = _two_decoding(num_gpu_blocks=20, prompt_b=30)
+    for engine in (stepped, planned):
+        engine.add_request(make_request("c", list(range(200, 240)), max_tokens=2))
+    run = planned.plan_decode_run(STEP_S, max_steps=100)
+    assert run is not None
+    assert run.finish_steps == [10]
+    assert len(run.ends) == 11
+    planned.apply_decode_run(run, len(run.ends))
+    clock = STEP_S
+    for _ in run.ends:
+        clock = stepped.step(clock).end
+    _assert_same_state(planned, stepped)
+    assert stepped.step(clock).num_prefill_tokens > 0  # c is admitted next
+
+
+def test_a_decode_run_stops_before_the_free_blocks_run_out() -> None:
+    # Block size 4: a holds 3 blocks, b 2, 4 of 9 are free: 10 steps fit, the 11th would not.
+    stepped = _two_decoding(max_tokens_b=100, num_gpu_blocks=10)
+    planned = _two_decoding(max_tokens_b=100, num_gpu_blocks=10)
+    run = planned.plan_decode_run(STEP_S, max_steps=100)
+    assert run is not None
+    assert len(run.ends) == 10
+    planned.apply_decode_run(run, 10)
+    clock = STEP_S
+    for _ in range(10):
+        clock = stepped.step(clock).end
+    _assert_same_state(planned, stepped)
+    assert planned.pool.num_free_blocks == 0
+    stepped.step(clock)
+    assert stepped.stats.num_preemptions == 1

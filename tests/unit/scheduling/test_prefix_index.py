@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.scheduling import prefix_index
 from orchestrator.scheduling.prefix_index import PrefixIndex
 from tests.unit.scheduling.support import BLOCK_CHARS, SYSTEM_PROMPT, group_prompt
 
@@ -170,3 +171,25 @@ def test_forget_unknown_endpoint_is_harmless() -> None:
 def test_sizes_must_be_positive(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="positive"):
         PrefixIndex(**kwargs)
+
+
+def test_a_prompt_seen_again_hashes_the_same_and_callers_get_their_own_list() -> None:
+    index = PrefixIndex()
+    text = blocks("A", "B", "C")
+    first = index.hashes(text)
+    first.append(0)  # a caller's list is its own
+
+    assert index.hashes(text) == first[:3] == PrefixIndex().hashes(text)
+
+
+def test_remembered_prompt_hashes_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefix_index, "HASHED_BLOCKS_KEPT", 10)
+    index, fresh = PrefixIndex(), PrefixIndex()
+    texts = [blocks(f"{n}a", f"{n}b", f"{n}c") for n in range(8)]
+
+    for text in texts:
+        index.hashes(text)
+
+    assert index._hashed_blocks <= 10
+    assert len(index._hashed) == 3
+    assert [index.hashes(text) for text in texts] == [fresh.hashes(text) for text in texts]
