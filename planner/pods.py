@@ -19,6 +19,7 @@ the time and with the batch it would have stepping one by one, so the records ar
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +36,16 @@ OutputHandler = Callable[[RequestOutput, Sequence[float]], None]
 MAX_STEADY_STEPS = 256
 """Longest run of decode steps planned at once: planning costs per step, and at load a run
 is cut short by new work every few steps."""
+
+
+@dataclass(slots=True)
+class _Stream:
+    """Where a request's outputs go, and its tokens held back since the first."""
+
+    handler: OutputHandler
+    started: bool = False
+    tokens: list[int] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -61,7 +72,7 @@ class VirtualPod:
     """Take steady decode runs as one event (False: one event per step, for comparison)."""
     steady_steps: int = 0
     """Steps applied as part of steady decode runs."""
-    _streams: dict[str, OutputHandler] = field(default_factory=dict)
+    _streams: dict[str, _Stream] = field(default_factory=dict)
     _stepping: bool = False
     _last_end: float = 0.0
     _steady: _SteadyRun | None = None
@@ -91,7 +102,7 @@ class VirtualPod:
     def submit(self, request: EngineRequest, on_output: OutputHandler) -> None:
         self.interrupt()
         request.arrival_time = self.loop.now
-        self._streams[request.request_id] = on_output
+        self._streams[request.request_id] = _Stream(on_output)
         self.engine.add_request(request)
         self.wake()
 
@@ -105,12 +116,34 @@ class VirtualPod:
             self.loop.at(self._last_end, self._step)
 
     def deliver(self, output: RequestOutput, times: Sequence[float] | None = None) -> None:
-        handler = self._streams.get(output.request_id)
-        if handler is None:
+        """Hand an output to its client: at once for a request's first token and its end,
+        held back in between (the client's record needs only the tokens' times, and nothing
+        else hears of them; holding them saves a call per request and step)."""
+        stream = self._streams.get(output.request_id)
+        if stream is None:
             return
+        times = times if times is not None else (self.loop.now,)
         if output.finished:
             del self._streams[output.request_id]
-        handler(output, times if times is not None else (self.loop.now,))
+            if stream.tokens:
+                output = dataclasses.replace(
+                    output, new_token_ids=(*stream.tokens, *output.new_token_ids)
+                )
+                times = (*stream.times, *times)
+        elif stream.started and output.new_token_ids:
+            stream.tokens += output.new_token_ids
+            stream.times += times
+            return
+        stream.started = stream.started or bool(output.new_token_ids)
+        stream.handler(output, times)
+
+    def flush(self) -> None:
+        """Hand every held-back token to its client now."""
+        for request_id, stream in self._streams.items():
+            if stream.tokens:
+                output = RequestOutput(request_id, tuple(stream.tokens))
+                stream.handler(output, stream.times)
+                stream.tokens, stream.times = [], []
 
     def kv_usage(self) -> float:
         """The engine's KV usage now, counting the planned decode steps started by now
@@ -128,11 +161,12 @@ class VirtualPod:
         return steady.run.num_running(self._started(steady))
 
     def observe(self) -> None:
-        """Apply the planned decode steps that have started by now: their tokens reach the
-        clients (the run goes on)."""
+        """Apply the planned decode steps that have started by now, and hand every token
+        produced so far to its client (the run goes on)."""
         steady = self._steady
         if steady is not None:
             self._apply(steady, self._started(steady))
+        self.flush()
 
     def interrupt(self) -> None:
         """Apply the planned decode steps that have started by now and step normally from

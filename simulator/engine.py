@@ -265,16 +265,14 @@ class Engine:
         self._account_admissions(schedule, now)
         self._remote_loads.extend(schedule.remote_loads)
         self.stats.num_preemptions += len(schedule.preempted)
-        shape = StepShape(
-            prefill_chunks=tuple(
-                PrefillChunk(c.num_tokens, c.context_tokens)
-                for c in schedule.chunks
-                if not self._is_decode(c)
-            ),
-            decode_context_lens=tuple(
-                c.context_tokens for c in schedule.chunks if self._is_decode(c)
-            ),
-        )
+        prefill_chunks: list[PrefillChunk] = []
+        decode_context_lens: list[int] = []
+        for chunk in schedule.chunks:
+            if self._is_decode(chunk):
+                decode_context_lens.append(chunk.context_tokens)
+            else:
+                prefill_chunks.append(PrefillChunk(chunk.num_tokens, chunk.context_tokens))
+        shape = StepShape(tuple(prefill_chunks), tuple(decode_context_lens))
         end = now + step_seconds(self.config.step, shape)
         outputs = [out for c in schedule.chunks if (out := self._apply(c, end)) is not None]
         if not shape.is_empty:
@@ -641,8 +639,10 @@ class Engine:
         base = self._sample_seed(request) * 6364136223846793005
         vocab, mask = self.config.sample_vocab_size, 2**64 - 1
         return tuple(
-            (((base + position * 1442695040888963407) & mask) >> 33) % vocab
-            for position in range(first, first + count)
+            [
+                (((base + position * 1442695040888963407) & mask) >> 33) % vocab
+                for position in range(first, first + count)
+            ]
         )
 
     def _sample_at(self, request: EngineRequest, position: int) -> int:

@@ -4,6 +4,7 @@ and the recommendation."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from planner.run import (
 from simulator import profiles
 from simulator.engine import Engine
 from simulator.profiles import StepCoefficients
+from simulator.request import EngineRequest, RequestOutput
 
 CONFIGS = Path(__file__).resolve().parents[2] / "orchestrator" / "configs"
 TINY = Path(__file__).resolve().parents[1] / "e2e" / "data" / "tiny-workload.yaml"
@@ -351,6 +353,32 @@ def test_parallel_runs_give_the_same_results_as_one_process(tmp_path: Path) -> N
 
     assert key(alone) == key(parallel)
     assert [run.policy for run in parallel.results.runs] == ["tandem", "round-robin"]
+
+
+def test_a_pod_hands_over_the_first_token_at_once_and_the_rest_at_the_end(
+    tmp_path: Path, fixed_step: str
+) -> None:
+    workload = write_workload(
+        tmp_path, fixed_step,
+        "gpus: 1\nclusters: {one: {both: 1}}\n"
+        "data: {type: random, num_prompts: 1, input_len: 400, output_len: 5, seed: 1}\n"
+        "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
+        "slo: {ttft_ms: 100, itl_ms: 20}\n",
+    )  # fmt: skip
+    cluster = virtual_cluster(workload, "one", fixed_step, path=NO_PATH)
+    calls: list[tuple[float, int, bool, list[float]]] = []
+
+    def handler(output: RequestOutput, times: Sequence[float]) -> None:
+        calls.append((cluster.loop.now, len(output.new_token_ids), output.finished, list(times)))
+
+    request = EngineRequest("r", list(range(400)), max_tokens=5, arrival_time=0.0)
+    cluster.pods["pod-0"].submit(request, handler)
+    cluster.loop.run()
+
+    assert calls == [
+        (pytest.approx(0.010), 1, False, pytest.approx([0.010])),
+        (pytest.approx(0.050), 4, True, pytest.approx([0.020, 0.030, 0.040, 0.050])),
+    ]
 
 
 def test_requests_still_open_at_the_drain_limit_fail_with_504(
