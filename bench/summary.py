@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from bench.records import Percentiles, RequestRecord, StageSummary
 
 DEFAULT_LAG_LIMIT_S = 1.0
@@ -30,21 +32,22 @@ def percentiles(values: Sequence[float]) -> Percentiles:
     """p50/p90/p99/mean with linear interpolation between order statistics (numpy's default)."""
     if not values:
         return Percentiles(None, None, None, None)
-    ordered = sorted(values)
+    ordered = np.sort(np.asarray(values, dtype=np.float64))  # a stage's gaps: millions
     return Percentiles(
         p50=_quantile(ordered, 0.50),
         p90=_quantile(ordered, 0.90),
         p99=_quantile(ordered, 0.99),
-        mean=math.fsum(ordered) / len(ordered),
+        mean=math.fsum(values) / len(values),  # exactly rounded, whatever the order
     )
 
 
-def _quantile(ordered: Sequence[float], q: float) -> float:
+def _quantile(ordered: np.ndarray, q: float) -> float:
     position = q * (len(ordered) - 1)
     below = math.floor(position)
     above = min(below + 1, len(ordered) - 1)
     fraction = position - below
-    return ordered[below] + (ordered[above] - ordered[below]) * fraction
+    low, high = float(ordered[below]), float(ordered[above])
+    return low + (high - low) * fraction
 
 
 def meets_slo(record: RequestRecord, slo_ttft_s: float, slo_itl_s: float) -> bool:

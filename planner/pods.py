@@ -33,9 +33,10 @@ from simulator.request import EngineRequest, RequestOutput, StepResult
 OutputHandler = Callable[[RequestOutput, Sequence[float]], None]
 """Receives an engine output and the model time of each of its new tokens."""
 
-MAX_STEADY_STEPS = 256
-"""Longest run of decode steps planned at once: planning costs per step, and at load a run
-is cut short by new work every few steps."""
+MIN_STEADY_STEPS, MAX_STEADY_STEPS = 16, 1024
+"""Bounds of how many decode steps a pod plans at once. Planning costs per step, and under
+load new work cuts a run short every few steps, so a pod plans twice as many steps as its
+last run took (records do not depend on it)."""
 
 
 @dataclass(slots=True)
@@ -77,6 +78,8 @@ class VirtualPod:
     _last_end: float = 0.0
     _steady: _SteadyRun | None = None
     _epoch: int = 0
+    _horizon: int = MIN_STEADY_STEPS
+    """Steps the next decode run is planned for."""
 
     @classmethod
     def build(
@@ -198,6 +201,9 @@ class VirtualPod:
             self.deliver(output, times)
 
     def _stop_steady(self) -> None:
+        if self._steady is not None:
+            taken = 2 * self._steady.applied
+            self._horizon = min(MAX_STEADY_STEPS, max(MIN_STEADY_STEPS, taken))
         self._steady = None
         self._epoch += 1
         self._stepping = False
@@ -225,7 +231,7 @@ class VirtualPod:
             return
         now = self.loop.now
         if self.fast_forward:
-            run = self.engine.plan_decode_run(now, MAX_STEADY_STEPS)
+            run = self.engine.plan_decode_run(now, self._horizon)
             if run is not None:
                 self._steady = _SteadyRun(run)
                 last = len(run.ends) - 1

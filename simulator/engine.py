@@ -432,11 +432,19 @@ class Engine:
         take, plus what their finishers give back."""
         taken = 0
         finishers: list[int] = []
-        for index in range(len(run.requests)):
-            done, upto = run.applied[index], min(steps, run.limits[index])
+        block_size = self.config.block_size
+        for index, (done, limit, computed) in enumerate(
+            zip(run.applied, run.limits, run.computed, strict=True)
+        ):
+            upto = steps if steps < limit else limit
             if upto > done:
-                taken += self._growth(run, index, upto) - self._growth(run, index, done)
-                if run.finishing[index] and upto == run.limits[index]:
+                # Blocks for the tokens up to `upto` less those up to `done` (both at least
+                # the blocks it held: `_growth` without the floor at zero, which cancels).
+                held = run.held[index] * block_size
+                taken += (-(-max(computed + upto, held) // block_size)) - (
+                    -(-max(computed + done, held) // block_size)
+                )
+                if upto == limit and run.finishing[index]:
                     finishers.append(index)
         freed = 0
         refs: dict[int, int] = {}
@@ -505,7 +513,8 @@ class Engine:
     def _apply(self, chunk: ScheduledChunk, end: float) -> RequestOutput | None:
         request = chunk.request
         request.num_computed_tokens += chunk.num_tokens
-        self._register_full_blocks(request)
+        if chunk.context_tokens < request.num_prompt_tokens:  # a prompt chunk
+            self._register_full_blocks(request)
         if not chunk.completes_prompt:
             return None
         token = self._sample(request)

@@ -366,7 +366,7 @@ def test_a_pod_hands_over_the_first_token_at_once_and_the_rest_at_the_end(
         "slo: {ttft_ms: 100, itl_ms: 20}\n",
     )  # fmt: skip
     cluster = virtual_cluster(workload, "one", fixed_step, path=NO_PATH)
-    calls: list[tuple[float, int, bool, list[float]]] = []
+    calls: list[tuple[object, ...]] = []
 
     def handler(output: RequestOutput, times: Sequence[float]) -> None:
         calls.append((cluster.loop.now, len(output.new_token_ids), output.finished, list(times)))
