@@ -50,33 +50,38 @@ class BenchRequest:
     """Which prompt of the workload's fixed pool it repeats; None: a question of its own."""
 
 
-def _word_ids(rng: random.Random, num_tokens: int) -> list[int]:
+def _word_ids(rng: random.Random, num_tokens: int, *, advance: bool = True) -> list[int]:
     """`num_tokens` draws of a word; a word's index is its synthetic token id.
 
     The same draws as `rng.choice(SYNTHETIC_WORDS)`, which CPython implements as
     `seq[rng._randbelow(len(seq))]`, taken as indices so a simulation gets token ids without
-    tokenizing text; a test holds the two equal. Long draws run in bulk (`_bulk_word_ids`)."""
+    tokenizing text; a test holds the two equal. Long draws run in bulk (`_bulk_word_ids`).
+    `advance=False`: the caller discards `rng`, which then need not be left where the draws
+    would leave it."""
     if num_tokens >= _BULK_FROM:
-        return _bulk_word_ids(rng, num_tokens)
+        return _bulk_word_ids(rng, num_tokens, advance=advance)
     below = rng._randbelow  # type: ignore[attr-defined]
     return [below(_VOCABULARY) for _ in range(num_tokens)]
 
 
 _BULK_FROM = 64
 _BITS = _VOCABULARY.bit_length()
+_GENERATOR = np.random.MT19937(0)
+"""Reused for bulk draws, its state set from the caller's each time (a new one costs more
+than the draws of a question)."""
 
 
-def _bulk_word_ids(rng: random.Random, num_tokens: int) -> list[int]:
+def _bulk_word_ids(rng: random.Random, num_tokens: int, *, advance: bool = True) -> list[int]:
     """`_randbelow(_VOCABULARY)` `num_tokens` times, computed with numpy, leaving `rng` in
-    the state the loop would.
+    the state the loop would (unless `advance` is False).
 
     CPython's `random` is MT19937; `_randbelow(n)` takes `getrandbits(k)` (k = n's bit
     length), which is the generator's next 32-bit output shifted right by 32 - k, and draws
     again while the result is ≥ n (CPython: Lib/random.py, Modules/_randommodule.c). numpy's
     MT19937 started from the same state yields the same 32-bit outputs (`random_raw`)."""
     version, internal, gauss = rng.getstate()
-    generator = _mt19937(internal)
-    start = generator.state
+    generator = _GENERATOR
+    _start_at(generator, internal)
     # Enough outputs that the accepted ones very likely suffice; draw more if not.
     expected = num_tokens * (1 << _BITS) / _VOCABULARY
     parts: list[np.ndarray] = []
@@ -87,21 +92,19 @@ def _bulk_word_ids(rng: random.Random, num_tokens: int) -> list[int]:
         accepted += int(np.count_nonzero(draws < _VOCABULARY))
     draws = np.concatenate(parts)
     positions = np.flatnonzero(draws < _VOCABULARY)[:num_tokens]
-    consumed = int(positions[-1]) + 1
-    generator.state = start  # rewind, then take exactly what the loop would have taken
-    generator.random_raw(consumed)
-    after = generator.state["state"]
-    rng.setstate((version, (*after["key"].tolist(), int(after["pos"])), gauss))
+    if advance:
+        _start_at(generator, internal)  # rewind, then take exactly what the loop took
+        generator.random_raw(int(positions[-1]) + 1)
+        after = generator.state["state"]
+        rng.setstate((version, (*after["key"].tolist(), int(after["pos"])), gauss))
     ids: list[int] = draws[positions].tolist()
     return ids
 
 
-def _mt19937(internal: tuple[int, ...]) -> np.random.MT19937:
-    """numpy's MT19937 in the state `random.getstate()` gives as its second item."""
-    generator = np.random.MT19937()
+def _start_at(generator: np.random.MT19937, internal: tuple[int, ...]) -> None:
+    """Put numpy's MT19937 in the state `random.getstate()` gives as its second item."""
     key = np.array(internal[:-1], dtype=np.uint32)
     generator.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": internal[-1]}}
-    return generator
 
 
 def _words(ids: Sequence[int]) -> str:
@@ -137,7 +140,7 @@ class PromptSet:
             if request.prompt_slot is None
             else f"{self.seed}:prompt:{request.prompt_slot}"
         )
-        ids = _word_ids(random.Random(own_seed), self.own_tokens)
+        ids = _word_ids(random.Random(own_seed), self.own_tokens, advance=False)
         own = _words(ids)
         if request.group is None:
             return own, ids

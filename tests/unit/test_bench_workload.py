@@ -173,6 +173,7 @@ def test_bulk_word_draws_equal_the_loop_and_leave_the_generator_where_it_would(
 
         assert _word_ids(bulk, num_tokens) == expected
         assert bulk.getstate() == loop.getstate()  # later draws continue identically
+        assert _word_ids(random.Random(seed), num_tokens, advance=False) == expected
 
 
 def test_a_prompt_pool_repeats_whole_prompts_in_a_shuffled_cycle() -> None:

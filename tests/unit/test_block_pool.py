@@ -277,3 +277,15 @@ def test_a_prompt_hashed_again_gives_a_list_of_its_own() -> None:
     first.clear()
 
     assert len(hash_prompt_blocks([1, 2, 3, 4, 5, 6, 7, 8], BLOCK_SIZE)) == 2
+
+
+def test_a_long_prompt_hashes_as_one_chain_of_blocks() -> None:
+    # Hashed in runs of blocks, remembered; the result is the plain chain all the same.
+    token_ids = [(7 * i) % 50 for i in range(BLOCK_SIZE * 150 + 3)]
+    expected, parent = [], None
+    for start in range(0, BLOCK_SIZE * 150, BLOCK_SIZE):
+        parent = hash_block_tokens(parent, token_ids[start : start + BLOCK_SIZE])
+        expected.append(parent)
+
+    assert hash_prompt_blocks(token_ids, BLOCK_SIZE) == expected
+    assert hash_prompt_blocks(token_ids[: BLOCK_SIZE * 70], BLOCK_SIZE) == expected[:70]
