@@ -13,7 +13,8 @@ arrived, freed blocks), and the pod then steps normally from the end of the step
 progress. A scrape reads the queue and KV usage the started steps give without applying
 them. As with `Engine.step`, a step's effects count from its start, and every step runs at
 the time and with the batch it would have stepping one by one, so the records are the same
-(a test holds them equal).
+(a test holds them equal). A request's tokens between its first and its end reach the client
+together at the end (`deliver`), with the time of each.
 """
 
 from __future__ import annotations

@@ -284,7 +284,7 @@ def run_plan(
                 gpus=job.shape.pods * gpus_per_pod,
                 stages=summarize_run(outcome.records, stages, workload, None),
                 records=outcome.records,
-                notes=[outcome.note],
+                notes=[outcome.note, f"simulated in {outcome.seconds:.1f} s of wall time"],
             )
         )
     results = BenchResults(

@@ -4,6 +4,7 @@ and the recommendation."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,8 @@ def test_tandem_plan_writes_results_and_recommends(
     folder = tmp_path / "tiny"
     assert {p.name for p in folder.iterdir()} >= {"results.json", "report.md", "ttft_p50.png"}
     assert "# tandem plan: tiny" in (folder / "report.md").read_text()
+    runs = json.loads((folder / "results.json").read_text())["runs"]
+    assert all(any(n.startswith("simulated in ") for n in run["notes"]) for run in runs)
 
 
 def test_the_inference_perf_harness_isolates_stages_and_repeats_prompts(tmp_path: Path) -> None:
