@@ -366,12 +366,12 @@ class Engine:
 
     def apply_decode_run(
         self, run: DecodeRun, steps: int, requests: Iterable[int] | None = None
-    ) -> list[tuple[RequestOutput, tuple[float, ...]]]:
+    ) -> list[tuple[RequestOutput, list[float]]]:
         """Apply the run's first `steps` steps to its requests (or to the requests at the
         given indices only): each takes one token per step it is in, as `step` would give
         it, and a finisher ends with its last. One output per request that got tokens, with
         the time each token was sampled."""
-        outputs: list[tuple[RequestOutput, tuple[float, ...]]] = []
+        outputs: list[tuple[RequestOutput, list[float]]] = []
         indices = range(len(run.requests)) if requests is None else requests
         for index in indices:
             done, upto = run.applied[index], min(steps, run.limits[index])
@@ -384,7 +384,7 @@ class Engine:
 
     def _apply_run_steps(
         self, run: DecodeRun, index: int, done: int, upto: int
-    ) -> tuple[RequestOutput, tuple[float, ...]]:
+    ) -> tuple[RequestOutput, list[float]]:
         request = run.requests[index]
         count = upto - done
         if not self.scheduler.grow(request, count):
@@ -392,7 +392,7 @@ class Engine:
         tokens = self._samples(request, len(request.output_token_ids), count)
         request.output_token_ids.extend(tokens)
         request.num_computed_tokens += count
-        times = tuple(run.ends[done:upto])
+        times = run.ends[done:upto]
         if done == 0:
             assert request.last_token_time is not None
             self.stats.inter_token_latency.observe(times[0] - request.last_token_time)
@@ -645,14 +645,13 @@ class Engine:
 
     def _samples(self, request: EngineRequest, first: int, count: int) -> tuple[int, ...]:
         """`_sample_at` for positions first .. first + count - 1."""
-        base = self._sample_seed(request) * 6364136223846793005
-        vocab, mask = self.config.sample_vocab_size, 2**64 - 1
-        return tuple(
-            [
-                (((base + position * 1442695040888963407) & mask) >> 33) % vocab
-                for position in range(first, first + count)
-            ]
-        )
+        vocab, mask, step = self.config.sample_vocab_size, 2**64 - 1, 1442695040888963407
+        mixed = (self._sample_seed(request) * 6364136223846793005 + first * step) & mask
+        tokens = []
+        for _ in range(count):
+            tokens.append((mixed >> 33) % vocab)
+            mixed = (mixed + step) & mask
+        return tuple(tokens)
 
     def _sample_at(self, request: EngineRequest, position: int) -> int:
         """A deterministic 'sampled' token: a function of the prompt and the position."""

@@ -382,7 +382,7 @@ def test_a_decode_run_applies_what_single_steps_would_through_a_finish() -> None
     ]
     assert all(out.finished for out, _ in applied)
     assert applied[1][0].num_prompt_tokens == 6
-    assert applied[1][1] == tuple(run.ends[:11])
+    assert applied[1][1] == run.ends[:11]
     assert planned.num_running == 0
     assert planned.pool.num_free_blocks == planned.pool.capacity
     _assert_same_state(planned, stepped)
