@@ -481,6 +481,16 @@ class Engine:
         low, high = 0, max(steps, 0)
         if growth(high) <= free:
             return high  # the common case: the pool is not short
+        # Short of blocks: request j first needs one in step h*B - c + 1 (counting from 1),
+        # then every B steps. If the (free + 1)-th first need comes before anyone's second,
+        # the run ends the step before it.
+        firsts = sorted(
+            need
+            for c, h, limit in zip(computed, held, limits, strict=True)
+            if (need := h * block_size - c + 1) <= min(limit, high)
+        )
+        if len(firsts) > free and firsts[free] < firsts[0] + block_size:
+            return firsts[free] - 1
         while low < high:
             middle = (low + high + 1) // 2
             if growth(middle) <= free:

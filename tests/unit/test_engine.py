@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from simulator.engine import Engine
@@ -447,3 +449,23 @@ def test_a_decode_run_stops_before_the_free_blocks_run_out() -> None:
     assert planned.pool.num_free_blocks == 0
     stepped.step(clock)
     assert stepped.stats.num_preemptions == 1
+
+
+def test_the_steps_a_run_has_blocks_for_match_counting_them_one_by_one() -> None:
+    rng = random.Random(11)
+    for _ in range(300):
+        free = rng.randrange(0, 12)
+        engine = make_engine(num_gpu_blocks=free + 2)  # block size 4
+        engine.pool.allocate(1)  # `free` blocks left
+        held = [rng.randrange(1, 6) for _ in range(rng.randrange(1, 8))]
+        computed = [h * 4 - rng.randrange(0, 4) for h in held]
+        limits = [rng.randrange(1, 40) for _ in held]
+        steps = rng.randrange(0, 40)
+
+        run = list(zip(computed, held, limits, strict=True))
+        growth = [
+            sum(max(0, -(-(c + min(s, limit)) // 4) - h) for c, h, limit in run)
+            for s in range(steps + 1)
+        ]
+        expected = max(s for s in range(steps + 1) if growth[s] <= free)
+        assert engine._steps_with_free_blocks(computed, held, limits, steps) == expected
