@@ -76,7 +76,9 @@ class DecodeRun:
     held: list[int]
     """Blocks each request held when the run was planned."""
     limits: list[int]
+    """Steps each request takes part in."""
     finishing: list[bool]
+    """Whether each request ends with its last step (else it is still running after)."""
     applied: list[int]
     """Steps applied to each request so far."""
     ends: list[float] = field(default_factory=list)
@@ -338,7 +340,7 @@ class Engine:
         return run
 
     def _time_run(self, run: DecodeRun, steps: int) -> None:
-        """Fill in the run's step ends, sequences per step, and what its finishers free."""
+        """Fill in the run's step ends, the requests in each step, and its finishers."""
         finishers: dict[int, list[int]] = {}
         for index, (limit, finishing) in enumerate(zip(run.limits, run.finishing, strict=True)):
             if finishing:
