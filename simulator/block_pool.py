@@ -43,6 +43,10 @@ def _hash_block(parent: BlockHash, token_ids: tuple[int, ...]) -> BlockHash:
     return hashlib.sha256(pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL)).digest()
 
 
+_RUN_BLOCKS = 64
+"""Prompt blocks hashed, and remembered, together (`_hash_run`)."""
+
+
 def hash_prompt_blocks(token_ids: Sequence[int], block_size: int) -> list[BlockHash]:
     """Chained hashes of every full block of `token_ids` (a trailing partial block has none)."""
     hashes: list[BlockHash] = []
@@ -53,9 +57,6 @@ def hash_prompt_blocks(token_ids: Sequence[int], block_size: int) -> list[BlockH
         run = tuple(token_ids[start : min(start + span, full)])
         hashes += _hash_run(parent, run, block_size)
     return hashes
-
-
-_RUN_BLOCKS = 64
 
 
 @functools.lru_cache(maxsize=4096)
