@@ -301,16 +301,18 @@ class VirtualCluster:
     def _prompt(self, request: BenchRequest) -> tuple[bytes, list[int]]:
         """The completions body the client posts and the prompt's ids; one that repeats is
         written once (nothing changes either)."""
-        slot = request.prompt_slot
-        key = (-1 if slot is None else slot, request.max_tokens)
-        if slot is not None and key in self._pooled_prompts:
-            return self._pooled_prompts[key]
+        if request.prompt_slot is None:
+            return self._write_prompt(request)
+        key = (request.prompt_slot, request.max_tokens)
+        prompt = self._pooled_prompts.get(key)
+        if prompt is None:
+            prompt = self._pooled_prompts[key] = self._write_prompt(request)
+        return prompt
+
+    def _write_prompt(self, request: BenchRequest) -> tuple[bytes, list[int]]:
         text, ids = self.prompts.text_and_ids(request)
         body = {"model": self.model, "prompt": text, "max_tokens": request.max_tokens}
-        prompt = json.dumps(body).encode(), ids
-        if slot is not None:
-            self._pooled_prompts[key] = prompt
-        return prompt
+        return json.dumps(body).encode(), ids
 
     def _at_decode_endpoint(
         self, flight: _Flight, result: SchedulingResult, prompt: list[int]

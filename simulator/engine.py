@@ -62,6 +62,11 @@ class EngineConfig:
         return self.batching.block_size
 
 
+def _new_blocks(computed: int, held: int, steps: int, block_size: int) -> int:
+    """Blocks a decoding request holding `held` for `computed` tokens takes in `steps` steps."""
+    return max(0, -(-(computed + steps) // block_size) - held)
+
+
 @dataclass(slots=True, eq=False)
 class DecodeRun:
     """Pure decode steps of the running requests, planned from `start` and applied lazily
@@ -86,12 +91,15 @@ class DecodeRun:
     """Requests in each step."""
     finished: list[int] = field(default_factory=list)
     """finished[i]: requests that ended with steps 0..i."""
-    finish_steps: list[int] = field(default_factory=list)
-    """Steps some request ends with, in order."""
     finishers: dict[int, list[int]] = field(default_factory=dict)
-    """The requests (indices) each of those steps ends."""
+    """The requests (indices) each step that ends some ends."""
     recorded: int = 0
     """Steps whose step-wide statistics are recorded."""
+
+    @property
+    def finish_steps(self) -> list[int]:
+        """Steps some request ends with, in order."""
+        return sorted(self.finishers)
 
     def num_running(self, steps: int) -> int:
         """Running requests once the first `steps` steps have started (a finisher leaves
@@ -358,13 +366,16 @@ class Engine:
                 finished += 1
             run.finished.append(finished)
             context += seqs  # every remaining context is one token longer in the next step
-        run.finish_steps = sorted(finishers)
         run.finishers = finishers
 
     def _growth(self, run: DecodeRun, index: int, steps: int) -> int:
         """New blocks the run's `index`-th request takes in its first `steps` steps."""
-        tokens = run.computed[index] + min(steps, run.limits[index])
-        return max(0, -(-tokens // self.config.block_size) - run.held[index])
+        return _new_blocks(
+            run.computed[index],
+            run.held[index],
+            min(steps, run.limits[index]),
+            self.config.block_size,
+        )
 
     def apply_decode_run(
         self, run: DecodeRun, steps: int, requests: Iterable[int] | None = None
@@ -434,18 +445,10 @@ class Engine:
         take, plus what their finishers give back."""
         taken = 0
         finishers: list[int] = []
-        block_size = self.config.block_size
-        for index, (done, limit, computed) in enumerate(
-            zip(run.applied, run.limits, run.computed, strict=True)
-        ):
-            upto = steps if steps < limit else limit
+        for index, (done, limit) in enumerate(zip(run.applied, run.limits, strict=True)):
+            upto = min(steps, limit)
             if upto > done:
-                # Blocks for the tokens up to `upto` less those up to `done` (both at least
-                # the blocks it held: `_growth` without the floor at zero, which cancels).
-                held = run.held[index] * block_size
-                taken += (-(-max(computed + upto, held) // block_size)) - (
-                    -(-max(computed + done, held) // block_size)
-                )
+                taken += self._growth(run, index, upto) - self._growth(run, index, done)
                 if upto == limit and run.finishing[index]:
                     finishers.append(index)
         freed = 0
@@ -475,7 +478,7 @@ class Engine:
 
         def growth(count: int) -> int:
             return sum(
-                max(0, -(-(c + min(count, limit)) // block_size) - h)
+                _new_blocks(c, h, min(count, limit), block_size)
                 for c, h, limit in zip(computed, held, limits, strict=True)
             )
 
