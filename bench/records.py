@@ -78,3 +78,6 @@ class StageSummary:
     machine_limited: bool
     """True when the generator fell behind its schedule or the CPU was saturated: the stage
     measured the machine, not the system under test."""
+    tail_slo_attainment: float | None = None
+    """Share of the stage's requests that also kept their P99 inter-token gap within the
+    workload's tail bound; None when the workload sets none."""

@@ -75,7 +75,7 @@ def _setup(results: BenchResults, title: str) -> str:
         f"- Model: `{results.model}`",
         time_line,
         f"- Target: {results.target or 'local cluster started by tandem'}",
-        f"- SLO: TTFT ≤ {results.slo.ttft_ms:g} ms, mean ITL ≤ {results.slo.itl_ms:g} ms",
+        f"- SLO: {results.slo.describe()}",
         f"- Clusters: {clusters or _MISSING}",
         f"- Policies: {', '.join(f'`{p}`' for p in results.policies) or _MISSING}",
     ]
@@ -112,12 +112,19 @@ def _warnings(results: BenchResults) -> str:
 
 
 def _goodput_table(results: BenchResults) -> str:
+    tail = results.slo.itl_p99_ms is not None
     rows = [
         [f"`{r.cluster}`", f"`{r.policy}`", str(r.gpus), f"{r.goodput:.2f}", _per_gpu(r)]
+        + ([_rate(r.tail_goodput)] if tail else [])
         for r in results.runs
     ]
     header = ["cluster", "policy", "GPUs", "goodput (req/s)", "goodput per GPU (req/s)"]
+    header += ["goodput under the tail SLO (req/s)"] if tail else []
     return "## Goodput\n\n" + _table(header, rows)
+
+
+def _rate(value: float | None) -> str:
+    return _MISSING if value is None else f"{value:.2f}"
 
 
 def _per_gpu(run: RunResult) -> str:
@@ -211,6 +218,7 @@ def _run_table(run: RunResult) -> str:
         "ITL p50 / p99 (ms)",
         "success",
         "SLO attainment",
+        *(["tail SLO attainment"] if run.tail_goodput is not None else []),
         "hit rate",
         "lag p99 (s)",
         "machine-limited",
@@ -226,6 +234,7 @@ def _run_table(run: RunResult) -> str:
             " / ".join(_milliseconds(v) for v in (s.itl_s.p50, s.itl_s.p99)),
             _percent(s.success_rate),
             _percent(s.slo_attainment),
+            *([_percent(s.tail_slo_attainment)] if run.tail_goodput is not None else []),
             _percent(s.hit_rate),
             f"{s.generator_lag_p99_s:.3f}",
             "**yes**" if s.machine_limited else "no",
@@ -234,6 +243,8 @@ def _run_table(run: RunResult) -> str:
     ]
     title = f"## Run `{run.cluster}` ({_shape(run.shape)}, {run.gpus} GPUs) / `{run.policy}`"
     summary = f"Goodput {run.goodput:.2f} req/s ({_per_gpu(run)} per GPU)."
+    if run.tail_goodput is not None:
+        summary += f" Under the tail SLO: {run.tail_goodput:.2f} req/s."
     return f"{title}\n\n{summary}\n\n" + _table(header, rows)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.records import Percentiles, RequestRecord, StageSummary
 from bench.summary import GOODPUT_THRESHOLD, goodput
+from bench.workload import Slo
 
 RESULTS_FORMAT = "tandem-bench-results/1"
 
@@ -29,6 +30,8 @@ is 0.
 ran each prefill (KV received over a transfer is not a cache hit): the sum of the responses' \
 `usage.prompt_tokens_details.cached_tokens` (which vLLM reports as the prefill side's hits) \
 over their prompt tokens.
+- **Tail SLO** (where the workload sets `slo.itl_p99_ms`): the SLO above and, besides, each \
+request's own P99 inter-token gap ≤ `slo.itl_p99_ms`; tail goodput is goodput under it.
 - **Throughput** of a stage: its successful requests (and their tokens) per second of the \
 longer of the stage's duration and its completion window (first send to last completion, as \
 inference-perf counts): a system that keeps up shows the offered rate, one that falls behind \
@@ -41,6 +44,18 @@ limit or the CPU was saturated, so the stage measured the benchmark machine, not
 class SloTargets:
     ttft_ms: float
     itl_ms: float
+    itl_p99_ms: float | None = None
+
+    @classmethod
+    def of(cls, slo: Slo) -> SloTargets:
+        return cls(slo.ttft_ms, slo.itl_ms, slo.itl_p99_ms)
+
+    def describe(self) -> str:
+        """The SLO in words, for reports."""
+        text = f"TTFT ≤ {self.ttft_ms:g} ms, mean ITL ≤ {self.itl_ms:g} ms"
+        if self.itl_p99_ms is not None:
+            text += f"; tail SLO: also each request's P99 ITL ≤ {self.itl_p99_ms:g} ms"
+        return text
 
 
 @dataclass(slots=True)
@@ -57,6 +72,8 @@ class RunResult:
     goodput: float
     notes: list[str] = field(default_factory=list)
     machine_limited_stages: list[int] = field(default_factory=list)
+    tail_goodput: float | None = None
+    """Goodput under the tail SLO, when the workload sets one."""
 
     @classmethod
     def from_stages(
@@ -81,6 +98,9 @@ class RunResult:
             goodput=goodput(stages, GOODPUT_THRESHOLD),
             notes=list(notes or []),
             machine_limited_stages=[s.stage for s in stages if s.machine_limited],
+            tail_goodput=goodput(stages, GOODPUT_THRESHOLD, tail=True)
+            if stages and all(s.tail_slo_attainment is not None for s in stages)
+            else None,
         )
 
     @property
@@ -172,6 +192,7 @@ def _run_document(run: RunResult, token_gaps: bool) -> dict[str, Any]:
         "gpus": run.gpus,
         "goodput": run.goodput,
         "goodput_per_gpu": run.goodput_per_gpu,
+        "tail_goodput": run.tail_goodput,
         "notes": run.notes,
         "machine_limited_stages": run.machine_limited_stages,
         "stages": [asdict(stage) for stage in run.stages],
@@ -201,6 +222,7 @@ def _run_from(document: dict[str, Any]) -> RunResult:
         goodput=document["goodput"],
         notes=document["notes"],
         machine_limited_stages=document["machine_limited_stages"],
+        tail_goodput=document.get("tail_goodput"),
     )
 
 

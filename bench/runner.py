@@ -102,6 +102,7 @@ def summarize_run(
                     records=in_stage,
                     slo_ttft_s=workload.slo.ttft_ms / 1000,
                     slo_itl_s=workload.slo.itl_ms / 1000,
+                    slo_itl_p99_s=workload.slo.itl_p99_s,
                     hit_rate=hit_rate(in_stage),
                     cpu_saturated=busy is not None and busy >= CPU_SATURATED,
                 )
@@ -190,7 +191,7 @@ def run_bench(options: BenchOptions) -> BenchResults:
         model=workload.model,
         time_scale=options.time_scale,
         target=options.target,
-        slo=SloTargets(workload.slo.ttft_ms, workload.slo.itl_ms),
+        slo=SloTargets.of(workload.slo),
         reference={k: v.model_dump(exclude_none=True) for k, v in workload.reference.items()},
         runs=runs,
     )

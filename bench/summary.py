@@ -50,12 +50,22 @@ def _quantile(ordered: np.ndarray, q: float) -> float:
     return low + (high - low) * fraction
 
 
-def meets_slo(record: RequestRecord, slo_ttft_s: float, slo_itl_s: float) -> bool:
-    """Succeeded with TTFT and mean ITL within target; one output token has no ITL to miss."""
+def meets_slo(
+    record: RequestRecord, slo_ttft_s: float, slo_itl_s: float, slo_itl_p99_s: float | None = None
+) -> bool:
+    """Succeeded with TTFT and mean ITL (and, with a tail bound, its P99 inter-token gap)
+    within target; one output token has no ITL to miss."""
     if not record.success or record.ttft_s is None or record.ttft_s > slo_ttft_s:
         return False
     mean_itl = record.mean_itl_s
-    return mean_itl is None or mean_itl <= slo_itl_s
+    if mean_itl is not None and mean_itl > slo_itl_s:
+        return False
+    return slo_itl_p99_s is None or not record.itl_s or tail_itl_s(record) <= slo_itl_p99_s
+
+
+def tail_itl_s(record: RequestRecord, quantile: float = 0.99) -> float:
+    """The request's own P99 inter-token gap (linear interpolation, as `percentiles`)."""
+    return _quantile(np.sort(np.asarray(record.itl_s, dtype=np.float64)), quantile)
 
 
 def summarize_stage(
@@ -68,6 +78,7 @@ def summarize_stage(
     hit_rate: float | None,
     cpu_saturated: bool,
     lag_limit_s: float = DEFAULT_LAG_LIMIT_S,
+    slo_itl_p99_s: float | None = None,
 ) -> StageSummary:
     """One stage's figures from the records of the requests it scheduled.
 
@@ -89,6 +100,10 @@ def summarize_stage(
     input_tokens = sum(r.prompt_tokens for r in succeeded)
     output_tokens = sum(r.output_tokens for r in succeeded)
     good = sum(meets_slo(r, slo_ttft_s, slo_itl_s) for r in records)
+    tail_attainment = None
+    if slo_itl_p99_s is not None:
+        tail_good = sum(meets_slo(r, slo_ttft_s, slo_itl_s, slo_itl_p99_s) for r in records)
+        tail_attainment = tail_good / requests if requests else 0.0
     window = max(duration_s, completion_window_s(records) or 0.0)
     lag = percentiles([r.lag_s for r in records]).p99
     lag_p99 = lag if lag is not None else 0.0
@@ -110,6 +125,7 @@ def summarize_stage(
         hit_rate=hit_rate,
         generator_lag_p99_s=lag_p99,
         machine_limited=cpu_saturated or lag_p99 > lag_limit_s,
+        tail_slo_attainment=tail_attainment,
     )
 
 
@@ -126,8 +142,11 @@ def completion_window_s(records: Sequence[RequestRecord]) -> float | None:
     return window if window > 0 else None
 
 
-def goodput(summaries: Sequence[StageSummary], threshold: float = GOODPUT_THRESHOLD) -> float:
-    """The highest rate at which SLO attainment holds at `threshold`, interpolated linearly.
+def goodput(
+    summaries: Sequence[StageSummary], threshold: float = GOODPUT_THRESHOLD, *, tail: bool = False
+) -> float:
+    """The highest rate at which SLO attainment (with `tail`, under the tail SLO) holds at
+    `threshold`, interpolated linearly.
 
     Stages are walked in increasing rate and the walk stops at the first stage below the
     threshold: a later stage that meets it again does not count, since attainment that
@@ -136,13 +155,21 @@ def goodput(summaries: Sequence[StageSummary], threshold: float = GOODPUT_THRESH
     would credit a system whose unloaded ITL alone misses the target.
     """
     ladder = sorted(summaries, key=lambda s: s.rate)
+
+    def attainment(summary: StageSummary) -> float:
+        if not tail:
+            return summary.slo_attainment
+        if summary.tail_slo_attainment is None:
+            raise ValueError(f"stage {summary.stage} was not judged under a tail SLO")
+        return summary.tail_slo_attainment
+
     previous: StageSummary | None = None
     for summary in ladder:
-        if summary.slo_attainment < threshold:
+        if attainment(summary) < threshold:
             if previous is None:
                 return 0.0
-            drop = previous.slo_attainment - summary.slo_attainment
-            fraction = (previous.slo_attainment - threshold) / drop
+            drop = attainment(previous) - attainment(summary)
+            fraction = (attainment(previous) - threshold) / drop
             return previous.rate + fraction * (summary.rate - previous.rate)
         previous = summary
     return previous.rate if previous is not None else 0.0

@@ -6,7 +6,7 @@
            question_len, output_len, seed}
         | {type: random, num_prompts, input_len, output_len, seed}
     load: {type: poisson, warmup?: {rate, duration}, stages: [{rate, duration}, ...]}
-    slo: {ttft_ms, itl_ms}
+    slo: {ttft_ms, itl_ms, itl_p99_ms?}
     reference?: {policy: {requests_per_s, output_tokens_per_s, ttft_mean_s, itl_mean_ms}}
 
 Lengths are tokens, rates requests per second, durations seconds of model time.
@@ -77,6 +77,15 @@ class Load(_Strict):
 class Slo(_Strict):
     ttft_ms: float = Field(gt=0)
     itl_ms: float = Field(gt=0)
+    """Bound on each request's mean inter-token gap."""
+    itl_p99_ms: float | None = Field(None, gt=0)
+    """Bound on each request's P99 inter-token gap: the tail SLO, judged besides the mean
+    one (DistServe's per-request TPOT targets, llm-d's P95 ITL), which shows the stalls a
+    long prefill causes in the decode batch it joins."""
+
+    @property
+    def itl_p99_s(self) -> float | None:
+        return None if self.itl_p99_ms is None else self.itl_p99_ms / 1000
 
 
 class ReferenceFigures(_Strict):

@@ -137,10 +137,13 @@ class Router:
     # -- load accounting ------------------------------------------------------------------
 
     def acquire(self, request: SchedulingRequest, result: SchedulingResult) -> Loads:
-        """Count the request against the endpoints it was routed to."""
+        """Count the request against the endpoints it was routed to: one request on each,
+        and its uncached prompt tokens on the one that prefills until its first byte."""
         decode = result.decode.best.name
         prefill = result.prefill_targets[0].name if result.prefill_targets else None
-        tokens = request.num_prompt_tokens
+        tokens = result.uncached_tokens
+        if tokens is None:
+            tokens = request.num_prompt_tokens
         self.store.acquire(decode, 0 if prefill else tokens)
         if prefill:
             self.store.acquire(prefill, tokens)

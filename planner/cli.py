@@ -109,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
         seconds = plan.seconds[f"{run.cluster} / {run.policy}"]
         print(
             f"{run.cluster} / {run.policy}: goodput {run.goodput:.2f} req/s "
-            f"({run.goodput_per_gpu:.3f} per GPU), simulated in {seconds:.0f} s"
+            f"({run.goodput_per_gpu:.3f} per GPU)"
+            + ("" if run.tail_goodput is None else f", {run.tail_goodput:.2f} under the tail SLO")
+            + f", simulated in {seconds:.0f} s"
         )
     if plan.recommendation is not None:
         print("recommended: " + plan.recommendation.sentence().replace("`", ""))

@@ -292,7 +292,7 @@ def run_plan(
         model=workload.model,
         time_scale=0.0,
         target="virtual cluster (tandem plan)",
-        slo=SloTargets(workload.slo.ttft_ms, workload.slo.itl_ms),
+        slo=SloTargets.of(workload.slo),
         reference={k: v.model_dump(exclude_none=True) for k, v in workload.reference.items()},
         runs=runs,
         metadata={**_path_metadata(options.path), **_harness_metadata(options)},

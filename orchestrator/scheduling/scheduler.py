@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 
@@ -42,6 +43,10 @@ class Scheduler:
         """Pick endpoints for a request; raises SchedulingError when none can take it."""
         cycle = Cycle(request, now, self._rng, self.prefix_index)
         result = self.handler.run(cycle, self.profiles, endpoints)
+        targets = result.prefill_targets
+        prefills_on = targets[0].name if targets else result.decode.best.name
+        uncached = request.num_prompt_tokens - cycle.matched_tokens(prefills_on)
+        result = dataclasses.replace(result, uncached_tokens=uncached)
         self._record(cycle, result)
         return result
 

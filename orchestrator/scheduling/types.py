@@ -127,6 +127,9 @@ class SchedulingResult:
     decision: PDDecision
     reason: str
     """Why, as a fixed label value (e.g. "uncached_above_threshold", "aggregated_pool")."""
+    uncached_tokens: int | None = None
+    """Prompt tokens the pod that prefills (the first prefill target when disaggregated, else
+    the decode pick) is predicted not to hold: the prefill work the request adds there."""
 
     @property
     def prefill_targets(self) -> tuple[ScoredEndpoint, ...]:

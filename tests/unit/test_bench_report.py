@@ -220,3 +220,35 @@ def test_plots_survive_runs_without_hit_rates_or_reference(
     ]
     paths = write_plots(tmp_path, results)
     assert all(p.read_bytes().startswith(PNG_SIGNATURE) for p in paths)
+
+
+def test_a_tail_slo_is_reported_beside_the_mean_one(tmp_path: Path) -> None:
+    stages, records = [], []
+    for stage, rate in LADDER:
+        stage_records = _records(stage, rate, 0.2)
+        records += stage_records
+        # The records' gaps are 20 and 40 ms: P99 ~40 ms, over a 30 ms tail bound.
+        stages.append(
+            summarize_stage(
+                stage, rate, 2.0, stage_records, 1.0, 0.05, None, False, slo_itl_p99_s=0.03
+            )
+        )
+    run = RunResult.from_stages(
+        cluster="pd-4-4", shape={"prefill": 4, "decode": 4}, policy="tandem", gpus=8,
+        stages=stages, records=records,
+    )  # fmt: skip
+    results = BenchResults(
+        workload="w", model="m", time_scale=1.0, target=None,
+        slo=SloTargets(ttft_ms=1000, itl_ms=50, itl_p99_ms=30), runs=[run],
+    )  # fmt: skip
+    path = tmp_path / "report.md"
+    write_markdown(path, results)
+    text = path.read_text()
+
+    assert run.tail_goodput == 0.0
+    assert run.goodput == 10.0
+    assert "tail SLO: also each request's P99 ITL ≤ 30 ms" in text
+    assert "| `pd-4-4` | `tandem` | 8 | 10.00 | 1.250 | 0.00 |" in text
+    assert "Under the tail SLO: 0.00 req/s." in text
+    write_results(tmp_path / "results.json", results)
+    assert load_results(tmp_path / "results.json").runs[0].tail_goodput == 0.0

@@ -11,6 +11,7 @@ from bench.summary import (
     hit_rate_from_counters,
     percentiles,
     summarize_stage,
+    tail_itl_s,
 )
 
 SLO_TTFT_S = 1.0
@@ -43,7 +44,9 @@ def _record(
     )
 
 
-def _summary(rate: float, attainment: float, *, stage: int = 0) -> StageSummary:
+def _summary(
+    rate: float, attainment: float, *, stage: int = 0, tail: float | None = None
+) -> StageSummary:
     empty = Percentiles(None, None, None, None)
     return StageSummary(
         stage=stage,
@@ -63,6 +66,7 @@ def _summary(rate: float, attainment: float, *, stage: int = 0) -> StageSummary:
         hit_rate=None,
         generator_lag_p99_s=0.0,
         machine_limited=False,
+        tail_slo_attainment=tail,
     )
 
 
@@ -130,6 +134,54 @@ def test_slo_attainment_is_a_share_of_all_requests(
         0, 1.0, 10.0, records, SLO_TTFT_S, SLO_ITL_S, hit_rate=None, cpu_saturated=False
     )
     assert summary.slo_attainment == attainment, name
+
+
+SLO_ITL_P99_S = 0.1
+STALLED = (0.02,) * 98 + (0.3,) * 2
+"""A mean of 25.8 ms, within the mean target, with two 0.3 s stalls: a P99 gap of 0.3 s."""
+
+
+def test_tail_itl_is_the_request_s_own_p99_gap() -> None:
+    assert tail_itl_s(_record(0, itl_s=STALLED)) == pytest.approx(0.3)
+    # One stall in 100 gaps: position 98.01 lies 1 % of the way from 0.02 to 0.3.
+    assert tail_itl_s(_record(0, itl_s=(0.02,) * 99 + (0.3,))) == pytest.approx(0.0228)
+
+
+@pytest.mark.parametrize(
+    ("name", "records", "attainment", "tail"),
+    [
+        ("smooth meets both", [_record(0, itl_s=(0.02,) * 100)], 1.0, 1.0),
+        ("stalls meet the mean, not the tail", [_record(0, itl_s=STALLED), _record(1)], 1.0, 0.5),
+        ("tail gap on the limit meets it", [_record(0, itl_s=(0.02,) * 98 + (0.1,) * 2)], 1.0, 1.0),
+        ("tail still needs the mean", [_record(0, itl_s=(0.06,) * 10)], 0.0, 0.0),
+        ("tail still needs ttft", [_record(0, ttft_s=2.0)], 0.0, 0.0),
+        ("single token has no gaps", [_record(0, itl_s=())], 1.0, 1.0),
+    ],
+)
+def test_tail_slo_attainment_also_bounds_each_request_s_p99_gap(
+    name: str, records: list[RequestRecord], attainment: float, tail: float
+) -> None:
+    summary = summarize_stage(
+        0, 1.0, 10.0, records, SLO_TTFT_S, SLO_ITL_S, hit_rate=None, cpu_saturated=False,
+        slo_itl_p99_s=SLO_ITL_P99_S,
+    )  # fmt: skip
+    assert (summary.slo_attainment, summary.tail_slo_attainment) == (attainment, tail), name
+
+
+def test_without_a_tail_bound_there_is_no_tail_attainment() -> None:
+    summary = summarize_stage(
+        0, 1.0, 10.0, [_record(0)], SLO_TTFT_S, SLO_ITL_S, hit_rate=None, cpu_saturated=False
+    )
+    assert summary.tail_slo_attainment is None
+
+
+def test_tail_goodput_walks_the_tail_attainment() -> None:
+    stages = [_summary(10, 1.0, tail=1.0), _summary(20, 1.0, tail=0.7), _summary(30, 1.0, tail=0)]
+
+    assert goodput(stages) == 30
+    assert goodput(stages, tail=True) == pytest.approx(10 + 10 * (1.0 - 0.9) / 0.3)
+    with pytest.raises(ValueError, match="tail SLO"):
+        goodput([_summary(10, 1.0)], tail=True)
 
 
 def test_latency_percentiles_cover_successful_requests_and_every_gap() -> None:

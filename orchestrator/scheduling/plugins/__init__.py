@@ -8,6 +8,7 @@ from orchestrator.scheduling.plugins.approx_prefix_cache_producer import (
 )
 from orchestrator.scheduling.plugins.kv_cache_utilization_scorer import KVCacheUtilizationScorer
 from orchestrator.scheduling.plugins.label_selector_filter import LabelSelectorFilter
+from orchestrator.scheduling.plugins.load_aware_pd_decider import LoadAwarePDDecider
 from orchestrator.scheduling.plugins.load_aware_scorer import LoadAwareScorer
 from orchestrator.scheduling.plugins.max_score_picker import MaxScorePicker
 from orchestrator.scheduling.plugins.pd_deciders import AlwaysDisaggPDDecider, PrefixBasedPDDecider
@@ -21,6 +22,7 @@ from orchestrator.scheduling.plugins.random_picker import RandomPicker
 from orchestrator.scheduling.plugins.role_filters import DecodeFilter, PrefillFilter
 from orchestrator.scheduling.plugins.round_robin_picker import RoundRobinPicker
 from orchestrator.scheduling.plugins.session_affinity_scorer import SessionAffinityScorer
+from orchestrator.scheduling.plugins.token_load_scorer import TokenLoadScorer
 from orchestrator.scheduling.plugins.weighted_random_picker import WeightedRandomPicker
 from orchestrator.scheduling.registry import PluginRegistry
 
@@ -33,7 +35,7 @@ def builtin_registry() -> PluginRegistry:
         ActiveRequestScorer, LoadAwareScorer, SessionAffinityScorer, MaxScorePicker,
         RandomPicker, WeightedRandomPicker, RoundRobinPicker, DisaggProfileHandler,
         SingleProfileHandler, PrefixBasedPDDecider, AlwaysDisaggPDDecider,
-        ApproxPrefixCacheProducer,
+        ApproxPrefixCacheProducer, LoadAwarePDDecider, TokenLoadScorer,
     ):  # fmt: skip
         registry.register(plugin)
     registry.register(LabelSelectorFilter, "by-label-selector")

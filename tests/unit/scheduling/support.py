@@ -60,6 +60,7 @@ def make_view(
     has_metrics: bool = True,
     fresh: bool = True,
     in_flight: int = 0,
+    in_flight_tokens: int = 0,
     labels: Mapping[str, str] | None = None,
 ) -> EndpointView:
     """An endpoint as a cycle sees it; `has_metrics=False` means never scraped."""
@@ -73,6 +74,7 @@ def make_view(
         metrics=metrics,
         metrics_fresh=fresh and has_metrics,
         in_flight=in_flight,
+        in_flight_tokens=in_flight_tokens,
     )
 
 

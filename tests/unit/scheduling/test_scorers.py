@@ -17,6 +17,7 @@ from orchestrator.scheduling.plugins.session_affinity_scorer import (
     SessionAffinityScorer,
     encode_session_token,
 )
+from orchestrator.scheduling.plugins.token_load_scorer import TokenLoadScorer
 from orchestrator.scheduling.prefix_index import PrefixIndex
 from orchestrator.scheduling.types import (
     EndpointView,
@@ -146,6 +147,62 @@ def test_load_aware_scorer(parameters: dict[str, Any], view: EndpointView, expec
     scorer = LoadAwareScorer.from_parameters("load-aware-scorer", parameters)
 
     assert scorer.score(make_cycle(), [view]) == pytest.approx({"a": expected})
+
+
+@pytest.mark.parametrize(
+    ("parameters", "tokens", "expected"),
+    [
+        pytest.param({}, 0, 1.0, id="idle-1"),
+        pytest.param({}, 1_048_576, 0.75, id="llm-d-default-threshold"),
+        pytest.param({"queueThresholdTokens": 1000}, 250, 0.75, id="quarter"),
+        pytest.param({"queueThresholdTokens": 1000}, 1000, 0.0, id="at-threshold"),
+        pytest.param({"queueThresholdTokens": 1000}, 5000, 0.0, id="beyond-threshold"),
+    ],
+)
+def test_token_load_scorer(parameters: dict[str, Any], tokens: int, expected: float) -> None:
+    scorer = TokenLoadScorer.from_parameters("token-load-scorer", parameters)
+    # Absolute, not min-max: the score does not depend on the other candidates'.
+    views = [make_view("a", in_flight_tokens=tokens), make_view("b", in_flight_tokens=999_999)]
+
+    assert scorer.score(make_cycle(), views)["a"] == pytest.approx(expected)
+
+
+def test_token_load_keeps_a_cached_prefix_on_a_moderately_busier_pod() -> None:
+    """Prefix 3 + token load 4 (tandem.yaml's prefill profile): a pod holding most of the
+    prompt keeps it against an idle cold pod until its queue is a real share of the
+    threshold (3 x match < 4 x queue / threshold), where min-max request counts would have
+    sent it away at the first request."""
+    document = pd_config(
+        plugins=[
+            {"type": "prefill-filter"},
+            {"type": "decode-filter"},
+            {"type": "prefix-cache-scorer"},
+            {"type": "token-load-scorer", "parameters": {"queueThresholdTokens": 65536}},
+            {"type": "always-disagg-pd-decider"},
+        ],
+        prefill=[
+            {"pluginRef": "prefill-filter"},
+            {"pluginRef": "prefix-cache-scorer", "weight": 3},
+            {"pluginRef": "token-load-scorer", "weight": 4},
+        ],
+        decode=[{"pluginRef": "decode-filter"}],
+    )
+    request = make_request(group_prompt("what was the revenue?"))
+    earlier = group_prompt("and the margin?")
+
+    def prefill_pick(warm_queue: int) -> str:
+        scheduler = scheduler_from(document)
+        scheduler.prefix_index.record("warm", scheduler.prefix_index.hashes(earlier))
+        pool = [
+            make_view("warm", "prefill", in_flight=1, in_flight_tokens=warm_queue),
+            make_view("cold", "prefill"),
+            make_view("d0", "decode"),
+        ]
+        return scheduler.schedule(request, pool, now=0.0).prefill_targets[0].name
+
+    assert prefill_pick(0) == "warm"
+    assert prefill_pick(8_000) == "warm"
+    assert prefill_pick(65_536) == "cold"
 
 
 PROMPT_8_BLOCKS = "".join(f"block {n:02d} ".ljust(BLOCK_CHARS, "x") for n in range(8))

@@ -1,0 +1,90 @@
+"""`load-aware-pd-decider`: disaggregate when it is worth it now, not only when it could be.
+
+A remote prefill frees the decode pod from the prompt's compute, but waits behind whatever
+the prefill pod is already computing. Prefilling on the decode pod waits behind that pod's
+own local prefills, and stalls the requests it is decoding for the steps the prompt takes
+(vLLM runs decodes first and fills the step's token budget with the prompt's chunk). So,
+with U the prompt tokens the chosen decode pod does not hold:
+
+  1. U < `nonCachedTokens` (the floor of `prefix-based-pd-decider`): local.
+  2. `itlBudgetMs` set, the decode pod busy, and one chunk of the prompt (min(U,
+     `maxNumBatchedTokens`) / `prefillTokensPerSecond`) longer than the budget: remote
+     (`local_prefill_over_itl_budget`): the running requests' inter-token gaps come first.
+  3. The prefill pick's queue wait (its in-flight uncached tokens / rate) above
+     `maxPrefillWaitMs`, the decode pod's own queue of local prefills within it (headroom:
+     a decode pod that already prefills takes no more, or its decode batch would stall
+     step after step), and the prompt done sooner there ((local queue + U) / rate, against
+     (queue + the prefill pick's uncached tokens) / rate): local (`prefill_pool_busy`).
+  4. Otherwise remote (`uncached_above_threshold`).
+
+The queues are the orchestrator's own in-flight counts (current at every request, not a
+scrape). Without a prefill ranking (`stageOrder: decode-first` decides before the prefill
+pool is ranked) only the floor applies. The default rate is a Llama-3.1-8B H100 pod's
+prefill of an 8k-token prompt (tandem's H100 calibration reference, section 3: ~36k tok/s);
+set it to the pool's own.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from orchestrator.scheduling.framework import Cycle
+from orchestrator.scheduling.registry import Plugin, PluginParameters
+from orchestrator.scheduling.types import PDDecision, ProfileResult, ScoredEndpoint
+
+
+class LoadAwareParameters(PluginParameters):
+    nonCachedTokens: int = Field(
+        256, ge=1, description="never disaggregate below this many uncached prompt tokens"
+    )
+    promptTokens: int = Field(0, ge=0, description="only prompts at least this long (0: any)")
+    prefillTokensPerSecond: float = Field(
+        36_000.0, gt=0, description="prompt tokens one pod prefills per second"
+    )
+    maxPrefillWaitMs: float = Field(
+        500.0, ge=0, description="prefill queue wait past which a local prefill is considered, "
+        "and the most local prefill work a decode pod may queue",
+    )  # fmt: skip
+    itlBudgetMs: float | None = Field(
+        None, gt=0, description="longest stall a local prefill may add to a busy decode pod's "
+        "inter-token gaps (unset: no bound)",
+    )  # fmt: skip
+    maxNumBatchedTokens: int = Field(
+        8192, ge=1, description="the decode pods' per-step token budget (vLLM's default)"
+    )
+
+
+class LoadAwarePDDecider(Plugin):
+    type_name = "load-aware-pd-decider"
+    Parameters = LoadAwareParameters
+    parameters: LoadAwareParameters
+
+    def decide(
+        self, cycle: Cycle, decode: ScoredEndpoint, prefill: ProfileResult | None
+    ) -> tuple[PDDecision, str]:
+        p = self.parameters
+        prompt_tokens = cycle.request.num_prompt_tokens
+        if prompt_tokens < p.promptTokens:
+            return PDDecision.LOCAL, "prompt_below_min_tokens"
+        uncached = prompt_tokens - cycle.matched_tokens(decode.name)
+        if uncached < p.nonCachedTokens:
+            return PDDecision.LOCAL, "uncached_below_threshold"
+        if prefill is None:
+            return PDDecision.DISAGGREGATE, "uncached_above_threshold"
+        rate = p.prefillTokensPerSecond
+        decoding = decode.view.in_flight > 0
+        stall_ms = 1000 * min(uncached, p.maxNumBatchedTokens) / rate
+        if p.itlBudgetMs is not None and decoding and stall_ms > p.itlBudgetMs:
+            return PDDecision.DISAGGREGATE, "local_prefill_over_itl_budget"
+        target = prefill.best
+        queued_s = target.view.in_flight_tokens / rate
+        remote_s = queued_s + (prompt_tokens - cycle.matched_tokens(target.name)) / rate
+        local_s = (decode.view.in_flight_tokens + uncached) / rate
+        local_queued_s = decode.view.in_flight_tokens / rate
+        if (
+            1000 * queued_s > p.maxPrefillWaitMs
+            and 1000 * local_queued_s <= p.maxPrefillWaitMs
+            and local_s < remote_s
+        ):
+            return PDDecision.LOCAL, "prefill_pool_busy"
+        return PDDecision.DISAGGREGATE, "uncached_above_threshold"

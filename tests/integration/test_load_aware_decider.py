@@ -1,0 +1,106 @@
+"""The load-aware decider behind a live gateway: an idle prefill pool takes long prompts, a
+saturated one sends them to decode pods that have room, each decision counted by reason."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+import orchestrator
+from orchestrator.app import create_app
+from orchestrator.config import parse_orchestrator_config
+from tests.support.fakes import Recorder, fake_model_server, recording_server
+from tests.support.pd import MODEL, PREFILLER, words
+from tests.support.servers import free_port, scrape, serve, wait_until
+
+DECISIONS = "tandem_pd_decisions_total"
+
+
+def _scheduler() -> dict[str, Any]:
+    """tandem.yaml with the decider's rate at 1,000 tokens/s: a 3,000-token prompt in flight
+    on the prefill pod is a 3 s queue, past the 0.5 s limit."""
+    path = Path(orchestrator.__file__).parent / "configs" / "tandem.yaml"
+    document: dict[str, Any] = yaml.safe_load(path.read_text())
+    for plugin in document["plugins"]:
+        if plugin.get("name") == "pd-decider":
+            assert plugin["type"] == "load-aware-pd-decider"
+            plugin["parameters"]["prefillTokensPerSecond"] = 1000
+    return document
+
+
+@contextmanager
+def cluster(decode: Recorder) -> Iterator[str]:
+    """A gateway over one prefill and two decode endpoints (fakes that record and hold their
+    answers), scheduling with the load-aware decider."""
+    prefill_port, decode_ports, port = free_port(), (free_port(), free_port()), free_port()
+    config = parse_orchestrator_config(
+        {
+            "endpoints": [
+                {"name": "prefill-0", "host": "127.0.0.1", "port": prefill_port,
+                 "role": "prefill"},
+                *({"name": f"decode-{i}", "host": "127.0.0.1", "port": p, "role": "decode"}
+                  for i, p in enumerate(decode_ports)),
+            ],
+            "gateway": {"port": port},
+            "scrape": {"interval_s": 0.1},
+            "scheduler": _scheduler(),
+            "seed": 3,
+        }
+    )  # fmt: skip
+    with (
+        serve(fake_model_server(), prefill_port),
+        serve(recording_server(decode), decode_ports[0]),
+        serve(recording_server(decode), decode_ports[1]),
+        serve(create_app(config), port) as url,
+    ):
+        assert wait_until(lambda: httpx.get(f"{url}/ready", timeout=5).json()["healthy"] == 3)
+        yield url
+
+
+def _complete(url: str, prompt: str) -> httpx.Response:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 4}
+    return httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+
+
+def _decisions(url: str) -> dict[str, float]:
+    return {k: v for k, v in scrape(url).items() if k.startswith(DECISIONS)}
+
+
+def test_an_idle_prefill_pool_takes_a_long_prompt() -> None:
+    decode = Recorder()
+    with cluster(decode) as url:
+        reply = _complete(url, words(3000, 1))
+        decisions = _decisions(url)
+
+    assert reply.status_code == 200
+    assert decode.headers[-1][PREFILLER].startswith("127.0.0.1:")
+    assert decisions == {
+        f"{DECISIONS}{{decision=disaggregate,reason=uncached_above_threshold}}": 1.0
+    }
+
+
+def test_a_saturated_prefill_pool_sends_the_next_long_prompt_to_a_decode_pod() -> None:
+    decode = Recorder(delay_s=2.0)  # the first request holds its prefill tokens meanwhile
+    with cluster(decode) as url:
+        first = threading.Thread(target=_complete, args=(url, words(3000, 1)))
+        first.start()
+        try:
+            assert wait_until(lambda: len(decode.headers) == 1)
+            reply = _complete(url, words(3000, 2))
+        finally:
+            first.join()
+        decisions = _decisions(url)
+
+    assert reply.status_code == 200
+    assert PREFILLER in decode.headers[0]
+    assert PREFILLER not in decode.headers[1]
+    assert decisions == {
+        f"{DECISIONS}{{decision=disaggregate,reason=uncached_above_threshold}}": 1.0,
+        f"{DECISIONS}{{decision=local,reason=prefill_pool_busy}}": 1.0,
+    }
