@@ -6,6 +6,7 @@ from orchestrator.scheduling.plugins.active_request_scorer import ActiveRequestS
 from orchestrator.scheduling.plugins.approx_prefix_cache_producer import (
     ApproxPrefixCacheProducer,
 )
+from orchestrator.scheduling.plugins.decode_itl_scorer import DecodeItlScorer
 from orchestrator.scheduling.plugins.kv_cache_utilization_scorer import KVCacheUtilizationScorer
 from orchestrator.scheduling.plugins.label_selector_filter import LabelSelectorFilter
 from orchestrator.scheduling.plugins.load_aware_pd_decider import LoadAwarePDDecider
@@ -35,7 +36,7 @@ def builtin_registry() -> PluginRegistry:
         ActiveRequestScorer, LoadAwareScorer, SessionAffinityScorer, MaxScorePicker,
         RandomPicker, WeightedRandomPicker, RoundRobinPicker, DisaggProfileHandler,
         SingleProfileHandler, PrefixBasedPDDecider, AlwaysDisaggPDDecider,
-        ApproxPrefixCacheProducer, LoadAwarePDDecider, TokenLoadScorer,
+        ApproxPrefixCacheProducer, LoadAwarePDDecider, TokenLoadScorer, DecodeItlScorer,
     ):  # fmt: skip
         registry.register(plugin)
     registry.register(LabelSelectorFilter, "by-label-selector")

@@ -7,15 +7,18 @@ own local prefills, and stalls the requests it is decoding for the steps the pro
 with U the prompt tokens the chosen decode pod does not hold:
 
   1. U < `nonCachedTokens` (the floor of `prefix-based-pd-decider`): local.
-  2. `itlBudgetMs` set, the decode pod busy, and one chunk of the prompt (min(U,
+  2. The decode pod has nothing in flight (and `idleDecodePrefill`): local
+     (`decode_pod_idle`): no running request's tokens wait for the prompt, and the request
+     is spared the KV transfer and the hop to the prefill pod.
+  3. `itlBudgetMs` set, the decode pod busy, and one chunk of the prompt (min(U,
      `maxNumBatchedTokens`) / `prefillTokensPerSecond`) longer than the budget: remote
      (`local_prefill_over_itl_budget`): the running requests' inter-token gaps come first.
-  3. The prefill pick's queue wait (its in-flight uncached tokens / rate) above
+  4. The prefill pick's queue wait (its in-flight uncached tokens / rate) above
      `maxPrefillWaitMs`, the decode pod's own queue of local prefills within it (headroom:
      a decode pod that already prefills takes no more, or its decode batch would stall
      step after step), and the prompt done sooner there ((local queue + U) / rate, against
      (queue + the prefill pick's uncached tokens) / rate): local (`prefill_pool_busy`).
-  4. Otherwise remote (`uncached_above_threshold`).
+  5. Otherwise remote (`uncached_above_threshold`).
 
 The queues are the orchestrator's own in-flight counts (current at every request, not a
 scrape). Without a prefill ranking (`stageOrder: decode-first` decides before the prefill
@@ -52,6 +55,10 @@ class LoadAwareParameters(PluginParameters):
     maxNumBatchedTokens: int = Field(
         8192, ge=1, description="the decode pods' per-step token budget (vLLM's default)"
     )
+    idleDecodePrefill: bool = Field(
+        True, description="prefill on a decode pod with nothing in flight: no one's tokens "
+        "wait for it, and the request is spared the KV transfer",
+    )  # fmt: skip
 
 
 class LoadAwarePDDecider(Plugin):
@@ -73,6 +80,8 @@ class LoadAwarePDDecider(Plugin):
             return PDDecision.DISAGGREGATE, "uncached_above_threshold"
         rate = p.prefillTokensPerSecond
         decoding = decode.view.in_flight > 0
+        if not decoding and p.idleDecodePrefill:
+            return PDDecision.LOCAL, "decode_pod_idle"
         stall_ms = 1000 * min(uncached, p.maxNumBatchedTokens) / rate
         if p.itlBudgetMs is not None and decoding and stall_ms > p.itlBudgetMs:
             return PDDecision.DISAGGREGATE, "local_prefill_over_itl_budget"
