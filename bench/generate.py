@@ -22,6 +22,7 @@ seed, so even the 16-GPU ladder (17k requests of 7,200 tokens) needs no gigabyte
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -162,7 +163,12 @@ def build_prompts(workload: Workload) -> PromptSet:
     return PromptSet(data.seed, (), data.input_len)
 
 
-def _arrivals(rng: random.Random, stage: Stage, start: float) -> list[float]:
+def _arrivals(rng: random.Random, stage: Stage, start: float, kind: str) -> list[float]:
+    """Poisson arrivals, or `constant` ones evenly spaced at the stage's rate (inference-perf's
+    two load types)."""
+    if kind == "constant":
+        count = math.ceil(stage.rate * stage.duration)
+        return [start + index / stage.rate for index in range(count)]
     times: list[float] = []
     clock = start
     while True:
@@ -187,7 +193,7 @@ def build_requests(
     requests: list[BenchRequest] = []
     start = 0.0
     for stage_index, stage in stages:
-        for arrival in _arrivals(rng, stage, start):
+        for arrival in _arrivals(rng, stage, start, workload.load.type):
             # Drawn in either mode, so that arrival times do not depend on the mode.
             group = rng.randrange(groups) if groups else None
             slot = None

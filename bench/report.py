@@ -170,7 +170,7 @@ def _comparison(results: BenchResults) -> str:
 def _reference(results: BenchResults) -> str:
     if not results.reference:
         return ""
-    header = ["", "rate", "req/s", "output tok/s", "mean TTFT (s)", "mean ITL (ms)"]
+    header = ["", "rate", "req/s", "output tok/s", "mean TTFT (s)", "mean ITL (ms)", "mean E2E (s)"]
     rows = []
     top_rates = {r.top_stage.rate for r in results.runs if r.top_stage is not None}
     rate = f"{max(top_rates):g}" if top_rates else _MISSING
@@ -183,6 +183,7 @@ def _reference(results: BenchResults) -> str:
                 _number(figures.get("output_tokens_per_s"), 0),
                 _seconds(figures.get("ttft_mean_s")),
                 _number(figures.get("itl_mean_ms"), 1),
+                _seconds(figures.get("e2e_mean_s")),
             ]
         )
     for run in results.runs:
@@ -197,6 +198,7 @@ def _reference(results: BenchResults) -> str:
                 f"{top.output_tokens_per_s:.0f}",
                 _seconds(top.ttft_s.mean),
                 _milliseconds(top.itl_s.mean),
+                _seconds(top.e2e_s.mean),
             ]
         )
     note = (

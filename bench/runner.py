@@ -28,8 +28,7 @@ from bench.report import (
     write_results,
 )
 from bench.summary import summarize_stage
-from bench.workload import ClusterShape, Stage, Workload
-from simulator.profiles import get_profile
+from bench.workload import ClusterShape, Stage, Workload, WorkloadError
 from tandem.launcher import ClusterSpec, LocalCluster
 
 logger = logging.getLogger(__name__)
@@ -143,8 +142,11 @@ def run_bench(options: BenchOptions) -> BenchResults:
     stages = schedule(workload, quick=options.quick)
     requests = build_requests(workload, prompts, stages)
     runs: list[RunResult] = []
-    profile = get_profile(workload.engine_profile)
-    gpus_per_pod = profile.tensor_parallel_size
+    if workload.engine_profiles and not options.target:
+        raise WorkloadError(
+            f"{workload.name}: engine_profiles (a profile per pool) is supported by tandem plan "
+            "only; tandem bench starts every pod with engine_profile"
+        )
     with progress_bars() as progress:
         pairs = (
             [("target", options.policies[0])]
@@ -174,7 +176,7 @@ def run_bench(options: BenchOptions) -> BenchResults:
                         cluster.url, None, requests, prompts, options, progress, label
                     )
                 shape = cluster_shape.model_dump(exclude_defaults=True)
-                gpus = cluster_shape.pods * gpus_per_pod
+                gpus = workload.gpus_of(cluster_shape)
             summaries = summarize_run(records, stages, workload, cpu)
             runs.append(
                 RunResult.from_stages(

@@ -5,9 +5,11 @@
     data: {type: shared_prefix, num_groups, prompts_per_group, system_prompt_len,
            question_len, output_len, seed}
         | {type: random, num_prompts, input_len, output_len, seed}
-    load: {type: poisson, warmup?: {rate, duration}, stages: [{rate, duration}, ...]}
+    engine_profiles?: {prefill|decode|both: profile}   (per-pool override; tandem plan only)
+    load: {type: poisson | constant, warmup?: {rate, duration}, stages: [{rate, duration}, ...]}
     slo: {ttft_ms, itl_ms, itl_p99_ms?}
-    reference?: {policy: {requests_per_s, output_tokens_per_s, ttft_mean_s, itl_mean_ms}}
+    reference?: {policy: {requests_per_s, output_tokens_per_s, ttft_mean_s, itl_mean_ms,
+                          e2e_mean_s}}
 
 Lengths are tokens, rates requests per second, durations seconds of model time.
 """
@@ -18,7 +20,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from simulator.profiles import get_profile
 
 WORKLOAD_DIR = Path(__file__).parent / "workloads"
 
@@ -69,7 +80,7 @@ class Stage(_Strict):
 
 
 class Load(_Strict):
-    type: Literal["poisson"]
+    type: Literal["poisson", "constant"]
     warmup: Stage | None = None
     stages: list[Stage] = Field(min_length=1)
 
@@ -93,18 +104,55 @@ class ReferenceFigures(_Strict):
     output_tokens_per_s: float | None = None
     ttft_mean_s: float | None = None
     itl_mean_ms: float | None = None
+    e2e_mean_s: float | None = None
 
 
 class Workload(_Strict):
     name: str
     model: str
     engine_profile: str
+    engine_profiles: dict[str, str] = Field(default_factory=dict)
+    """A pool's own engine profile where it differs (prefill pods with less tensor
+    parallelism than decode pods, as llm-d's P/D guide deploys them)."""
     gpus: int = Field(ge=1)
     clusters: dict[str, ClusterShape] = Field(min_length=1)
     data: Annotated[SharedPrefixData | RandomData, Field(discriminator="type")]
     load: Load
     slo: Slo
     reference: dict[str, ReferenceFigures] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _clusters_fill_the_gpus(self) -> Workload:
+        for name, shape in self.clusters.items():
+            if self.gpus_of(shape) != self.gpus:
+                raise ValueError(
+                    f"cluster {name} occupies {self.gpus_of(shape)} GPUs, not the workload's "
+                    f"{self.gpus}"
+                )
+        return self
+
+    @field_validator("engine_profiles")
+    @classmethod
+    def _pools(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - {"both", "prefill", "decode"})
+        if unknown:
+            raise ValueError(f"pools are both, prefill and decode, not {', '.join(unknown)}")
+        return value
+
+    def profile_for(self, role: str) -> str:
+        """The engine profile of the pods in pool `role` (both, prefill or decode)."""
+        return self.engine_profiles.get(role, self.engine_profile)
+
+    def role_profiles(self) -> dict[str, str]:
+        return {role: self.profile_for(role) for role in ("both", "prefill", "decode")}
+
+    def gpus_of(self, shape: ClusterShape) -> int:
+        """GPUs a cluster of this shape occupies: its pods times their profiles' TP."""
+        counts = {"both": shape.both, "prefill": shape.prefill, "decode": shape.decode}
+        return sum(
+            count * get_profile(self.profile_for(role)).tensor_parallel_size
+            for role, count in counts.items()
+        )
 
 
 class WorkloadError(ValueError):

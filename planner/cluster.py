@@ -76,11 +76,18 @@ class PathModel:
         )
 
 
-def pod_launches(shape: ClusterShape, profile: str) -> list[tuple[str, str, VllmLaunch]]:
-    """(name, role, launch) of every pod, named and defined as `tandem up` does."""
-    pods = [(f"pod-{i}", "both", aggregated_pod(profile)) for i in range(shape.both)]
-    pods += [(f"prefill-{i}", "prefill", prefill_pod(profile)) for i in range(shape.prefill)]
-    pods += [(f"decode-{i}", "decode", decode_pod(profile).vllm) for i in range(shape.decode)]
+def pod_launches(
+    shape: ClusterShape, profile: str | Mapping[str, str]
+) -> list[tuple[str, str, VllmLaunch]]:
+    """(name, role, launch) of every pod, named and defined as `tandem up` does; `profile`
+    is every pod's engine profile, or each pool's (keys both, prefill, decode)."""
+
+    def of(role: str) -> str:
+        return profile if isinstance(profile, str) else profile[role]
+
+    pods = [(f"pod-{i}", "both", aggregated_pod(of("both"))) for i in range(shape.both)]
+    pods += [(f"prefill-{i}", "prefill", prefill_pod(of("prefill"))) for i in range(shape.prefill)]
+    pods += [(f"decode-{i}", "decode", decode_pod(of("decode")).vllm) for i in range(shape.decode)]
     return pods
 
 
@@ -117,7 +124,7 @@ class VirtualCluster:
     def build(
         cls,
         shape: ClusterShape,
-        profile: str,
+        profile: str | Mapping[str, str],
         scheduler: EndpointPickerConfig,
         prompts: PromptSet,
         model: str,
@@ -413,7 +420,12 @@ class VirtualCluster:
             output = consumer.engine.finish_remote_load(load.request_id, now, error=str(exc))
             self._transfer_ended(consumer, producer, source.remote_request_id, output)
             return
-        seconds = consumer.profile.kv_transfer_seconds(load.num_tokens)
+        # The slower side's links bound the read (a TP1 producer has one rail to a TP4
+        # consumer's four).
+        seconds = max(
+            consumer.profile.kv_transfer_seconds(load.num_tokens),
+            producer.profile.kv_transfer_seconds(load.num_tokens),
+        )
         num_bytes = load.num_tokens * consumer.profile.kv_bytes_per_token
 
         def arrived() -> None:

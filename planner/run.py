@@ -98,15 +98,20 @@ def shapes(options: PlanOptions) -> dict[str, ClusterShape]:
             f"unknown cluster {', '.join(unknown)}; the workload has {', '.join(workload.clusters)}"
         )
     chosen = {name: workload.clusters[name] for name in options.clusters}
-    gpus_per_pod = get_profile(workload.engine_profile).tensor_parallel_size
     for prefill, decode in options.ratios:
-        gpus = (prefill + decode) * gpus_per_pod
+        shape = ClusterShape(prefill=prefill, decode=decode)
+        gpus = workload.gpus_of(shape)
         if gpus != workload.gpus:
+            per_pod = {
+                role: get_profile(workload.profile_for(role)).tensor_parallel_size
+                for role in ("prefill", "decode")
+            }
             raise PlanError(
                 f"--ratios {prefill}:{decode} uses {gpus} GPUs; the workload has "
-                f"{workload.gpus} ({workload.gpus // gpus_per_pod} pods of {gpus_per_pod})"
+                f"{workload.gpus} (a prefill pod has {per_pod['prefill']}, a decode pod "
+                f"{per_pod['decode']})"
             )
-        chosen.setdefault(f"pd-{prefill}-{decode}", ClusterShape(prefill=prefill, decode=decode))
+        chosen.setdefault(f"pd-{prefill}-{decode}", shape)
     return chosen
 
 
@@ -203,7 +208,7 @@ def _simulate(
     started = time.perf_counter()
     workload = options.workload
     cluster = VirtualCluster.build(
-        job.shape, workload.engine_profile, job.config, prompts, workload.model,
+        job.shape, workload.role_profiles(), job.config, prompts, workload.model,
         path=options.path, seed=options.seed, on_done=on_done,
     )  # fmt: skip
     starts = None
@@ -243,7 +248,6 @@ def run_plan(
     prompts = build_prompts(workload)
     stages = schedule(workload, quick=options.quick)
     requests = _requests(options, prompts)
-    gpus_per_pod = get_profile(workload.engine_profile).tensor_parallel_size
     jobs = [
         _Job(name, shape, label, config)
         for name, shape in shapes(options).items()
@@ -281,7 +285,7 @@ def run_plan(
                 cluster=job.cluster,
                 shape=job.shape.model_dump(exclude_defaults=True),
                 policy=job.label,
-                gpus=job.shape.pods * gpus_per_pod,
+                gpus=workload.gpus_of(job.shape),
                 stages=summarize_run(outcome.records, stages, workload, None),
                 records=outcome.records,
                 notes=[outcome.note, f"simulated in {outcome.seconds:.1f} s of wall time"],

@@ -1,4 +1,5 @@
-"""Named H100 engine profiles: model shape, KV capacity and step-time coefficients.
+"""Named engine profiles (H100, and gpt-oss-120b on H200): model shape, KV capacity and
+step-time coefficients.
 
 Every figure comes from `h100-calibration.md` (tandem's calibration reference), which derives
 them from the model configs on Hugging Face, the H100 datasheet and published measurements:
@@ -115,6 +116,56 @@ PROFILES: dict[str, EngineProfile] = {
             kv_capacity_tokens=470_000,
             step=StepCoefficients(
                 t_ovh=2.5e-3, t_w=13.1e-3, c_lin=70e-6, c_attn=1.33e-9, c_kv=0.030e-6
+            ),
+            kv_transfer_bandwidth_bytes_per_s=4 * _RAIL_BYTES_PER_S,
+            kv_transfer_latency_s=2e-3,
+        ),
+        # gpt-oss-120b (openai/gpt-oss-120b config.json: 36 layers alternating full and
+        # 128-token sliding-window attention, 64 query and 8 KV heads of 64, 128 experts of
+        # which 4 per token; 116.8B parameters, 5.1B active; ~65 GB of MXFP4 expert weights
+        # and BF16 attention) on H200 SXM (141 GB HBM3e at 4.8 TB/s, taken at ~80 %: 3.87
+        # TB/s; 989 dense BF16 TFLOPS, as H100). KV per token counts the 18 full-attention
+        # layers; a sliding layer holds at most 128 tokens of a sequence and is left out.
+        # c_lin is pinned to the 33,821 prefill tok/s llm-d calibrated for these TP1 pods
+        # (llm-d/llm-d: guides/pd-disaggregation, `peakPrefillThroughput`), less attention;
+        # c_attn = 4 x 18 x 64 x 64 FLOPs per token pair at 50 % MFU; c_kv = KV bytes per
+        # token per GPU / 3.87 TB/s. t_w is fitted to the published aggregated arm (16 TP1
+        # pods at 45 QPS: mean ITL 25 ms); a decode step at its batch of ~17 reads about
+        # half the experts, less than the whole 16.9 ms of weights.
+        EngineProfile(
+            name="gpt-oss-120b-h200-tp1",
+            model="openai/gpt-oss-120b",
+            tensor_parallel_size=1,
+            num_layers=18,
+            num_kv_heads=8,
+            head_dim=64,
+            max_model_len=131072,
+            # 0.90 x 141 GB - 65 GB of weights - ~1.6 GB of activations, / 36,864 B.
+            kv_capacity_tokens=1_600_000,
+            step=StepCoefficients(
+                t_ovh=1.0e-3, t_w=12.0e-3, c_lin=27.9e-6, c_attn=0.6e-9, c_kv=9.5e-9
+            ),
+            kv_transfer_bandwidth_bytes_per_s=_RAIL_BYTES_PER_S,
+            kv_transfer_latency_s=2e-3,
+        ),
+        # The same model over 4 H200s (llm-d's P/D guide's decode pods): weights, dense and
+        # attention compute and KV reads split four ways, c_lin at the lower efficiency of
+        # wider TP (the H100 table's 8B TP1 vs 70B TP4 MFU, 0.57 vs 0.49), and the TP1
+        # overhead plus the all-reduces of 36 layers at the H100 table's 70B TP4 cost per
+        # layer (~25 us). Not fitted to any published P/D figure: `tandem plan
+        # pd-guide-16gpu` predicts the P/D arm with it.
+        EngineProfile(
+            name="gpt-oss-120b-h200-tp4",
+            model="openai/gpt-oss-120b",
+            tensor_parallel_size=4,
+            num_layers=18,
+            num_kv_heads=8,
+            head_dim=64,
+            max_model_len=131072,
+            # 4 x 0.90 x 141 GB - 65 GB - 4 x ~1.6 GB, / 36,864 B.
+            kv_capacity_tokens=11_800_000,
+            step=StepCoefficients(
+                t_ovh=1.9e-3, t_w=3.0e-3, c_lin=8.1e-6, c_attn=0.15e-9, c_kv=2.4e-9
             ),
             kv_transfer_bandwidth_bytes_per_s=4 * _RAIL_BYTES_PER_S,
             kv_transfer_latency_s=2e-3,

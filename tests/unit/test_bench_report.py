@@ -171,7 +171,7 @@ def test_markdown_holds_setup_definitions_tables_and_warnings(
         # 19 successes finish within 2.36 s of the first send against 3.56 s: 8.05 vs 5.34/s.
         "| `tandem` | 10 | 8.05 | 24 | 0.400 | 95.0 % | 50.0 % | 1.51x | 1.51x | 0.25x |",
         "## Published reference",
-        "| published `llm-d` | 10 | 14.41 | 13574 | 0.120 | - |",
+        "| published `llm-d` | 10 | 14.41 | 13574 | 0.120 | - | - |",
         "## Run `pd-4-4` (prefill 4, decode 4, 8 GPUs) / `tandem`",
         "- `pd-4-4` / `tandem`: stage 1 (rate 10/s), generator lag p99 3.000 s",
         "first stage started cold",

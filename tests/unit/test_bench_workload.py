@@ -206,3 +206,24 @@ def test_a_prompt_pool_repeats_whole_prompts_in_a_shuffled_cycle() -> None:
     again = next(r for r in pooled[size:] if r.prompt_slot == pooled[0].prompt_slot)
     assert prompts.text(again) == prompts.text(pooled[0])  # the whole prompt repeats
     assert prompts.text(own[0]) != prompts.text(own[size])  # without a pool it does not
+
+
+def test_tandem_bench_refuses_per_pool_profiles_it_cannot_start(tmp_path: Path) -> None:
+    from bench.runner import BenchOptions, run_bench
+
+    workload = load_workload("pd-guide-16gpu")
+    options = BenchOptions(
+        workload=workload, policies=("tandem",), clusters=("pd-8-2",), time_scale=1.0,
+        output=tmp_path,
+    )  # fmt: skip
+
+    with pytest.raises(WorkloadError, match="tandem plan only"):
+        run_bench(options)
+
+
+def test_constant_load_spaces_arrivals_evenly() -> None:
+    workload = load_workload("pd-guide-16gpu")
+    requests = build_requests(workload, build_prompts(workload), schedule(workload))
+
+    assert len(requests) == 45 * 120
+    assert [r.arrival_s for r in requests[:3]] == pytest.approx([0.0, 1 / 45, 2 / 45])

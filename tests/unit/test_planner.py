@@ -507,3 +507,54 @@ def test_a_quick_live_run_is_replayed_quick() -> None:
 
     assert ran_quick(live(quick), workload)
     assert not ran_quick(live(full), workload)
+
+
+def test_pools_may_run_their_own_engine_profiles(tmp_path: Path) -> None:
+    """llm-d's P/D guide deploys TP1 prefill and TP4 decode pods: each pool gets its own
+    profile, its GPUs count by that profile's TP, and a KV read is bounded by the slower
+    side's links."""
+    workload = write_workload(
+        tmp_path, "gpt-oss-120b-h200-tp1",
+        "engine_profiles: {decode: gpt-oss-120b-h200-tp4}\n"
+        "gpus: 8\nclusters: {pd: {prefill: 4, decode: 1}, agg: {both: 8}}\n"
+        "data: {type: random, num_prompts: 4, input_len: 3000, output_len: 4, seed: 1}\n"
+        "load: {type: constant, stages: [{rate: 2, duration: 2}]}\n"
+        "slo: {ttft_ms: 1000, itl_ms: 20}\n",
+    )  # fmt: skip
+    cluster = VirtualCluster.build(
+        workload.clusters["pd"], workload.role_profiles(),
+        load_config_file(CONFIGS / "token-load.yaml"), build_prompts(workload), workload.model,
+        path=NO_PATH,
+    )  # fmt: skip
+    prompts = build_prompts(workload)
+    requests = build_requests(workload, prompts, schedule(workload))
+
+    records = cluster.run(requests)
+
+    assert [r.sent_s for r in sorted(records, key=lambda r: r.sent_s)] == [0.0, 0.5, 1.0, 1.5]
+    assert all(r.success for r in records)
+    assert {pod.profile.name for name, pod in cluster.pods.items() if name.startswith("d")} == {
+        "gpt-oss-120b-h200-tp4"
+    }
+    assert {pod.profile.name for name, pod in cluster.pods.items() if name.startswith("p")} == {
+        "gpt-oss-120b-h200-tp1"
+    }
+    assert workload.gpus_of(workload.clusters["pd"]) == 8
+    decode = cluster.pods["decode-0"].engine.stats.transfer.xfer_time
+    one_rail = profiles.get_profile("gpt-oss-120b-h200-tp1").kv_transfer_seconds(3000)
+    four_rails = profiles.get_profile("gpt-oss-120b-h200-tp4").kv_transfer_seconds(3000)
+    assert decode.count == 4
+    assert decode.total == pytest.approx(4 * one_rail, rel=0.01)
+    assert one_rail > 1.5 * four_rails
+
+
+def test_a_cluster_must_fill_the_workload_s_gpus(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cluster pd occupies 9 GPUs, not the workload's 8"):
+        write_workload(
+            tmp_path, "gpt-oss-120b-h200-tp1",
+            "engine_profiles: {decode: gpt-oss-120b-h200-tp4}\n"
+            "gpus: 8\nclusters: {pd: {prefill: 5, decode: 1}}\n"
+            "data: {type: random, num_prompts: 4, input_len: 3000, output_len: 4, seed: 1}\n"
+            "load: {type: poisson, stages: [{rate: 2, duration: 2}]}\n"
+            "slo: {ttft_ms: 1000, itl_ms: 20}\n",
+        )  # fmt: skip

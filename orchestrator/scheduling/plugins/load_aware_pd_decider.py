@@ -11,13 +11,14 @@ with U the prompt tokens the chosen decode pod does not hold:
      (`decode_pod_idle`): no running request's tokens wait for the prompt, and the request
      is spared the KV transfer and the hop to the prefill pod.
   3. `itlBudgetMs` set, the decode pod busy, and one chunk of the prompt (min(U,
-     `maxNumBatchedTokens`) / `prefillTokensPerSecond`) longer than the budget: remote
+     `maxNumBatchedTokens`) / the decode pod's rate) longer than the budget: remote
      (`local_prefill_over_itl_budget`): the running requests' inter-token gaps come first.
   4. The prefill pick's queue wait (its in-flight uncached tokens / rate) above
      `maxPrefillWaitMs`, the decode pod's own queue of local prefills within it (headroom:
      a decode pod that already prefills takes no more, or its decode batch would stall
-     step after step), and the prompt done sooner there ((local queue + U) / rate, against
-     (queue + the prefill pick's uncached tokens) / rate): local (`prefill_pool_busy`).
+     step after step), and the prompt done sooner there ((local queue + U) / its rate,
+     against (queue + the prefill pick's uncached tokens) / the prefill rate): local
+     (`prefill_pool_busy`).
   5. Otherwise remote (`uncached_above_threshold`).
 
 The queues are the orchestrator's own in-flight counts (current at every request, not a
@@ -42,8 +43,12 @@ class LoadAwareParameters(PluginParameters):
     )
     promptTokens: int = Field(0, ge=0, description="only prompts at least this long (0: any)")
     prefillTokensPerSecond: float = Field(
-        36_000.0, gt=0, description="prompt tokens one pod prefills per second"
+        36_000.0, gt=0, description="prompt tokens a prefill pod prefills per second"
     )
+    decodePrefillTokensPerSecond: float | None = Field(
+        None, gt=0, description="the same for a decode pod, where it differs (decode pods "
+        "with more tensor parallelism prefill faster); unset: prefillTokensPerSecond",
+    )  # fmt: skip
     maxPrefillWaitMs: float = Field(
         500.0, ge=0, description="prefill queue wait past which a local prefill is considered, "
         "and the most local prefill work a decode pod may queue",
@@ -79,17 +84,18 @@ class LoadAwarePDDecider(Plugin):
         if prefill is None:
             return PDDecision.DISAGGREGATE, "uncached_above_threshold"
         rate = p.prefillTokensPerSecond
+        local_rate = p.decodePrefillTokensPerSecond or rate
         decoding = decode.view.in_flight > 0
         if not decoding and p.idleDecodePrefill:
             return PDDecision.LOCAL, "decode_pod_idle"
-        stall_ms = 1000 * min(uncached, p.maxNumBatchedTokens) / rate
+        stall_ms = 1000 * min(uncached, p.maxNumBatchedTokens) / local_rate
         if p.itlBudgetMs is not None and decoding and stall_ms > p.itlBudgetMs:
             return PDDecision.DISAGGREGATE, "local_prefill_over_itl_budget"
         target = prefill.best
         queued_s = target.view.in_flight_tokens / rate
         remote_s = queued_s + (prompt_tokens - cycle.matched_tokens(target.name)) / rate
-        local_s = (decode.view.in_flight_tokens + uncached) / rate
-        local_queued_s = decode.view.in_flight_tokens / rate
+        local_s = (decode.view.in_flight_tokens + uncached) / local_rate
+        local_queued_s = decode.view.in_flight_tokens / local_rate
         if (
             1000 * queued_s > p.maxPrefillWaitMs
             and 1000 * local_queued_s <= p.maxPrefillWaitMs

@@ -38,7 +38,7 @@ def _case(
     parameters: dict[str, Any] | None = None,
     prefill_tokens: int = 0,
     decode_tokens: int = 0,
-    decoding: int = 0,
+    decoding: int = 1,
     cached_on_decode: int = 0,
     cached_on_prefill: int = 0,
 ) -> Any:
@@ -50,6 +50,11 @@ def _case(
 
 CASES = [
     _case(REMOTE, "uncached_above_threshold", id="idle-pool-goes-remote"),
+    _case(LOCAL, "decode_pod_idle", decoding=0, id="idle-decode-pod-prefills-in-place"),
+    _case(REMOTE, "uncached_above_threshold", decoding=0,
+          parameters={"idleDecodePrefill": False}, id="idle-rule-off"),
+    _case(LOCAL, "uncached_below_threshold", decoding=0, cached_on_decode=7,
+          id="floor-before-idle"),
     _case(LOCAL, "uncached_below_threshold", cached_on_decode=7, prefill_tokens=5000,
           id="floor-first"),
     _case(LOCAL, "prompt_below_min_tokens", parameters={"promptTokens": 641}, id="short-prompt"),
@@ -64,8 +69,16 @@ CASES = [
           cached_on_prefill=9, id="sooner-on-the-prefill-pod-that-holds-the-prefix"),
     _case(REMOTE, "local_prefill_over_itl_budget", parameters={"itlBudgetMs": 100},
           prefill_tokens=5000, decoding=3, id="budget-protects-a-decoding-pod"),
-    _case(LOCAL, "prefill_pool_busy", parameters={"itlBudgetMs": 100}, prefill_tokens=5000,
-          id="budget-ignored-by-an-idle-pod"),
+    _case(LOCAL, "decode_pod_idle", parameters={"itlBudgetMs": 100}, prefill_tokens=5000,
+          decoding=0, id="budget-ignored-by-an-idle-pod"),
+    # A decode pod twice as fast: the 640-token chunk stalls it 320 ms; with 1,000 tokens
+    # queued (0.5 s there) it finishes in 0.82 s against the prefill pod's 2.64 s.
+    _case(REMOTE, "local_prefill_over_itl_budget",
+          parameters={"itlBudgetMs": 300, "decodePrefillTokensPerSecond": 2000},
+          prefill_tokens=2000, id="faster-decode-pod-still-over-budget"),
+    _case(LOCAL, "prefill_pool_busy",
+          parameters={"itlBudgetMs": 320, "decodePrefillTokensPerSecond": 2000},
+          prefill_tokens=2000, decode_tokens=1000, id="faster-decode-pod-queue-within-wait"),
     _case(LOCAL, "prefill_pool_busy", parameters={"itlBudgetMs": 640}, prefill_tokens=5000,
           decoding=3, id="stall-within-budget"),
     _case(LOCAL, "prefill_pool_busy", parameters={"itlBudgetMs": 100, "maxNumBatchedTokens": 64},
@@ -139,7 +152,7 @@ def test_the_shipped_default_disaggregates_by_load(
     scheduler = build_scheduler(load_config_file(CONFIG_DIR / "tandem.yaml"))
     pool = [
         make_view("p0", "prefill", in_flight_tokens=prefill_tokens),
-        make_view("d0", "decode"),
+        make_view("d0", "decode", in_flight=1),
     ]
 
     result = scheduler.schedule(make_request("long prompt " * 800), pool, now=0.0)
