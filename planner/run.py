@@ -31,7 +31,8 @@ from planner.cluster import PathModel, VirtualCluster
 from planner.harness import HARNESSES
 from simulator.profiles import get_profile
 
-DECIDER_TYPE = "prefix-based-pd-decider"
+DECIDER_TYPES = ("prefix-based-pd-decider", "load-aware-pd-decider")
+"""Deciders whose `nonCachedTokens` floor `--thresholds` sets."""
 
 
 class PlanError(ValueError):
@@ -126,7 +127,7 @@ def policy_config(policy: str) -> EndpointPickerConfig:
 def with_threshold(config: EndpointPickerConfig, threshold: int) -> EndpointPickerConfig | None:
     """The config with its P/D decider's `nonCachedTokens` set; None without a decider."""
     document = config.model_dump(mode="python", exclude_none=True)
-    deciders = [p for p in document["plugins"] if p.get("type") == DECIDER_TYPE]
+    deciders = [p for p in document["plugins"] if p.get("type") in DECIDER_TYPES]
     if not deciders:
         return None
     for plugin in deciders:

@@ -24,6 +24,7 @@ from tests.support.pd import (
     sse_events,
     words,
 )
+from tests.support.schedulers import disaggregating_tandem
 from tests.support.servers import free_port, pod_config, running_pod, serve, wait_until
 
 REQUESTS = "tandem_sidecar_requests_total"
@@ -62,6 +63,7 @@ def cluster() -> Iterator[Cluster]:
                 ],
                 "gateway": {"port": port},
                 "scrape": {"interval_s": 0.1},
+                "scheduler": disaggregating_tandem(),
                 "seed": 7,
             }
         )  # fmt: skip

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from openai import OpenAI
 
 from tests.support.processes import REPO_ROOT, TANDEM
+from tests.support.schedulers import disaggregating_tandem
 from tests.support.servers import free_port, wait_until
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -81,7 +83,11 @@ def tandem_up(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[byt
 
 @pytest.mark.parametrize("layout", [("--prefill", "1", "--decode", "1"), ("--aggregated", "2")])
 def test_up_serves_and_stops_cleanly(tmp_path: Path, layout: tuple[str, ...]) -> None:
-    with tandem_up(tmp_path, *layout) as (process, port, base_port):
+    scheduler = tmp_path / "scheduler.yaml"
+    scheduler.write_text(yaml.safe_dump(disaggregating_tandem()))  # one request: idle pods
+    with tandem_up(tmp_path, *layout, "--scheduler", str(scheduler)) as (
+        process, port, base_port,
+    ):  # fmt: skip
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
         long_prompt = " ".join(["history"] * 2000)
         completion = client.completions.create(model=MODEL, prompt=long_prompt, max_tokens=4)

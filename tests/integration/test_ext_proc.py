@@ -37,6 +37,7 @@ from orchestrator.scheduling.plugins.session_affinity_scorer import (
 from orchestrator.scheduling.types import Endpoint, EngineMetrics
 from simulator.tokenizer import SYNTHETIC_WORDS
 from tests.support.endpoints import pool
+from tests.support.schedulers import disaggregating_tandem
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 NOW = 100.0
@@ -58,6 +59,12 @@ def completion(prompt: str) -> bytes:
 
 LONG = completion(words(3000))  # far above the decider's 256 uncached tokens: P/D
 SHORT = completion("How far is the moon?")  # below it: decoded where it is prefilled
+
+
+def pd_orchestrator() -> OrchestratorConfig:
+    """The default configuration, with the long prompts of these tests sent to the prefill
+    pool (tandem would prefill them on the idle decode pods)."""
+    return parse_orchestrator_config({"scheduler": disaggregating_tandem()})
 
 
 def make_router(config: OrchestratorConfig, endpoints: Sequence[Endpoint]) -> Router:
@@ -227,10 +234,10 @@ def immediate_error(reply: Any) -> tuple[int, dict[str, str], dict[str, Any]]:
 
 
 async def test_disaggregated_pick_names_decode_prefiller_and_request_id() -> None:
-    router = make_router(parse_orchestrator_config({}), PD_CLUSTER)
+    router = make_router(pd_orchestrator(), PD_CLUSTER)
     async with picker(router) as stub:
         envoy = EnvoyStream(stub)
-        client = {PREFILLER_HEADER: "203.0.113.9:8000", REQUEST_ID_HEADER: "rid-pd"}
+        client = {PREFILLER_HEADER: "127.0.0.99:8000", REQUEST_ID_HEADER: "rid-pd"}
         await envoy.send_request(LONG, headers=client, chunk_bytes=4096)
         reply = await envoy.read()
 
@@ -254,7 +261,7 @@ async def test_disaggregated_pick_names_decode_prefiller_and_request_id() -> Non
 async def test_a_large_body_comes_back_intact_in_chunks_of_at_most_62000_bytes() -> None:
     large = completion(words(30_000, offset=3))
     assert len(large) > 2 * BODY_CHUNK_BYTES
-    router = make_router(parse_orchestrator_config({}), PD_CLUSTER)
+    router = make_router(pd_orchestrator(), PD_CLUSTER)
     async with picker(router) as stub:
         envoy = EnvoyStream(stub)
         await envoy.send_request(large)
@@ -269,10 +276,10 @@ async def test_a_large_body_comes_back_intact_in_chunks_of_at_most_62000_bytes()
 
 
 async def test_local_decision_removes_a_client_prefiller_header_and_makes_a_request_id() -> None:
-    router = make_router(parse_orchestrator_config({}), PD_CLUSTER)
+    router = make_router(pd_orchestrator(), PD_CLUSTER)
     async with picker(router) as stub:
         envoy = EnvoyStream(stub)
-        await envoy.send_request(SHORT, headers={PREFILLER_HEADER: "203.0.113.9:8000"})
+        await envoy.send_request(SHORT, headers={PREFILLER_HEADER: "127.0.0.99:8000"})
         reply = await envoy.read()
 
         mutation = reply.request_headers.response.header_mutation
@@ -308,7 +315,7 @@ async def test_metadata_lists_the_ranked_decode_fallbacks_after_the_primary() ->
 
 
 async def test_a_headers_only_request_is_routed_at_once() -> None:
-    router = make_router(parse_orchestrator_config({}), pool("both", 2, 3))
+    router = make_router(pd_orchestrator(), pool("both", 2, 3))
     async with picker(router) as stub:
         envoy = EnvoyStream(stub)
         await envoy.send_request(None, path="/v1/models")
@@ -324,7 +331,7 @@ async def test_a_headers_only_request_is_routed_at_once() -> None:
 
 
 async def test_a_request_ended_by_trailers_gets_its_body_then_trailers_back() -> None:
-    router = make_router(parse_orchestrator_config({}), PD_CLUSTER)
+    router = make_router(pd_orchestrator(), PD_CLUSTER)
     async with picker(router) as stub:
         envoy = EnvoyStream(stub)
         await envoy.send_request(SHORT, trailers=True)
@@ -340,7 +347,7 @@ async def test_a_request_ended_by_trailers_gets_its_body_then_trailers_back() ->
 
 
 async def test_response_is_echoed_and_the_load_is_released_when_it_ends() -> None:
-    router = make_router(parse_orchestrator_config({}), PD_CLUSTER)
+    router = make_router(pd_orchestrator(), PD_CLUSTER)
     async with picker(router) as stub:
         envoy = EnvoyStream(stub)
         await envoy.send_request(LONG, headers={REQUEST_ID_HEADER: "rid-done"})
@@ -363,7 +370,7 @@ async def test_response_is_echoed_and_the_load_is_released_when_it_ends() -> Non
 
 
 async def test_each_request_is_released_exactly_once() -> None:
-    router = make_router(parse_orchestrator_config({}), pool("both", 1, 3))
+    router = make_router(pd_orchestrator(), pool("both", 1, 3))
     async with picker(router) as stub:
         first, second = EnvoyStream(stub), EnvoyStream(stub)
         for envoy in (first, second):
@@ -381,7 +388,7 @@ async def test_each_request_is_released_exactly_once() -> None:
 
 
 async def test_load_is_released_when_envoy_cancels_mid_response() -> None:
-    router = make_router(parse_orchestrator_config({}), PD_CLUSTER)
+    router = make_router(pd_orchestrator(), PD_CLUSTER)
     async with picker(router) as stub:
         envoy = EnvoyStream(stub)
         await envoy.send_request(LONG)
@@ -436,7 +443,7 @@ async def test_session_token_on_the_response_brings_the_session_back() -> None:
 
 
 async def test_no_endpoints_is_an_immediate_503_with_a_reason() -> None:
-    router = make_router(parse_orchestrator_config({}), [])
+    router = make_router(pd_orchestrator(), [])
     async with picker(router) as stub:
         envoy = EnvoyStream(stub)
         await envoy.send_request(SHORT, headers={REQUEST_ID_HEADER: "rid-none"})
@@ -479,7 +486,7 @@ async def test_a_saturated_decode_pool_is_an_immediate_429_until_a_request_ends(
 
 
 async def test_malformed_json_is_an_immediate_400_and_the_next_stream_is_served() -> None:
-    router = make_router(parse_orchestrator_config({}), PD_CLUSTER)
+    router = make_router(pd_orchestrator(), PD_CLUSTER)
     async with picker(router) as stub:
         broken = EnvoyStream(stub)
         await broken.send_request(b'{"model": "m", "prompt": ', chunk_bytes=8)
@@ -501,7 +508,7 @@ async def test_malformed_json_is_an_immediate_400_and_the_next_stream_is_served(
 async def test_a_body_growing_over_the_limit_is_refused_with_413() -> None:
     body = completion(words(300))
     limit = len(body) - 100
-    router = make_router(parse_orchestrator_config({}), PD_CLUSTER)
+    router = make_router(pd_orchestrator(), PD_CLUSTER)
     async with picker(router, max_body_bytes=limit) as stub:
         envoy = EnvoyStream(stub)
         await envoy.send_request(body, chunk_bytes=len(body) // 2 + 1)  # the 2nd goes over

@@ -15,6 +15,7 @@ from orchestrator.app import create_app
 from orchestrator.config import parse_orchestrator_config
 from simulator.tokenizer import SYNTHETIC_WORDS
 from tests.support.fakes import Recorder, recording_server
+from tests.support.schedulers import disaggregating_tandem
 from tests.support.servers import free_port, pod_config, running_pod, scrape, serve, wait_until
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -146,7 +147,8 @@ def pd_cluster(decode: Recorder) -> Iterator[tuple[str, str]]:
                 {"name": "prefill-0", "host": "127.0.0.1", "port": prefill_config.port,
                  "role": "prefill"},
                 {"name": "decode-0", "host": "127.0.0.1", "port": decode_port, "role": "decode"},
-            ]
+            ],
+            scheduler=disaggregating_tandem(),
         ) as url,
     ):  # fmt: skip
         assert wait_until(lambda: _healthy(url) == 2)
@@ -164,7 +166,7 @@ def test_long_uncached_prompt_is_disaggregated() -> None:
         reply = httpx.post(
             f"{url}/v1/completions",
             json={"model": MODEL, "prompt": words(3000, 17), "max_tokens": 4},
-            headers={"x-prefiller-host-port": "evil.example:1"},
+            headers={"x-prefiller-host-port": "127.0.0.99:1"},
             timeout=10,
         )
 
@@ -179,7 +181,7 @@ def test_short_prompt_is_decoded_in_place_and_a_client_header_is_stripped() -> N
         reply = httpx.post(
             f"{url}/v1/completions",
             json={"model": MODEL, "prompt": "short prompt", "max_tokens": 4},
-            headers={"x-prefiller-host-port": "evil.example:1"},
+            headers={"x-prefiller-host-port": "127.0.0.99:1"},
             timeout=10,
         )
         text = httpx.get(f"{url}/metrics", timeout=5).text

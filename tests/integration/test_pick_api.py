@@ -30,6 +30,7 @@ from simulator.tokenizer import SYNTHETIC_WORDS
 from tests.support.endpoints import pool
 from tests.support.fakes import Recorder, fake_model_server, recording_server
 from tests.support.processes import REPO_ROOT, TANDEM
+from tests.support.schedulers import disaggregating_tandem
 from tests.support.servers import free_port, serve, wait_until
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -60,7 +61,11 @@ def make_router(
     """A router as the app builds it, with these endpoints; those in `scraped` (default: all)
     have had one successful scrape at NOW."""
     config = parse_orchestrator_config(
-        {"gateway": {"max_in_flight_per_endpoint": max_in_flight}, "grpc": {"port": 0}}
+        {
+            "gateway": {"max_in_flight_per_endpoint": max_in_flight},
+            "grpc": {"port": 0},
+            "scheduler": disaggregating_tandem(),
+        }
     )
     router = Router(
         config=config,
@@ -356,6 +361,7 @@ def app_config(pods: FakePods) -> OrchestratorConfig:
             # Stale metrics would score differently on two orchestrators scraping at
             # different moments; the fake pods' metrics never change.
             "scrape": {"interval_s": 0.1, "staleness_s": 60},
+            "scheduler": disaggregating_tandem(),
             "seed": 7,
         }
     )

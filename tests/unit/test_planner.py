@@ -131,7 +131,8 @@ def test_a_disaggregated_request_is_prefilled_remotely_and_its_kv_transferred(
         "load: {type: poisson, stages: [{rate: 1, duration: 10}]}\n"
         "slo: {ttft_ms: 100, itl_ms: 20}\n",
     )  # fmt: skip
-    cluster = virtual_cluster(workload, "pd", fixed_step, path=NO_PATH)
+    # token-load disaggregates every prompt; tandem would prefill on the idle decode pod.
+    cluster = virtual_cluster(workload, "pd", fixed_step, "token-load", path=NO_PATH)
 
     [record] = cluster.run([BenchRequest("a", 0, 1.0, 0, 4)])
 
@@ -183,14 +184,19 @@ def test_the_planner_drives_the_live_router_scheduler_and_engines() -> None:
     assert cluster.router.clock() == cluster.loop.now
 
 
-def test_threshold_variants_set_the_deciders_threshold() -> None:
-    config = load_config_file(CONFIGS / "tandem.yaml")
+@pytest.mark.parametrize(
+    ("policy", "decider_type"),
+    [("tandem", "load-aware-pd-decider"), ("token-load", "prefix-based-pd-decider")],
+)
+def test_threshold_variants_set_the_deciders_threshold(policy: str, decider_type: str) -> None:
+    config = load_config_file(CONFIGS / f"{policy}.yaml")
+    [before] = [p for p in config.plugins if p.type == decider_type]
 
     tuned = with_threshold(config, 4096)
 
     assert tuned is not None
-    [decider] = [p for p in tuned.plugins if p.type == "prefix-based-pd-decider"]
-    assert decider.parameters == {"nonCachedTokens": 4096}
+    [decider] = [p for p in tuned.plugins if p.type == decider_type]
+    assert decider.parameters == {**(before.parameters or {}), "nonCachedTokens": 4096}
     assert with_threshold(load_config_file(CONFIGS / "round-robin.yaml"), 4096) is None
 
 

@@ -7,9 +7,10 @@ own local prefills, and stalls the requests it is decoding for the steps the pro
 with U the prompt tokens the chosen decode pod does not hold:
 
   1. U < `nonCachedTokens` (the floor of `prefix-based-pd-decider`): local.
-  2. The decode pod has nothing in flight (and `idleDecodePrefill`): local
-     (`decode_pod_idle`): no running request's tokens wait for the prompt, and the request
-     is spared the KV transfer and the hop to the prefill pod.
+  2. The decode pod decodes nothing (none in flight from here, none running or waiting at
+     its last fresh scrape) and `idleDecodePrefill`: local (`decode_pod_idle`): no running
+     request's tokens wait for the prompt, and the request is spared the KV transfer and
+     the hop to the prefill pod.
   3. `itlBudgetMs` set, the decode pod busy, and one chunk of the prompt (min(U,
      `maxNumBatchedTokens`) / the decode pod's rate) longer than the budget: remote
      (`local_prefill_over_itl_budget`): the running requests' inter-token gaps come first.
@@ -34,7 +35,12 @@ from pydantic import Field
 
 from orchestrator.scheduling.framework import Cycle
 from orchestrator.scheduling.registry import Plugin, PluginParameters
-from orchestrator.scheduling.types import PDDecision, ProfileResult, ScoredEndpoint
+from orchestrator.scheduling.types import (
+    EndpointView,
+    PDDecision,
+    ProfileResult,
+    ScoredEndpoint,
+)
 
 
 class LoadAwareParameters(PluginParameters):
@@ -85,7 +91,7 @@ class LoadAwarePDDecider(Plugin):
             return PDDecision.DISAGGREGATE, "uncached_above_threshold"
         rate = p.prefillTokensPerSecond
         local_rate = p.decodePrefillTokensPerSecond or rate
-        decoding = decode.view.in_flight > 0
+        decoding = _busy(decode.view)
         if not decoding and p.idleDecodePrefill:
             return PDDecision.LOCAL, "decode_pod_idle"
         stall_ms = 1000 * min(uncached, p.maxNumBatchedTokens) / local_rate
@@ -103,3 +109,11 @@ class LoadAwarePDDecider(Plugin):
         ):
             return PDDecision.LOCAL, "prefill_pool_busy"
         return PDDecision.DISAGGREGATE, "uncached_above_threshold"
+
+
+def _busy(view: EndpointView) -> bool:
+    """Whether the pod has requests to decode: from here (always current), or, as its last
+    fresh scrape says, from another orchestrator replica."""
+    metrics = view.metrics
+    scraped = metrics is not None and view.metrics_fresh and (metrics.running or metrics.waiting)
+    return view.in_flight > 0 or bool(scraped)

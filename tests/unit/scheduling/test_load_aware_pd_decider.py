@@ -41,10 +41,11 @@ def _case(
     decoding: int = 1,
     cached_on_decode: int = 0,
     cached_on_prefill: int = 0,
+    scraped_running: int = 0,
 ) -> Any:
     return pytest.param(
-        RATE | (parameters or {}), prefill_tokens, decode_tokens, decoding, cached_on_decode,
-        cached_on_prefill, decision, reason, id=id,
+        RATE | (parameters or {}), prefill_tokens, decode_tokens, decoding, scraped_running,
+        cached_on_decode, cached_on_prefill, decision, reason, id=id,
     )  # fmt: skip
 
 
@@ -55,6 +56,10 @@ CASES = [
           parameters={"idleDecodePrefill": False}, id="idle-rule-off"),
     _case(LOCAL, "uncached_below_threshold", decoding=0, cached_on_decode=7,
           id="floor-before-idle"),
+    _case(REMOTE, "uncached_above_threshold", decoding=0, scraped_running=2,
+          id="busy-with-another-replica-s-requests"),
+    _case(REMOTE, "uncached_above_threshold", decoding=0, scraped_running=2,
+          id="busy-with-another-replica-s-requests"),
     _case(LOCAL, "uncached_below_threshold", cached_on_decode=7, prefill_tokens=5000,
           id="floor-first"),
     _case(LOCAL, "prompt_below_min_tokens", parameters={"promptTokens": 641}, id="short-prompt"),
@@ -87,8 +92,8 @@ CASES = [
 
 
 @pytest.mark.parametrize(
-    ("parameters", "prefill_tokens", "decode_tokens", "decoding", "cached_on_decode",
-     "cached_on_prefill", "decision", "reason"),
+    ("parameters", "prefill_tokens", "decode_tokens", "decoding", "scraped_running",
+     "cached_on_decode", "cached_on_prefill", "decision", "reason"),
     CASES,
 )  # fmt: skip
 def test_load_aware_pd_decider(
@@ -96,6 +101,7 @@ def test_load_aware_pd_decider(
     prefill_tokens: int,
     decode_tokens: int,
     decoding: int,
+    scraped_running: int,
     cached_on_decode: int,
     cached_on_prefill: int,
     decision: PDDecision,
@@ -107,7 +113,10 @@ def test_load_aware_pd_decider(
     index.record("d0", hashes[:cached_on_decode])
     index.record("p0", hashes[:cached_on_prefill])
     decode = ScoredEndpoint(
-        make_view("d0", in_flight=decoding, in_flight_tokens=decode_tokens), 1.0
+        make_view(
+            "d0", running=scraped_running, in_flight=decoding, in_flight_tokens=decode_tokens
+        ),
+        1.0,
     )
     prefill = ProfileResult(
         "prefill",

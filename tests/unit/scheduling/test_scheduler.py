@@ -24,13 +24,14 @@ DECODERS = ("d0", "d1", "d2")
 
 
 def pool(in_flight: dict[str, int] | None = None) -> list[EndpointView]:
-    """Two prefill and three decode pods with equal metrics; optional in-flight counts."""
-    busy = in_flight or {}
+    """Two prefill and three decode pods with equal metrics, each decode pod decoding one
+    request (an idle one would prefill in place); optional in-flight counts."""
+    busy = {name: 1 for name in DECODERS} | (in_flight or {})
     return [
         make_view("p0", "prefill", waiting=1, kv_usage=0.2),
         make_view("p1", "prefill", waiting=1, kv_usage=0.2),
         *(
-            make_view(name, "decode", waiting=1, kv_usage=0.3, in_flight=busy.get(name, 0))
+            make_view(name, "decode", waiting=1, kv_usage=0.3, in_flight=busy[name])
             for name in DECODERS
         ),
     ]
