@@ -34,7 +34,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from orchestrator.scheduling.framework import Cycle
-from orchestrator.scheduling.registry import Plugin, PluginParameters
+from orchestrator.scheduling.plugins.pd_deciders import PrefixBasedParameters, PrefixBasedPDDecider
 from orchestrator.scheduling.types import (
     EndpointView,
     PDDecision,
@@ -43,11 +43,7 @@ from orchestrator.scheduling.types import (
 )
 
 
-class LoadAwareParameters(PluginParameters):
-    nonCachedTokens: int = Field(
-        256, ge=1, description="never disaggregate below this many uncached prompt tokens"
-    )
-    promptTokens: int = Field(0, ge=0, description="only prompts at least this long (0: any)")
+class LoadAwareParameters(PrefixBasedParameters):
     prefillTokensPerSecond: float = Field(
         36_000.0, gt=0, description="prompt tokens a prefill pod prefills per second"
     )
@@ -67,12 +63,14 @@ class LoadAwareParameters(PluginParameters):
         8192, ge=1, description="the decode pods' per-step token budget (vLLM's default)"
     )
     idleDecodePrefill: bool = Field(
-        True, description="prefill on a decode pod with nothing in flight: no one's tokens "
+        True, description="prefill on a decode pod that decodes nothing: no one's tokens "
         "wait for it, and the request is spared the KV transfer",
     )  # fmt: skip
 
 
-class LoadAwarePDDecider(Plugin):
+class LoadAwarePDDecider(PrefixBasedPDDecider):
+    """The prefix-based floor first, then the load."""
+
     type_name = "load-aware-pd-decider"
     Parameters = LoadAwareParameters
     parameters: LoadAwareParameters
@@ -80,15 +78,12 @@ class LoadAwarePDDecider(Plugin):
     def decide(
         self, cycle: Cycle, decode: ScoredEndpoint, prefill: ProfileResult | None
     ) -> tuple[PDDecision, str]:
+        floor = super().decide(cycle, decode, prefill)
+        if floor[0] is PDDecision.LOCAL or prefill is None:
+            return floor
         p = self.parameters
         prompt_tokens = cycle.request.num_prompt_tokens
-        if prompt_tokens < p.promptTokens:
-            return PDDecision.LOCAL, "prompt_below_min_tokens"
         uncached = prompt_tokens - cycle.matched_tokens(decode.name)
-        if uncached < p.nonCachedTokens:
-            return PDDecision.LOCAL, "uncached_below_threshold"
-        if prefill is None:
-            return PDDecision.DISAGGREGATE, "uncached_above_threshold"
         rate = p.prefillTokensPerSecond
         local_rate = p.decodePrefillTokensPerSecond or rate
         decoding = _busy(decode.view)
@@ -100,8 +95,8 @@ class LoadAwarePDDecider(Plugin):
         target = prefill.best
         queued_s = target.view.in_flight_tokens / rate
         remote_s = queued_s + (prompt_tokens - cycle.matched_tokens(target.name)) / rate
-        local_s = (decode.view.in_flight_tokens + uncached) / local_rate
         local_queued_s = decode.view.in_flight_tokens / local_rate
+        local_s = local_queued_s + uncached / local_rate
         if (
             1000 * queued_s > p.maxPrefillWaitMs
             and 1000 * local_queued_s <= p.maxPrefillWaitMs
