@@ -74,18 +74,18 @@ def api() -> FakeKubeAPI:
 
 
 async def test_lists_ready_pods_with_an_ip_as_endpoints(api: FakeKubeAPI) -> None:
-    api.put_pod("prefill-a", ip="10.0.0.1", labels=PREFILL)
-    api.put_pod("decode-a", ip="10.0.0.2", labels=DECODE)
-    api.put_pod("decode-starting", ip="10.0.0.3", ready=False, labels=DECODE)
+    api.put_pod("prefill-a", ip="127.0.0.1", labels=PREFILL)
+    api.put_pod("decode-a", ip="127.0.0.2", labels=DECODE)
+    api.put_pod("decode-starting", ip="127.0.0.3", ready=False, labels=DECODE)
     api.put_pod("decode-pending", ip=None, labels=DECODE)
-    api.put_pod("other-model", ip="10.0.0.9", labels={"llm-d.ai/model": "other"})
+    api.put_pod("other-model", ip="127.0.0.9", labels={"llm-d.ai/model": "other"})
     seen = Seen()
 
     with fake_api(api) as url, running(discovery(url), seen):
         await seen.until(["decode-a", "prefill-a"])
 
     endpoints = {e.name: e for e in seen.sets[-1]}
-    assert endpoints["prefill-a"].address == "10.0.0.1:8000"
+    assert endpoints["prefill-a"].address == "127.0.0.1:8000"
     assert endpoints["prefill-a"].role == "prefill"
     assert endpoints["decode-a"].role == "decode"
     first_list = api.calls[0]
@@ -94,19 +94,19 @@ async def test_lists_ready_pods_with_an_ip_as_endpoints(api: FakeKubeAPI) -> Non
 
 
 async def test_ready_not_ready_and_deleted_pods_change_the_set(api: FakeKubeAPI) -> None:
-    api.put_pod("decode-a", ip="10.0.0.2", labels=DECODE)
+    api.put_pod("decode-a", ip="127.0.0.2", labels=DECODE)
     seen = Seen()
 
     with fake_api(api) as url, running(discovery(url), seen):
         await seen.until(["decode-a"])
-        api.put_pod("decode-b", ip="10.0.0.3", ready=False, labels=DECODE)
-        api.put_pod("decode-b", ip="10.0.0.3", ready=True, labels=DECODE)
+        api.put_pod("decode-b", ip="127.0.0.3", ready=False, labels=DECODE)
+        api.put_pod("decode-b", ip="127.0.0.3", ready=True, labels=DECODE)
         await seen.until(["decode-a", "decode-b"])
-        api.put_pod("decode-a", ip="10.0.0.2", ready=False, labels=DECODE)
+        api.put_pod("decode-a", ip="127.0.0.2", ready=False, labels=DECODE)
         await seen.until(["decode-b"])
-        api.put_pod("decode-b", ip="10.0.0.3", labels=DECODE, deleting=True)
+        api.put_pod("decode-b", ip="127.0.0.3", labels=DECODE, deleting=True)
         await seen.until([])
-        api.put_pod("decode-c", ip="10.0.0.4", labels=DECODE)
+        api.put_pod("decode-c", ip="127.0.0.4", labels=DECODE)
         await seen.until(["decode-c"])
         api.delete_pod("decode-c")
         await seen.until([])
@@ -118,29 +118,29 @@ async def test_ready_not_ready_and_deleted_pods_change_the_set(api: FakeKubeAPI)
 
 
 async def test_a_moved_pod_keeps_its_name_with_the_new_address(api: FakeKubeAPI) -> None:
-    api.put_pod("decode-a", ip="10.0.0.2", labels=DECODE)
+    api.put_pod("decode-a", ip="127.0.0.2", labels=DECODE)
     seen = Seen()
 
     with fake_api(api) as url, running(discovery(url), seen):
         await seen.until(["decode-a"])
-        api.put_pod("decode-a", ip="10.0.0.7", labels=DECODE)
+        api.put_pod("decode-a", ip="127.0.0.7", labels=DECODE)
         for _ in range(200):
-            if seen.sets[-1][0].host == "10.0.0.7":
+            if seen.sets[-1][0].host == "127.0.0.7":
                 break
             await asyncio.sleep(0.02)
 
-    assert seen.sets[-1][0].address == "10.0.0.7:8000"
+    assert seen.sets[-1][0].address == "127.0.0.7:8000"
 
 
 async def test_410_gone_on_the_watch_relists(api: FakeKubeAPI) -> None:
-    api.put_pod("decode-a", ip="10.0.0.2", labels=DECODE)
+    api.put_pod("decode-a", ip="127.0.0.2", labels=DECODE)
     seen = Seen()
 
     with fake_api(api) as url, running(discovery(url), seen):
         await seen.until(["decode-a"])
         # The watch's version becomes too old; a change made meanwhile must still arrive.
         api.drop_watches()
-        api.put_pod("decode-b", ip="10.0.0.3", labels=DECODE)
+        api.put_pod("decode-b", ip="127.0.0.3", labels=DECODE)
         api.expire_history()
         await seen.until(["decode-a", "decode-b"])
 
@@ -150,13 +150,13 @@ async def test_410_gone_on_the_watch_relists(api: FakeKubeAPI) -> None:
 
 
 async def test_a_dropped_watch_resumes_from_where_it_was(api: FakeKubeAPI) -> None:
-    api.put_pod("decode-a", ip="10.0.0.2", labels=DECODE)
+    api.put_pod("decode-a", ip="127.0.0.2", labels=DECODE)
     seen = Seen()
 
     with fake_api(api) as url, running(discovery(url), seen):
         await seen.until(["decode-a"])
         api.drop_watches()
-        api.put_pod("decode-b", ip="10.0.0.3", labels=DECODE)
+        api.put_pod("decode-b", ip="127.0.0.3", labels=DECODE)
         await seen.until(["decode-a", "decode-b"])
 
     assert api.lists() == 1  # resumed the watch, no relist
@@ -167,7 +167,7 @@ async def test_a_dropped_watch_resumes_from_where_it_was(api: FakeKubeAPI) -> No
 
 async def test_an_api_server_outage_is_survived_with_backoff(api: FakeKubeAPI) -> None:
     port = free_port()
-    api.put_pod("decode-a", ip="10.0.0.2", labels=DECODE)
+    api.put_pod("decode-a", ip="127.0.0.2", labels=DECODE)
     seen = Seen()
     source = discovery(f"http://127.0.0.1:{port}")
 
@@ -178,7 +178,7 @@ async def test_an_api_server_outage_is_survived_with_backoff(api: FakeKubeAPI) -
             await seen.until(["decode-a"])
             api.go_down()  # the server goes away and takes the open watch with it
         # The last known set stays while the server is away.
-        api.put_pod("decode-b", ip="10.0.0.3", labels=DECODE)
+        api.put_pod("decode-b", ip="127.0.0.3", labels=DECODE)
         await asyncio.sleep(0.3)
         assert seen.names() == ["decode-a"]
         api.come_back()
@@ -199,7 +199,7 @@ async def test_stopping_discovery_ends_the_task(api: FakeKubeAPI) -> None:
 @pytest.mark.parametrize(
     ("pod", "why"),
     [
-        ({"metadata": {"name": "p"}, "status": {"podIP": "10.0.0.1"}}, "no Ready condition"),
+        ({"metadata": {"name": "p"}, "status": {"podIP": "127.0.0.1"}}, "no Ready condition"),
         (
             {"metadata": {"name": "p"},
              "status": {"conditions": [{"type": "Ready", "status": "True"}]}},
@@ -207,12 +207,12 @@ async def test_stopping_discovery_ends_the_task(api: FakeKubeAPI) -> None:
         ),
         (
             {"metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:00Z"},
-             "status": {"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}},
+             "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}},
             "terminating",
         ),
         (
             {"metadata": {"name": "p"},
-             "status": {"podIP": "10.0.0.1",
+             "status": {"podIP": "127.0.0.1",
                         "conditions": [{"type": "Ready", "status": "False"}]}},
             "not ready",
         ),
@@ -225,10 +225,10 @@ def test_pods_that_cannot_serve_are_no_endpoint(pod: dict[str, object], why: str
 def test_a_ready_pod_is_an_endpoint_with_its_labels() -> None:
     pod = {
         "metadata": {"name": "p", "labels": {"llm-d.ai/role": "decode"}},
-        "status": {"podIP": "10.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+        "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
     }
 
-    assert pod_endpoint(pod, 8000) == Endpoint("p", "10.0.0.1", 8000, {"llm-d.ai/role": "decode"})
+    assert pod_endpoint(pod, 8000) == Endpoint("p", "127.0.0.1", 8000, {"llm-d.ai/role": "decode"})
 
 
 def test_namespace_defaults_to_the_service_account_one(

@@ -115,7 +115,7 @@ async def test_aggregated_pool_decodes_where_it_prefills() -> None:
 
     assert reply.request_id == "rid-1"
     assert reply.decode.name in names(AGGREGATED)
-    assert reply.decode.address == f"10.0.3.{int(reply.decode.name[-1]) + 1}:8000"
+    assert reply.decode.address == f"127.0.3.{int(reply.decode.name[-1]) + 1}:8000"
     assert list(reply.prefill) == []
     assert reply.decision == pick_pb2.DECISION_LOCAL
     assert reply.reason == "aggregated_endpoint"
@@ -130,7 +130,7 @@ async def test_long_uncached_prompt_gets_ranked_prefill_endpoints() -> None:
     assert reply.decode.name in names(DECODE)
     assert sorted(names(reply.prefill)) == names(PREFILL)  # both, best first
     assert reply.prefill[0].score >= reply.prefill[1].score
-    assert {p.address for p in reply.prefill} == {"10.0.1.1:8000", "10.0.1.2:8000"}
+    assert {p.address for p in reply.prefill} == {"127.0.1.1:8000", "127.0.1.2:8000"}
 
 
 async def test_short_prompt_is_decoded_in_place() -> None:
@@ -283,7 +283,7 @@ async def test_list_endpoints_reports_role_health_load_and_the_last_scrape() -> 
     assert names(everything.endpoints) == ["prefill-0", "prefill-1", "decode-0", "decode-1"]
     assert names(decode.endpoints) == ["decode-0", "decode-1"]
     scraped, unknown = decode.endpoints
-    assert (scraped.address, scraped.role, scraped.healthy) == ("10.0.2.1:8000", "decode", True)
+    assert (scraped.address, scraped.role, scraped.healthy) == ("127.0.2.1:8000", "decode", True)
     assert (scraped.in_flight, scraped.in_flight_tokens) == (1, 40)
     assert scraped.HasField("engine")
     assert (scraped.engine.waiting, scraped.engine.running) == (3, 5)

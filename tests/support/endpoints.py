@@ -6,8 +6,8 @@ from orchestrator.scheduling.types import ROLE_LABEL, Endpoint
 
 
 def pool(role: str, count: int, subnet: int) -> list[Endpoint]:
-    """`count` endpoints of one `llm-d.ai/role`, named `role-i`, on 10.0.`subnet`.0/24."""
+    """`count` endpoints of one `llm-d.ai/role`, named `role-i`, on 127.0.`subnet`.0/24."""
     return [
-        Endpoint(f"{role}-{i}", f"10.0.{subnet}.{i + 1}", 8000, {ROLE_LABEL: role})
+        Endpoint(f"{role}-{i}", f"127.0.{subnet}.{i + 1}", 8000, {ROLE_LABEL: role})
         for i in range(count)
     ]

@@ -61,7 +61,7 @@ class FakeKubeAPI:
         self,
         name: str,
         *,
-        ip: str | None = "10.0.0.1",
+        ip: str | None = "127.0.0.1",
         ready: bool = True,
         labels: dict[str, str] | None = None,
         deleting: bool = False,

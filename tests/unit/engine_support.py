@@ -45,7 +45,7 @@ def make_engine(
         kv_load_failure_policy=kv_load_failure_policy,
     )
     identity = ProducerIdentity(
-        engine_id=engine_id, side_channel_host="10.0.0.7", side_channel_port=side_channel_port
+        engine_id=engine_id, side_channel_host="127.0.0.7", side_channel_port=side_channel_port
     )
     return Engine(config, identity)
 

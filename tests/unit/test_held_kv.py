@@ -70,7 +70,7 @@ def test_producer_returns_vllm_kv_transfer_params_and_holds_blocks() -> None:
         "remote_block_ids": [held_ids],
         "remote_engine_id": "prefill-0",
         "remote_request_id": "p-1",
-        "remote_host": "10.0.0.7",
+        "remote_host": "127.0.0.7",
         "remote_port": 5601,
         "tp_size": 1,
         "dcp_size": 1,
@@ -439,7 +439,7 @@ VALID_CONSUMER_PARAMS: dict[str, Any] = {
     "do_remote_prefill": True,
     "remote_engine_id": "prefill-0",
     "remote_request_id": "p-1",
-    "remote_host": "10.0.0.7",
+    "remote_host": "127.0.0.7",
     "remote_port": 5601,
     "remote_block_ids": [[1, 2, 3]],
 }
@@ -480,7 +480,7 @@ def test_valid_remote_prefill_params_parse(block_ids: list[Any]) -> None:
     assert remote.remote_block_ids == ((1, 2, 3),)
     assert remote.num_blocks == 3
     assert remote.tp_size == 1
-    assert (remote.remote_host, remote.remote_port) == ("10.0.0.7", 5601)
+    assert (remote.remote_host, remote.remote_port) == ("127.0.0.7", 5601)
 
 
 @pytest.mark.parametrize(

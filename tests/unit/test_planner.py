@@ -233,8 +233,9 @@ def test_the_recommendation_is_the_most_goodput_per_gpu_with_its_margin() -> Non
 def test_the_plan_picks_the_split_that_fits_a_prefill_heavy_workload(
     tmp_path: Path, fixed_step: str
 ) -> None:
-    # Long prompts, one output token: all the work is prefill, so three prefill pods and one
-    # decode pod must beat one prefill pod and three decode pods.
+    # Long prompts, one output token: all the work is prefill, so, with every prompt
+    # prefilled remotely (token-load), three prefill pods and one decode pod must beat one
+    # prefill pod and three decode pods. (tandem lets the decode pods prefill too.)
     workload = write_workload(
         tmp_path, "llama-3.1-8b-h100-tp1",
         "gpus: 4\nclusters: {pd-1-3: {prefill: 1, decode: 3}}\n"
@@ -246,7 +247,7 @@ def test_the_plan_picks_the_split_that_fits_a_prefill_heavy_workload(
 
     plan = run_plan(
         PlanOptions(
-            workload, ("tandem",), ("pd-1-3",), tmp_path / "out", ratios=((3, 1),),
+            workload, ("token-load",), ("pd-1-3",), tmp_path / "out", ratios=((3, 1),),
             path=NO_PATH,
         )
     )  # fmt: skip

@@ -153,10 +153,10 @@ def test_served_model_name_reaches_argv_and_simulation() -> None:
 
 
 def test_explicit_side_channel_host_is_kept_in_simulation() -> None:
-    launch = VllmLaunch("prefill", PROFILE, 8000, "kv_producer", side_channel_host="10.0.0.7")
+    launch = VllmLaunch("prefill", PROFILE, 8000, "kv_producer", side_channel_host="127.0.0.7")
 
-    assert launch.env()["VLLM_NIXL_SIDE_CHANNEL_HOST"] == "10.0.0.7"
-    assert launch.simulated(host="127.0.0.1").side_channel_host == "10.0.0.7"
+    assert launch.env()["VLLM_NIXL_SIDE_CHANNEL_HOST"] == "127.0.0.7"
+    assert launch.simulated(host="127.0.0.1").side_channel_host == "127.0.0.7"
 
 
 def test_the_simulated_pod_reads_vllms_side_channel_host_variable(
@@ -166,9 +166,9 @@ def test_the_simulated_pod_reads_vllms_side_channel_host_variable(
 
     args = build_parser().parse_args(["sim", "--role", "prefill", "--host", "0.0.0.0"])
     _, without = sim_config(args)
-    monkeypatch.setenv("VLLM_NIXL_SIDE_CHANNEL_HOST", "10.1.2.3")
+    monkeypatch.setenv("VLLM_NIXL_SIDE_CHANNEL_HOST", "127.1.2.3")
     _, with_env = sim_config(args)
 
     assert without.side_channel_host == "0.0.0.0"
-    assert with_env.side_channel_host == "10.1.2.3"
+    assert with_env.side_channel_host == "127.1.2.3"
     assert with_env.host == "0.0.0.0"
