@@ -129,9 +129,10 @@ PROFILES: dict[str, EngineProfile] = {
         # c_lin is pinned to the 33,821 prefill tok/s llm-d calibrated for these TP1 pods
         # (llm-d/llm-d: guides/pd-disaggregation, `peakPrefillThroughput`), less attention;
         # c_attn = 4 x 18 x 64 x 64 FLOPs per token pair at 50 % MFU; c_kv = KV bytes per
-        # token per GPU / 3.87 TB/s. t_w is fitted to the published aggregated arm (16 TP1
-        # pods at 45 QPS: mean ITL 25 ms); a decode step at its batch of ~17 reads about
-        # half the experts, less than the whole 16.9 ms of weights.
+        # token per GPU / 3.87 TB/s. t_w (14 ms) is fitted to the published aggregated arm
+        # (16 TP1 pods at 45 QPS: mean ITL 25 ms; tandem plan pd-guide-16gpu gives 25.7 ms
+        # with 12 ms at 22.6); a decode step at that batch (~17) reads part of the experts,
+        # less than the whole 16.9 ms of weights.
         EngineProfile(
             name="gpt-oss-120b-h200-tp1",
             model="openai/gpt-oss-120b",
@@ -143,7 +144,7 @@ PROFILES: dict[str, EngineProfile] = {
             # 0.90 x 141 GB - 65 GB of weights - ~1.6 GB of activations, / 36,864 B.
             kv_capacity_tokens=1_600_000,
             step=StepCoefficients(
-                t_ovh=1.0e-3, t_w=12.0e-3, c_lin=27.9e-6, c_attn=0.6e-9, c_kv=9.5e-9
+                t_ovh=1.0e-3, t_w=14.0e-3, c_lin=27.9e-6, c_attn=0.6e-9, c_kv=9.5e-9
             ),
             kv_transfer_bandwidth_bytes_per_s=_RAIL_BYTES_PER_S,
             kv_transfer_latency_s=2e-3,
@@ -152,8 +153,9 @@ PROFILES: dict[str, EngineProfile] = {
         # attention compute and KV reads split four ways, c_lin at the lower efficiency of
         # wider TP (the H100 table's 8B TP1 vs 70B TP4 MFU, 0.57 vs 0.49), and the TP1
         # overhead plus the all-reduces of 36 layers at the H100 table's 70B TP4 cost per
-        # layer (~25 us). Not fitted to any published P/D figure: `tandem plan
-        # pd-guide-16gpu` predicts the P/D arm with it.
+        # layer (~25 us); t_w is the TP1 fit over four GPUs, less the ~1.2 ms of weights the
+        # larger decode batch (~55) reads besides. Not fitted to any published P/D figure:
+        # `tandem plan pd-guide-16gpu` predicts the P/D arm with it.
         EngineProfile(
             name="gpt-oss-120b-h200-tp4",
             model="openai/gpt-oss-120b",
