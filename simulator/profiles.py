@@ -153,8 +153,9 @@ PROFILES: dict[str, EngineProfile] = {
         # attention compute and KV reads split four ways, c_lin at the lower efficiency of
         # wider TP (the H100 table's 8B TP1 vs 70B TP4 MFU, 0.57 vs 0.49), and the TP1
         # overhead plus the all-reduces of 36 layers at the H100 table's 70B TP4 cost per
-        # layer (~25 us); t_w is the TP1 fit over four GPUs, less the ~1.2 ms of weights the
-        # larger decode batch (~55) reads besides. Not fitted to any published P/D figure:
+        # layer (~25 us); t_w is derived from bandwidth (~11.6 of the 16.3 GB per GPU read
+        # at a decode batch of ~55, / 3.87 TB/s), not from the TP1 fit. Not fitted to any
+        # published P/D figure:
         # `tandem plan pd-guide-16gpu` predicts the P/D arm with it.
         EngineProfile(
             name="gpt-oss-120b-h200-tp4",
