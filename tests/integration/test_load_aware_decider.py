@@ -22,20 +22,22 @@ from tests.support.servers import free_port, scrape, serve, wait_until
 DECISIONS = "tandem_pd_decisions_total"
 
 
-def _scheduler() -> dict[str, Any]:
-    """tandem.yaml with the decider's rate at 1,000 tokens/s: a 3,000-token prompt in flight
-    on the prefill pod is a 3 s queue, past the 0.5 s limit."""
+def _scheduler(*, idle_rule: bool = False) -> dict[str, Any]:
+    """tandem.yaml with the decider's rate at 1,000 tokens/s (a 3,000-token prompt in flight
+    on the prefill pod is a 3 s queue, past the 0.5 s limit) and its idle rule off."""
     path = Path(orchestrator.__file__).parent / "configs" / "tandem.yaml"
     document: dict[str, Any] = yaml.safe_load(path.read_text())
     for plugin in document["plugins"]:
         if plugin.get("name") == "pd-decider":
             assert plugin["type"] == "load-aware-pd-decider"
             plugin["parameters"]["prefillTokensPerSecond"] = 1000
+            # The fake decode pods report nothing running: idle pods would prefill in place.
+            plugin["parameters"]["idleDecodePrefill"] = idle_rule
     return document
 
 
 @contextmanager
-def cluster(decode: Recorder) -> Iterator[str]:
+def cluster(decode: Recorder, *, idle_rule: bool = False) -> Iterator[str]:
     """A gateway over one prefill and two decode endpoints (fakes that record and hold their
     answers), scheduling with the load-aware decider."""
     prefill_port, decode_ports, port = free_port(), (free_port(), free_port()), free_port()
@@ -49,7 +51,7 @@ def cluster(decode: Recorder) -> Iterator[str]:
             ],
             "gateway": {"port": port},
             "scrape": {"interval_s": 0.1},
-            "scheduler": _scheduler(),
+            "scheduler": _scheduler(idle_rule=idle_rule),
             "seed": 3,
         }
     )  # fmt: skip
@@ -104,3 +106,14 @@ def test_a_saturated_prefill_pool_sends_the_next_long_prompt_to_a_decode_pod() -
         f"{DECISIONS}{{decision=disaggregate,reason=uncached_above_threshold}}": 1.0,
         f"{DECISIONS}{{decision=local,reason=prefill_pool_busy}}": 1.0,
     }
+
+
+def test_an_idle_decode_pod_prefills_a_long_prompt_in_place() -> None:
+    decode = Recorder()
+    with cluster(decode, idle_rule=True) as url:
+        reply = _complete(url, words(3000, 1))
+        decisions = _decisions(url)
+
+    assert reply.status_code == 200
+    assert PREFILLER not in decode.headers[-1]
+    assert decisions == {f"{DECISIONS}{{decision=local,reason=decode_pod_idle}}": 1.0}
