@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import orchestrator
 from orchestrator.scheduling.config import (
@@ -367,3 +368,19 @@ def test_approx_prefix_cache_producer_sizes_the_index(
 
     assert isinstance(index, PrefixIndex)
     assert (index.block_size_tokens, index.default_capacity) == (block_size_tokens, capacity)
+
+
+@pytest.mark.parametrize("variant", ["tandem-tail-itl.yaml", "tandem-gpt-oss-h200.yaml"])
+def test_tandem_variants_differ_from_tandem_yaml_only_in_the_decider_s_parameters(
+    variant: str,
+) -> None:
+    """The variants are copies for operators to read whole; they must not drift."""
+
+    def without_decider_parameters(name: str) -> Any:
+        document = yaml.safe_load((CONFIG_DIR / name).read_text())
+        for plugin in document["plugins"]:
+            if plugin["type"] == "load-aware-pd-decider":
+                plugin.pop("parameters")
+        return document
+
+    assert without_decider_parameters(variant) == without_decider_parameters("tandem.yaml")
