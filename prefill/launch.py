@@ -61,6 +61,14 @@ class VllmLaunch:
     """The model to serve instead of the profile's (a deployment's own model)."""
     tensor_parallel_size_override: int | None = None
     """The tensor-parallel size to use instead of the profile's."""
+    python: str | None = None
+    """Start the server as `python -m vllm.entrypoints.openai.api_server` with this Python
+    (vLLM's CPU build has no working `vllm` console script) instead of `vllm serve`."""
+    dtype: str | None = None
+    enforce_eager: bool = False
+    kv_buffer_device: str | None = None
+    """Where the NixlConnector keeps KV for transfer (`cpu` on the CPU build)."""
+    extra_env: tuple[tuple[str, str], ...] = field(default=())
 
     @property
     def model(self) -> str:
@@ -77,7 +85,7 @@ class VllmLaunch:
     def kv_transfer_config(self) -> dict[str, object] | None:
         if self.kv_role is None:
             return None
-        return {
+        config: dict[str, object] = {
             "kv_connector": "NixlConnector",
             "kv_role": self.kv_role,
             "kv_load_failure_policy": self.kv_load_failure_policy,
@@ -86,11 +94,24 @@ class VllmLaunch:
                 "kv_lease_duration": self.kv_lease_duration,
             },
         }
+        if self.kv_buffer_device is not None:
+            config["kv_buffer_device"] = self.kv_buffer_device
+        return config
 
     def argv(self) -> list[str]:
         """The `vllm serve` command line."""
+        if self.python is None:
+            server = ["vllm", "serve", self.model]
+        else:
+            server = [
+                self.python,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                self.model,
+            ]
         args = [
-            "vllm", "serve", self.model,
+            *server,
             "--port", str(self.port),
             "--served-model-name", self.served_model_name or self.model,
             "--tensor-parallel-size", str(self.tensor_parallel_size),
@@ -102,6 +123,10 @@ class VllmLaunch:
         ]  # fmt: skip
         if self.max_model_len is not None:
             args += ["--max-model-len", str(self.max_model_len)]
+        if self.dtype is not None:
+            args += ["--dtype", self.dtype]
+        if self.enforce_eager:
+            args.append("--enforce-eager")
         kv_config = self.kv_transfer_config()
         if kv_config is not None:
             args += ["--kv-transfer-config", json.dumps(kv_config, separators=(",", ":"))]
@@ -109,9 +134,11 @@ class VllmLaunch:
 
     def env(self) -> dict[str, str]:
         """Environment for the vLLM container (NIXL side channel, UCX transports)."""
+        env = dict(self.extra_env)
         if self.kv_role is None:
-            return {}
+            return env
         return {
+            **env,
             "VLLM_NIXL_SIDE_CHANNEL_HOST": self.side_channel_host,
             "VLLM_NIXL_SIDE_CHANNEL_PORT": str(self.side_channel_port),
             "UCX_TLS": self.ucx_tls,

@@ -46,6 +46,8 @@ class SimPodConfig(BaseModel):
     enable_prefix_caching: bool = True
     enable_prompt_tokens_details: bool = False
     enable_server_load_tracking: bool = False
+    enable_request_id_headers: bool = False
+    """vLLM's `--enable-request-id-headers`: echo X-Request-Id on every response."""
     kv_role: KVRole | None = None
     """The NixlConnector's role; None runs without a KV connector (kv_transfer_params ignored)."""
     kv_lease_duration: int = Field(DEFAULT_KV_LEASE_DURATION_S, ge=1)

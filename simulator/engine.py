@@ -628,9 +628,10 @@ class Engine:
         stats.e2e_latency.observe(now - request.arrival_time)
         stats.prompt_tokens_per_request.observe(request.num_prompt_tokens)
         stats.generation_tokens_per_request.observe(len(request.output_token_ids))
-        stats.max_generation_tokens_per_request.observe(request.max_tokens)
         stats.params_max_tokens.observe(request.max_tokens)
-        stats.params_n.observe(1)
+        if request.sample_index == 0:
+            stats.max_generation_tokens_per_request.observe(request.max_tokens)
+            stats.params_n.observe(request.n)
         stats.num_preemptions_per_request.observe(request.num_preemptions)
         stats.prefill_kv_computed_tokens.observe(request.num_prompt_tokens - cached)
         first_scheduled = request.first_scheduled_time

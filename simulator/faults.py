@@ -1,7 +1,12 @@
 """Failure injection for the simulated pod, for reliability tests of everything in front of it.
 
 Faults apply to the inference routes (`/v1/completions`, `/v1/chat/completions`) only, so
-probes and metrics keep answering unless readiness itself is delayed.
+probes and metrics keep answering. A ready delay holds the whole start-up: the port is not
+bound until it has passed, as vLLM's is not while its engine loads.
+
+Fault injection is tandem's own: vLLM has nothing like it, and the injected errors include
+statuses and types a vLLM server never answers (429 `RateLimitError`, 502, 504), standing for
+what a proxy or a failing pod in front of the client would give.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# Status code → (OpenAI error type, message), the errors vLLM or a proxy in front of it gives.
+# Status code → (OpenAI error type, message) of an injected error.
 FAULT_ERRORS: dict[int, tuple[str, str]] = {
     400: ("BadRequestError", "Injected fault: bad request"),
     404: ("NotFoundError", "Injected fault: not found"),
@@ -39,7 +44,7 @@ class FaultConfig(BaseModel):
     crash_after: int | None = Field(None, ge=1)
     """Exit the process when this many inference requests have arrived."""
     ready_delay_s: float = Field(0.0, ge=0.0)
-    """/health answers 503 for this long after start."""
+    """Seconds before the pod binds its port: connections are refused until then."""
     seed: int = 0
 
     @field_validator("error_codes")

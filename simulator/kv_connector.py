@@ -107,7 +107,6 @@ class ProducerIdentity:
     side_channel_host: str
     side_channel_port: int
     tp_size: int = 1
-    registration_generation: int = 0
 
 
 def producer_params(
@@ -117,7 +116,9 @@ def producer_params(
     num_tokens: int,
     cached_tokens: int,
 ) -> dict[str, Any]:
-    """The `kv_transfer_params` a producer returns for a request whose blocks it holds."""
+    """The `kv_transfer_params` a producer returns for a request whose blocks it holds: vLLM's
+    fields in its order (vllm-project/vllm: .../kv_connector/v1/nixl/pull_scheduler.py,
+    `request_finished`)."""
     return {
         "do_remote_prefill": True,
         "do_remote_decode": False,
@@ -131,8 +132,10 @@ def producer_params(
         "pp_size": 1,
         "remote_num_tokens": num_tokens,
         "remote_blocks_expiry_time": None,
-        "remote_registration_generation": identity.registration_generation,
         "transfer_mode": "pull",
+        # Added by vLLM's scheduler after the connector's fields (v1/core/sched/scheduler.py):
+        # the producer's prefix-cache hit, which the decoder then reports as its cached tokens
+        # (v1/engine/output_processor.py).
         "remote_prefill_cached_tokens": cached_tokens,
     }
 

@@ -12,7 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -23,6 +28,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from simulator.engine import Engine
+from simulator.http_metrics import HttpMetrics
 from simulator.kv_connector import KVRole
 from simulator.stats import EngineStats, Histogram
 
@@ -312,8 +318,16 @@ class EngineCollector(Collector):
 
 def build_registry(
     engine: Engine, model_name: str, cache_config: Mapping[str, str], kv_role: KVRole | None
-) -> CollectorRegistry:
-    """A fresh registry holding only this pod's metrics (no process-global state)."""
+) -> tuple[CollectorRegistry, HttpMetrics]:
+    """A fresh registry holding only this pod's metrics (no process-global state).
+
+    vLLM's single API server exposes prometheus_client's global registry, so its `/metrics`
+    also carries the library's default collectors (`python_gc_*`, `python_info`,
+    `process_*`, in that order of registration) and the HTTP metrics of its instrumentator.
+    """
     registry = CollectorRegistry(auto_describe=False)
+    GCCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    ProcessCollector(registry=registry)
     registry.register(EngineCollector(engine, model_name, cache_config, kv_role))
-    return registry
+    return registry, HttpMetrics(registry)

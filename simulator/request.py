@@ -38,6 +38,10 @@ class EngineRequest:
     eos_after: int | None = None
     """Output length at which the model emits EOS (finish "stop"); None never stops early."""
     kv_transfer_params: dict[str, Any] | None = None
+    n: int = 1
+    """The request's `n`: it is one of n samples of its prompt."""
+    sample_index: int = 0
+    """Which of the n samples; vLLM observes the per-request parameters once per prompt."""
 
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)

@@ -50,9 +50,15 @@ class EngineRunner:
     """Owns the engine loop and routes each request's outputs to its stream."""
 
     def __init__(
-        self, engine: Engine, profile: EngineProfile, clock: ModelClock, transport: KVTransport
+        self,
+        engine: Engine,
+        profile: EngineProfile,
+        clock: ModelClock,
+        transport: KVTransport,
+        on_dead: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
+        self._on_dead = on_dead
         self.profile = profile
         self.clock = clock
         self.transport = transport
@@ -110,6 +116,16 @@ class EngineRunner:
         if source is not None:
             self._spawn(self._notify_done(source))
 
+    def release_rejected(self, kv_transfer_params: dict[str, Any]) -> None:
+        """A remote-prefill request was refused before reaching the engine: tell the producer
+        it is done with the blocks, as vLLM's connector does for such a request."""
+        source = RemotePrefill.parse(kv_transfer_params)
+        if source is not None:
+            logger.info(
+                "kv_released_for_rejected_request remote_request_id=%s", source.remote_request_id
+            )
+            self._spawn(self._notify_done(source))
+
     # -- producer side (called by the side-channel server) ---------------------------------
 
     def handle_side_channel(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -156,13 +172,15 @@ class EngineRunner:
                 await asyncio.sleep(0)  # let handlers run between back-to-back steps
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the engine is dead: fail everything, answer 503 after
+        except Exception as exc:  # the engine is dead: fail everything, then stop serving
             self.dead_reason = f"engine loop failed: {exc!r}"
             logger.exception("engine_dead")
             for request_id in list(self._streams):
                 self._deliver(
                     RequestOutput(request_id, (), FinishReason.ERROR, error=self.dead_reason)
                 )
+            if self._on_dead is not None:
+                self._on_dead()
 
     async def _remote_load(self, load: RemoteLoad) -> None:
         start = self.clock.now()

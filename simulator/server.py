@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,14 +14,18 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.background import BackgroundTask
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from simulator.config import VLLM_VERSION, SimPodConfig
 from simulator.engine import Engine
-from simulator.errors import OpenAIError, install_error_handlers
+from simulator.errors import OpenAIError, install_error_handlers, require_json
 from simulator.faults import FAULT_ERRORS, FaultInjector
+from simulator.http_metrics import HttpMetricsMiddleware
 from simulator.kv_connector import ProducerIdentity
 from simulator.metrics import build_registry
 from simulator.protocol import (
@@ -30,7 +35,8 @@ from simulator.protocol import (
     TokenizeRequest,
 )
 from simulator.runner import EngineRunner, ModelClock
-from simulator.serving import OpenAIServing
+from simulator.serving import OpenAIServing, PreparedRequest
+from simulator.streaming import chat_stream, completion_stream
 from simulator.tokenizer import load_tokenizer, render_chat
 from simulator.transfer import KVTransport, SideChannelClient, SideChannelServer
 
@@ -42,6 +48,13 @@ def _exit_process() -> None:
     os._exit(70)
 
 
+def _shut_down_server() -> None:
+    """Stop serving gracefully, as vLLM's API server does once its engine has died
+    (vllm-project/vllm: vllm/entrypoints/launchers/launcher.py, terminate_if_errored)."""
+    logger.error("engine_dead shutting_down")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 @dataclass(slots=True)
 class PodState:
     """What the routes share; built by the lifespan."""
@@ -51,9 +64,7 @@ class PodState:
     serving: OpenAIServing
     registry: CollectorRegistry
     faults: FaultInjector
-    started_at: float
-    created: int
-    in_flight: int = 0
+    server_load: int = 0
 
 
 def cache_config_labels(config: SimPodConfig, num_gpu_blocks: int) -> dict[str, str]:
@@ -106,26 +117,39 @@ def create_app(
     *,
     transport: KVTransport | None = None,
     crash: Callable[[], None] = _exit_process,
+    shutdown: Callable[[], None] = _shut_down_server,
 ) -> FastAPI:
-    """A simulated vLLM pod; its lifespan owns the engine loop and the KV side channel."""
+    """A simulated vLLM pod; its lifespan owns the engine loop and the KV side channel.
+
+    `crash` ends the process on an injected crash; `shutdown` stops the server after the
+    engine died and in-flight requests were failed."""
+    engine = Engine(
+        config.engine_config(),
+        ProducerIdentity(
+            engine_id=config.engine_id,
+            side_channel_host=config.side_channel_host,
+            side_channel_port=config.side_channel_port,
+            tp_size=config.engine_profile.tensor_parallel_size,
+        ),
+    )
+    registry, http_metrics = build_registry(
+        engine,
+        config.model_name,
+        cache_config_labels(config, engine.config.num_gpu_blocks),
+        config.kv_role,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine_config = config.engine_config()
-        engine = Engine(
-            engine_config,
-            ProducerIdentity(
-                engine_id=config.engine_id,
-                side_channel_host=config.side_channel_host,
-                side_channel_port=config.side_channel_port,
-                tp_size=config.engine_profile.tensor_parallel_size,
-            ),
-        )
+        # The port is bound once start-up is over: until then vLLM refuses connections.
+        if config.faults.ready_delay_s:
+            await asyncio.sleep(config.faults.ready_delay_s)
         runner = EngineRunner(
             engine,
             config.engine_profile,
             ModelClock(config.time_scale),
             transport or SideChannelClient(),
+            on_dead=shutdown,
         )
         side_channel = SideChannelServer(
             config.side_channel_host, config.side_channel_port, runner.handle_side_channel
@@ -136,15 +160,8 @@ def create_app(
             config=config,
             runner=runner,
             serving=OpenAIServing(config, runner, load_tokenizer(config.tokenizer)),
-            registry=build_registry(
-                engine,
-                config.model_name,
-                cache_config_labels(config, engine_config.num_gpu_blocks),
-                config.kv_role,
-            ),
+            registry=registry,
             faults=FaultInjector(config.faults),
-            started_at=time.monotonic(),
-            created=int(time.time()),
         )
         logger.info(
             "pod_started role=%s model=%s profile=%s port=%d side_channel=%s:%d engine_id=%s",
@@ -159,78 +176,107 @@ def create_app(
 
     app = FastAPI(title="tandem simulated vLLM", version=VLLM_VERSION, lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(HttpMetricsMiddleware, metrics=http_metrics)
+    if config.enable_request_id_headers:
+        app.add_middleware(RequestIdHeaderMiddleware)
 
     def pod(request: Request) -> PodState:
         state: PodState = request.app.state.pod
         return state
 
     async def inference(
-        request: Request, handler: Callable[[PodState, str], Awaitable[Response]]
+        request: Request,
+        kv_transfer_params: dict[str, Any] | None,
+        prepare: Callable[[PodState], PreparedRequest],
+        respond: Callable[[PodState, PreparedRequest], Awaitable[Response]],
     ) -> Response:
-        """Request id, load tracking, faults and client-disconnect cancellation."""
+        """Load tracking, faults, the rejection notice to a producer, and client-disconnect
+        cancellation, in the order of vLLM's route decorators."""
         state = pod(request)
-        base_id = request.headers.get("x-request-id") or f"{uuid.uuid4().int & (2**64 - 1):016x}"
         decision = state.faults.decide()
         if decision.crash:
             crash()
-        state.in_flight += 1
+        tracking = state.config.enable_server_load_tracking
+        if tracking:
+            state.server_load += 1
         try:
             if decision.delay_s:
                 await asyncio.sleep(decision.delay_s)
             if decision.hang:
                 await _until_disconnected(request)
-                return Response(status_code=_CLIENT_CLOSED)
-            if decision.error_status is not None:
+                response: Response = Response(status_code=_CLIENT_CLOSED)
+            elif decision.error_status is not None:
                 kind, message = FAULT_ERRORS[decision.error_status]
                 raise OpenAIError(decision.error_status, message, type=kind)
-            response = await _cancel_on_disconnect(request, handler(state, base_id))
-        finally:
-            state.in_flight -= 1
-        response.headers["x-request-id"] = base_id
+            else:
+                try:
+                    prepared = prepare(state)
+                except OpenAIError:
+                    _release_rejected(state, kv_transfer_params)
+                    raise
+                response = await _cancel_on_disconnect(request, respond(state, prepared))
+        except BaseException:
+            if tracking:
+                state.server_load -= 1
+            raise
+        if tracking:
+            # A stream counts until its body has been sent (vLLM's load_aware_call hangs the
+            # decrement on the response's background task).
+            if isinstance(response, StreamingResponse):
+                response.background = BackgroundTask(_decrement_load, state)
+            else:
+                state.server_load -= 1
         return response
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", dependencies=[Depends(require_json)])
     async def completions(request: Request, body: CompletionRequest) -> Response:
-        async def handle(state: PodState, base_id: str) -> Response:
-            generations = state.serving.prepare_completion(body, base_id)
+        def prepare(state: PodState) -> PreparedRequest:
+            return state.serving.prepare_completion(body, request.headers.get("x-request-id"))
+
+        async def respond(state: PodState, prepared: PreparedRequest) -> Response:
             if body.stream:
-                events = state.serving.completion_stream(generations[0], body, base_id)
+                events = completion_stream(state.serving, prepared)
                 return StreamingResponse(events, media_type="text/event-stream")
-            return JSONResponse(await state.serving.completion(generations, base_id))
+            return JSONResponse(await state.serving.completion(prepared))
 
-        return await inference(request, handle)
+        return await inference(request, body.kv_transfer_params, prepare, respond)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_json)])
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
-        async def handle(state: PodState, base_id: str) -> Response:
-            generation = state.serving.prepare_chat(body, base_id)
-            if body.stream:
-                events = state.serving.chat_stream(generation, body, base_id)
-                return StreamingResponse(events, media_type="text/event-stream")
-            return JSONResponse(await state.serving.chat(generation, base_id))
+        def prepare(state: PodState) -> PreparedRequest:
+            return state.serving.prepare_chat(body, request.headers.get("x-request-id"))
 
-        return await inference(request, handle)
+        async def respond(state: PodState, prepared: PreparedRequest) -> Response:
+            if body.stream:
+                events = chat_stream(state.serving, prepared)
+                return StreamingResponse(events, media_type="text/event-stream")
+            return JSONResponse(await state.serving.chat(prepared))
+
+        return await inference(request, body.kv_transfer_params, prepare, respond)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         state = pod(request)
         name = state.config.model_name
+        # vLLM's ModelCard and ModelPermission stamp `created` when the list is built
+        # (vllm-project/vllm: vllm/entrypoints/serve/engine/protocol.py).
+        created = int(time.time())
         return {
             "object": "list",
             "data": [
                 {
                     "id": name,
                     "object": "model",
-                    "created": state.created,
+                    "created": created,
                     "owned_by": "vllm",
                     "root": state.config.engine_profile.model,
                     "parent": None,
                     "max_model_len": state.serving.max_model_len,
                     "permission": [
                         {
-                            "id": f"modelperm-{uuid.uuid4().hex}",
+                            "id": f"modelperm-{uuid.uuid4().int & (2**64 - 1):016x}",
                             "object": "model_permission",
-                            "created": state.created,
+                            "created": created,
                             "allow_create_engine": False,
                             "allow_sampling": True,
                             "allow_logprobs": True,
@@ -250,19 +296,12 @@ def create_app(
     @app.get("/ping")
     @app.post("/ping")
     async def health(request: Request) -> Response:
-        state = pod(request)
-        if not state.runner.alive:
-            return JSONResponse(
-                OpenAIError(503, state.runner.dead_reason or "engine dead").body(), 503
-            )
-        if time.monotonic() - state.started_at < state.config.faults.ready_delay_s:
-            return JSONResponse(OpenAIError(503, "The engine is still starting.").body(), 503)
-        return Response(status_code=200)
+        # A dead engine: a bare 503 (vllm-project/vllm: .../serve/instrumentator/health.py).
+        return Response(status_code=200 if pod(request).runner.alive else 503)
 
     @app.get("/load")
     async def load(request: Request) -> dict[str, int]:
-        state = pod(request)
-        return {"server_load": state.in_flight if state.config.enable_server_load_tracking else 0}
+        return {"server_load": pod(request).server_load}
 
     @app.get("/version")
     async def version() -> dict[str, str]:
@@ -302,6 +341,44 @@ def create_app(
 
 _CLIENT_CLOSED = 499
 """nginx's status for a request whose client went away; written to no one."""
+
+
+def _decrement_load(state: PodState) -> None:
+    state.server_load -= 1
+
+
+def _release_rejected(state: PodState, kv_transfer_params: dict[str, Any] | None) -> None:
+    """A remote-prefill request refused before it reached the engine: tell its producer to
+    free the blocks it holds (vllm-project/vllm: vllm/entrypoints/generate/base/serving.py,
+    `_with_kv_transfer_rejection_cleanup`)."""
+    if state.config.kv_role is None or not kv_transfer_params:
+        return
+    if kv_transfer_params.get("do_remote_prefill"):
+        state.runner.release_rejected(kv_transfer_params)
+
+
+class RequestIdHeaderMiddleware:
+    """`--enable-request-id-headers`: every response carries X-Request-Id, the request's or a
+    new uuid4 hex (vllm-project/vllm: vllm/entrypoints/serve/middleware/x_request_id.py)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_headers = Headers(scope=scope)
+
+        async def send_with_request_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(raw=message["headers"])
+                headers.append(
+                    "X-Request-Id", request_headers.get("X-Request-Id", uuid.uuid4().hex)
+                )
+            await send(message)
+
+        await self.app(scope, receive, send_with_request_id)
 
 
 async def _until_disconnected(request: Request) -> None:

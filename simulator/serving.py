@@ -1,30 +1,32 @@
-"""OpenAI completions and chat on top of the engine runner, with vLLM 0.33's shapes and checks.
+"""OpenAI completions and chat on top of the engine runner, with vLLM's shapes and checks.
 
 Response fields, their order and which are null follow vLLM's pydantic models
-(vllm-project/vllm: vllm/entrypoints/openai/completion/protocol.py, chat_completion/protocol.py);
-checks and their messages follow vllm/renderers/params.py and vllm/sampling_params.py.
+(vllm-project/vllm: vllm/entrypoints/openai/completion/protocol.py, chat_completion/protocol.py,
+vllm/entrypoints/serve/engine/protocol.py for usage); checks and their messages follow
+vllm/renderers/params.py and vllm/sampling_params.py. Streaming lives in `simulator.streaming`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import secrets
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from simulator.config import VLLM_VERSION, SimPodConfig
-from simulator.errors import OpenAIError, error_body, invalid_parameter
+from simulator.errors import OpenAIError, invalid_parameter
 from simulator.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from simulator.request import EngineRequest, FinishReason, RequestOutput
 from simulator.runner import EngineRunner
 from simulator.tokenizer import Tokenizer, render_chat
 from simulator.validation import (
     GenerationLimits,
-    check_sampling,
+    check_logprobs_limit,
+    check_sampling_params,
     completion_prompts,
     generation_limits,
 )
@@ -32,44 +34,74 @@ from simulator.validation import (
 GENERATION_ERROR = "Internal server error"
 """What vLLM tells a client whose request ended with finish reason "error"."""
 
+ENGINE_DEAD_ERROR = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+"""vLLM's EngineDeadError message (vllm-project/vllm: vllm/v1/engine/exceptions.py)."""
+
 
 @dataclass(slots=True)
 class Generation:
-    """One prompt of a request, validated and ready to submit, and what it produced."""
+    """One choice of a request (a prompt, sampled once), validated, and what it produced."""
 
     engine_request_id: str
     prompt: list[int]
     limits: GenerationLimits
     kv_transfer_params: dict[str, Any] | None
+    prompt_index: int = 0
+    index: int = 0
+    """The choice's index in the response: prompt index * n + sample index."""
+    sample_index: int = 0
+    prompt_text: str = ""
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     num_cached_tokens: int = 0
     kv_transfer_params_out: dict[str, Any] | None = None
 
-    def absorb(self, output: RequestOutput) -> None:
+    def absorb(self, output: RequestOutput, engine_alive: bool = True) -> None:
         """Add one engine output; raises the client-facing error if the request failed."""
         self.token_ids.extend(output.new_token_ids)
         if not output.finished:
             return
         if output.finish_reason is FinishReason.ERROR:
-            raise OpenAIError(500, GENERATION_ERROR)
+            raise OpenAIError(500, GENERATION_ERROR if engine_alive else ENGINE_DEAD_ERROR)
         self.finish_reason = str(output.finish_reason)
         self.num_cached_tokens = output.num_cached_tokens
         self.kv_transfer_params_out = output.kv_transfer_params
 
 
-def sse(payload: dict[str, Any] | str, *, compact: bool = True) -> str:
-    """One server-sent event as vLLM writes it."""
-    if isinstance(payload, str):
-        return f"data: {payload}\n\n"
-    separators = (",", ":") if compact else (", ", ": ")
-    return f"data: {json.dumps(payload, separators=separators)}\n\n"
+@dataclass(slots=True)
+class PreparedRequest:
+    """A validated request: its response id and one generation per choice."""
+
+    response_id: str
+    generations: list[Generation]
+    request: SamplingFields
+
+    @property
+    def num_prompts(self) -> int:
+        return 1 + max(g.prompt_index for g in self.generations)
 
 
-def engine_request_id(response_id: str, prompt_index: int | None = None) -> str:
-    """vLLM's internal id: the response id, the prompt index, and a random 8-hex suffix."""
-    base = response_id if prompt_index is None else f"{response_id}-{prompt_index}"
+def base_request_id(header: str | None, body_request_id: str | None) -> str:
+    """The id under `cmpl-`/`chatcmpl-`: the X-Request-Id header, then the body's request_id,
+    then a random 16-hex id (vllm-project/vllm: vllm/entrypoints/serve/engine/serving.py,
+    `_base_request_id`; vllm/utils/__init__.py, `random_uuid`)."""
+    if header is not None:
+        return header
+    if body_request_id is not None:
+        return body_request_id
+    return f"{uuid.uuid4().int & (2**64 - 1):016x}"
+
+
+def engine_request_id(base: str) -> str:
+    """vLLM's internal id: the per-prompt id and a random 8-hex suffix."""
     return f"{base}-{secrets.token_hex(4)}"
+
+
+def _choice_ids(prompt_id: str, n: int) -> list[str]:
+    # An n > 1 request fans out into child requests `{index}_{parent}` inside vLLM.
+    if n == 1:
+        return [engine_request_id(prompt_id)]
+    return [engine_request_id(f"{i}_{prompt_id}") for i in range(n)]
 
 
 class OpenAIServing:
@@ -94,6 +126,11 @@ class OpenAIServing:
                 param="model",
             )
 
+    def _check_engine(self) -> None:
+        # vLLM's _preflight: a dead engine fails every new request with its EngineDeadError.
+        if not self.runner.alive:
+            raise OpenAIError(500, ENGINE_DEAD_ERROR)
+
     def _limits(
         self,
         request: SamplingFields,
@@ -102,55 +139,80 @@ class OpenAIServing:
         requested: int | None,
         parameter: str = "max_tokens",
     ) -> GenerationLimits:
-        return generation_limits(
+        limits = generation_limits(
             request, prompt_len, from_text, requested,
             max_model_len=self.max_model_len,
             natural_output_len=self.config.natural_output_len,
             parameter=parameter,
         )  # fmt: skip
+        check_sampling_params(request, limits.max_tokens)
+        return limits
 
-    def prepare_completion(self, request: CompletionRequest, base_id: str) -> list[Generation]:
+    def prepare_completion(
+        self, request: CompletionRequest, request_id_header: str | None
+    ) -> PreparedRequest:
         """Validate a completions request; raises OpenAIError before anything is queued."""
         self.check_model(request.model)
-        check_sampling(request)
-        response_id = f"cmpl-{base_id}"
+        self._check_engine()
+        response_id = f"cmpl-{base_request_id(request_id_header, request.request_id)}"
+        # Echo without generation samples one token and returns only the prompt
+        # (vllm-project/vllm: CompletionRequest.to_sampling_params).
+        echo_only = bool(request.echo) and request.max_tokens == 0
+        requested = 1 if echo_only else request.max_tokens
+        n = request.num_choices
         generations = []
-        for index, (prompt, from_text) in enumerate(completion_prompts(request, self.tokenizer)):
-            limits = self._limits(request, len(prompt), from_text, request.max_tokens)
-            generations.append(
-                Generation(
-                    engine_request_id(response_id, index),
-                    prompt,
-                    limits,
-                    request.kv_transfer_params,
-                )
-            )
-        if request.stream and len(generations) != 1:
-            raise invalid_parameter("Stream one prompt per request.", "prompt")
-        return generations
+        prompts = completion_prompts(request, self.tokenizer)
+        for prompt_index, (prompt, text) in enumerate(prompts):
+            # vLLM detokenizes a prompt of token ids to echo it.
+            limits = self._limits(request, len(prompt), text is not None, requested)
+            prompt_text = text if text is not None else self.tokenizer.decode(prompt)
+            for sample, request_id in enumerate(_choice_ids(f"{response_id}-{prompt_index}", n)):
+                generations.append(
+                    Generation(
+                        request_id, prompt, limits, request.kv_transfer_params,
+                        prompt_index=prompt_index, index=prompt_index * n + sample,
+                        sample_index=sample, prompt_text=prompt_text,
+                    )
+                )  # fmt: skip
+        return PreparedRequest(response_id, generations, request)
 
-    def prepare_chat(self, request: ChatCompletionRequest, base_id: str) -> Generation:
+    def prepare_chat(
+        self, request: ChatCompletionRequest, request_id_header: str | None
+    ) -> PreparedRequest:
         """Validate a chat request; raises OpenAIError before anything is queued."""
         self.check_model(request.model)
-        check_sampling(request)
+        self._check_engine()
         if not request.messages:
             raise invalid_parameter("messages must not be empty.", "messages")
+        response_id = f"chatcmpl-{base_request_id(request_id_header, request.request_id)}"
         prompt = self.tokenizer.encode(render_chat([m.model_dump() for m in request.messages]))
         requested: int | None = request.max_tokens
         parameter = "max_tokens"
         if request.max_completion_tokens is not None:
             requested, parameter = request.max_completion_tokens, "max_completion_tokens"
         limits = self._limits(request, len(prompt), True, requested, parameter)
-        return Generation(
-            engine_request_id(f"chatcmpl-{base_id}"), prompt, limits, request.kv_transfer_params
-        )
+        generations = [
+            Generation(
+                request_id,
+                prompt,
+                limits,
+                request.kv_transfer_params,
+                index=index,
+                sample_index=index,
+            )
+            for index, request_id in enumerate(_choice_ids(response_id, request.num_choices))
+        ]
+        return PreparedRequest(response_id, generations, request)
 
     # -- generation ------------------------------------------------------------------------
 
-    async def outputs(self, generation: Generation) -> AsyncIterator[RequestOutput]:
+    async def outputs(
+        self, generation: Generation, request: SamplingFields
+    ) -> AsyncIterator[RequestOutput]:
         """Engine outputs of one generation; aborts it if the consumer stops listening."""
+        check_logprobs_limit(request, self.tokenizer.vocab_size)
         if not self.runner.alive:
-            raise OpenAIError(503, f"The engine is not available: {self.runner.dead_reason}")
+            raise OpenAIError(500, ENGINE_DEAD_ERROR)
         stream = self.runner.submit(
             EngineRequest(
                 request_id=generation.engine_request_id,
@@ -160,6 +222,8 @@ class OpenAIServing:
                 eos_after=generation.limits.eos_after,
                 arrival_time=0.0,
                 kv_transfer_params=generation.kv_transfer_params,
+                n=request.num_choices,
+                sample_index=generation.sample_index,
             )
         )
         finished = False
@@ -172,69 +236,118 @@ class OpenAIServing:
             if not finished:
                 self.runner.abort(generation.engine_request_id)
 
-    async def run(self, generation: Generation) -> Generation:
-        async for output in self.outputs(generation):
-            generation.absorb(output)
+    async def run(self, generation: Generation, request: SamplingFields) -> Generation:
+        async for output in self.outputs(generation, request):
+            generation.absorb(output, self.runner.alive)
         return generation
 
-    def usage(self, generations: list[Generation], *, chat: bool) -> dict[str, Any]:
-        prompt_tokens = sum(len(g.prompt) for g in generations)
+    async def run_all(self, prepared: PreparedRequest) -> list[Generation]:
+        tasks = [asyncio.ensure_future(self.run(g, prepared.request)) for g in prepared.generations]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    def prompt_details(
+        self, cached_tokens: int, *, drop_nulls: bool, created_cache_tokens: int | None = None
+    ) -> dict[str, Any] | None:
+        """`prompt_tokens_details` with prompt-token details enabled: vLLM's
+        PromptTokenUsageInfo, whose unset fields are nulls unless the dump drops them."""
+        if not self.config.enable_prompt_tokens_details:
+            return None
+        details = {
+            "cached_tokens": cached_tokens,
+            "created_cache_tokens": created_cache_tokens,
+            "multimodal_tokens": None,
+        }
+        if drop_nulls:
+            return {key: value for key, value in details.items() if value is not None}
+        return details
+
+    def created_cache_tokens(self, generation: Generation) -> int:
+        """Prompt tokens this request wrote to the prefix cache, as chat's usage reports them:
+        the prompt's full blocks, hashed once it is computed, less what was cached before
+        (vLLM 0.32: PrefillStats.finalize with KVCacheManager.estimate_cached_tokens;
+        completions pass no such count)."""
+        block_size = self.config.block_size
+        full_blocks_tokens = len(generation.prompt) // block_size * block_size
+        return max(0, full_blocks_tokens - generation.num_cached_tokens)
+
+    def usage(
+        self,
+        generations: list[Generation],
+        cached_tokens: int,
+        *,
+        created_cache_tokens: int | None = None,
+    ) -> dict[str, Any]:
+        """The response's usage: prompts counted once each, every choice's output."""
+        by_prompt = {g.prompt_index: len(g.prompt) for g in generations}
+        prompt_tokens = sum(by_prompt.values())
         completion_tokens = sum(len(g.token_ids) for g in generations)
-        details: dict[str, int | None] | None = None
-        if self.config.enable_prompt_tokens_details:
-            details = {"cached_tokens": sum(g.num_cached_tokens for g in generations)}
-            if chat:
-                details |= {"created_cache_tokens": None, "multimodal_tokens": None}
         return {
             "prompt_tokens": prompt_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
             "completion_tokens": completion_tokens,
-            "prompt_tokens_details": details,
+            "prompt_tokens_details": self.prompt_details(
+                cached_tokens, drop_nulls=False, created_cache_tokens=created_cache_tokens
+            ),
             "completion_tokens_details": None,
         }
 
     # -- non-streaming ---------------------------------------------------------------------
 
-    async def completion(self, generations: list[Generation], base_id: str) -> dict[str, Any]:
-        done = await asyncio.gather(*(self.run(g) for g in generations))
-        return {
-            "id": f"cmpl-{base_id}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.config.model_name,
-            "choices": [
+    async def completion(self, prepared: PreparedRequest) -> dict[str, Any]:
+        done = await self.run_all(prepared)
+        request = prepared.request
+        assert isinstance(request, CompletionRequest)
+        echo_only = bool(request.echo) and request.max_tokens == 0
+        choices = []
+        for g in done:
+            text = "" if echo_only else self.tokenizer.decode(g.token_ids)
+            if request.echo:
+                # With return_token_ids, vLLM echoes the prompt's ids, not its text.
+                text = ("" if request.return_token_ids else g.prompt_text) + text
+            choices.append(
                 {
-                    "index": index,
-                    "text": self.tokenizer.decode(g.token_ids),
+                    "index": g.index,
+                    "text": text,
                     "logprobs": None,
                     "finish_reason": g.finish_reason,
                     "stop_reason": None,
-                    "token_ids": None,
+                    "token_ids": list(g.token_ids) if request.return_token_ids else None,
                     "prompt_logprobs": None,
-                    "prompt_token_ids": None,
+                    "prompt_token_ids": list(g.prompt) if request.return_token_ids else None,
                     "routed_experts": None,
-                    "weight_versions": None,
                 }
-                for index, g in enumerate(done)
-            ],
+            )
+        # Cached tokens are the last prompt's (vllm-project/vllm: completion/serving.py,
+        # request_output_to_completion_response).
+        return {
+            "id": prepared.response_id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.config.model_name,
+            "choices": choices,
             "service_tier": None,
             "system_fingerprint": self.system_fingerprint,
-            "usage": self.usage(list(done), chat=False),
+            "usage": self.usage(done, done[-1].num_cached_tokens),
             "kv_transfer_params": done[0].kv_transfer_params_out,
             "ec_transfer_params": None,
             "metrics": None,
         }
 
-    async def chat(self, generation: Generation, base_id: str) -> dict[str, Any]:
-        g = await self.run(generation)
+    async def chat(self, prepared: PreparedRequest) -> dict[str, Any]:
+        done = await self.run_all(prepared)
+        request = prepared.request
         return {
-            "id": f"chatcmpl-{base_id}",
+            "id": prepared.response_id,
             "object": "chat.completion",
             "created": int(time.time()),
             "model": self.config.model_name,
             "choices": [
                 {
-                    "index": 0,
+                    "index": g.index,
                     "message": {
                         "role": "assistant",
                         "content": self.tokenizer.decode(g.token_ids),
@@ -247,143 +360,22 @@ class OpenAIServing:
                     "logprobs": None,
                     "finish_reason": g.finish_reason,
                     "stop_reason": None,
-                    "token_ids": None,
+                    "token_ids": list(g.token_ids) if request.return_token_ids else None,
                     "routed_experts": None,
-                    "weight_versions": None,
                 }
+                for g in done
             ],
             "service_tier": None,
             "system_fingerprint": self.system_fingerprint,
-            "usage": self.usage([g], chat=True),
+            "usage": self.usage(
+                done,
+                done[0].num_cached_tokens,
+                created_cache_tokens=self.created_cache_tokens(done[0]),
+            ),
             "prompt_logprobs": None,
-            "prompt_token_ids": None,
+            "prompt_token_ids": list(done[0].prompt) if request.return_token_ids else None,
             "prompt_text": None,
-            "kv_transfer_params": g.kv_transfer_params_out,
+            "kv_transfer_params": done[0].kv_transfer_params_out,
             "ec_transfer_params": None,
             "metrics": None,
         }
-
-    # -- streaming -------------------------------------------------------------------------
-
-    async def completion_stream(
-        self, generation: Generation, request: CompletionRequest, base_id: str
-    ) -> AsyncIterator[str]:
-        header = self._chunk_header(f"cmpl-{base_id}", "text_completion")
-        try:
-            async for output in self.outputs(generation):
-                generation.absorb(output)
-                if not output.new_token_ids and not output.finished:
-                    continue
-                chunk: dict[str, Any] = {
-                    **header,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "text": self.tokenizer.decode(output.new_token_ids),
-                            "logprobs": None,
-                            "finish_reason": generation.finish_reason,
-                            "stop_reason": None,
-                            "prompt_token_ids": None,
-                            "token_ids": None,
-                            "weight_versions": None,
-                        }
-                    ],
-                }
-                self._add_stream_tail(chunk, generation, request, chat=False)
-                yield sse(chunk)
-        except OpenAIError as exc:
-            # After the headers went out, vLLM reports failure as an error event (status 200);
-            # the completions route writes it with json.dumps' default spacing.
-            yield sse(error_body(exc.status, exc.message, param=exc.param), compact=False)
-            yield sse("[DONE]")
-            return
-        async for event in self._stream_end(header, generation, request, chat=False):
-            yield event
-
-    async def chat_stream(
-        self, generation: Generation, request: ChatCompletionRequest, base_id: str
-    ) -> AsyncIterator[str]:
-        header = self._chunk_header(f"chatcmpl-{base_id}", "chat.completion.chunk")
-        yield sse(
-            {
-                **header,
-                "choices": [
-                    {
-                        "index": 0,
-                        "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
-                        "finish_reason": None,
-                    }
-                ],
-                "prompt_token_ids": None,
-                "prompt_text": None,
-            }
-        )
-        try:
-            async for output in self.outputs(generation):
-                generation.absorb(output)
-                if not output.new_token_ids and not output.finished:
-                    continue
-                choice: dict[str, Any] = {
-                    "index": 0,
-                    "delta": {"content": self.tokenizer.decode(output.new_token_ids)},
-                    "logprobs": None,
-                    "finish_reason": generation.finish_reason,
-                    "token_ids": None,
-                }
-                if generation.finish_reason is not None:
-                    choice |= {"stop_reason": None, "weight_versions": None}
-                chunk: dict[str, Any] = {**header, "choices": [choice]}
-                self._add_stream_tail(chunk, generation, request, chat=True)
-                yield sse(chunk)
-        except OpenAIError as exc:
-            yield sse(error_body(exc.status, exc.message, param=exc.param))
-            yield sse("[DONE]")
-            return
-        async for event in self._stream_end(header, generation, request, chat=True):
-            yield event
-
-    def _chunk_header(self, response_id: str, kind: str) -> dict[str, Any]:
-        return {
-            "id": response_id,
-            "object": kind,
-            "created": int(time.time()),
-            "model": self.config.model_name,
-        }
-
-    def _add_stream_tail(
-        self, chunk: dict[str, Any], generation: Generation, request: SamplingFields, *, chat: bool
-    ) -> None:
-        """Per-chunk usage (continuous stats), fingerprint on the last chunk, KV params."""
-        options = request.stream_options
-        if options is not None and options.include_usage and options.continuous_usage_stats:
-            chunk["usage"] = self.usage([generation], chat=chat)
-        wants_usage_chunk = bool(options and options.include_usage)
-        if generation.finish_reason is not None and not wants_usage_chunk:
-            chunk["system_fingerprint"] = self.system_fingerprint
-        chunk["kv_transfer_params"] = generation.kv_transfer_params_out
-
-    async def _stream_end(
-        self, header: dict[str, Any], generation: Generation, request: SamplingFields, *, chat: bool
-    ) -> AsyncIterator[str]:
-        options = request.stream_options
-        if options is not None and options.include_usage:
-            usage = _without_nulls(self.usage([generation], chat=chat))
-            yield sse(
-                {
-                    **header,
-                    "choices": [],
-                    "usage": usage,
-                    "system_fingerprint": self.system_fingerprint,
-                }
-            )
-        yield sse("[DONE]")
-
-
-def _without_nulls(value: dict[str, Any]) -> dict[str, Any]:
-    """The final usage chunk is dumped with exclude_none."""
-    return {
-        key: _without_nulls(item) if isinstance(item, dict) else item
-        for key, item in value.items()
-        if item is not None
-    }

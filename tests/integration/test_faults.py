@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
 from simulator.faults import FAULT_ERRORS, FaultConfig
+from simulator.server import create_app
 from tests.support.processes import sim_process
 from tests.support.servers import pod_config, running_pod, scrape, wait_until
 
@@ -69,17 +73,33 @@ def test_half_error_rate_fails_some_requests_deterministically_for_the_seed() ->
     assert other != first
 
 
-def test_health_answers_503_until_the_ready_delay_has_passed() -> None:
+def test_the_port_refuses_connections_until_the_ready_delay_has_passed() -> None:
+    # vLLM starts listening only once its engine is up: until then a client is refused.
     config = pod_config(time_scale=0.05, faults=FaultConfig(ready_delay_s=1.5))
-    with running_pod(config) as url, httpx.Client(timeout=10) as client:
-        starting = client.get(f"{url}/health")
-        became_ready = wait_until(
-            lambda: client.get(f"{url}/health").status_code == 200, timeout_s=10
-        )
+    app = create_app(config)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning")
+    )
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{config.port}"
+    try:
+        with httpx.Client(timeout=10) as client:
+            with pytest.raises(httpx.ConnectError):
+                client.get(f"{url}/health")
+            became_ready = wait_until(lambda: _health(client, url) == 200, timeout_s=10)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
 
-    assert starting.status_code == 503
-    assert starting.json()["error"]["code"] == 503
     assert became_ready
+
+
+def _health(client: httpx.Client, url: str) -> int | None:
+    try:
+        return client.get(f"{url}/health").status_code
+    except httpx.ConnectError:
+        return None
 
 
 def test_hung_request_times_out_and_leaves_nothing_behind() -> None:

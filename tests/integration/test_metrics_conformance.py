@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.servers import pod_config, running_pod
+from tests.support.servers import parse_samples, pod_config, running_pod
 
 BASE = frozenset({"model_name", "engine"})
 
@@ -68,6 +68,31 @@ NIXL_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "vllm:nixl_num_kv_expired_reqs": ("counter", BASE),
     "vllm:nixl_num_notifications_after_expiry": ("counter", BASE),
 }
+# vLLM's single API server exposes prometheus_client's global registry: the library's default
+# collectors, and the HTTP metrics of prometheus-fastapi-instrumentator's `metrics.default()`
+# (vllm/entrypoints/serve/instrumentator/metrics.py).
+PROCESS_METRICS: dict[str, tuple[str, frozenset[str]]] = {
+    "python_gc_objects_collected": ("counter", frozenset({"generation"})),
+    "python_gc_objects_uncollectable": ("counter", frozenset({"generation"})),
+    "python_gc_collections": ("counter", frozenset({"generation"})),
+    "python_info": (
+        "gauge", frozenset({"implementation", "major", "minor", "patchlevel", "version"}),
+    ),
+    "process_virtual_memory_bytes": ("gauge", frozenset()),
+    "process_resident_memory_bytes": ("gauge", frozenset()),
+    "process_start_time_seconds": ("gauge", frozenset()),
+    "process_cpu_seconds": ("counter", frozenset()),
+    "process_open_fds": ("gauge", frozenset()),
+    "process_max_fds": ("gauge", frozenset()),
+}  # fmt: skip
+HTTP_METRICS: dict[str, tuple[str, frozenset[str]]] = {
+    "http_requests": ("counter", frozenset({"method", "status", "handler"})),
+    "http_request_size_bytes": ("summary", frozenset({"handler"})),
+    "http_response_size_bytes": ("summary", frozenset({"handler"})),
+    "http_request_duration_highr_seconds": ("histogram", frozenset()),
+    "http_request_duration_seconds": ("histogram", frozenset({"method", "handler"})),
+}
+BASE_METRICS = ENGINE_METRICS | PROCESS_METRICS | HTTP_METRICS
 CONSUMER_METRICS = {"vllm:num_requests_kv_fetch_by_stage": ("gauge", BASE | {"stage"})}
 CACHE_CONFIG_LABELS = (
     "block_size", "user_specified_block_size", "kv_cache_layout", "prefix_match_unit",
@@ -112,9 +137,9 @@ def families(kv_role: str | None) -> dict[str, tuple[str, frozenset[str], list[s
 @pytest.mark.parametrize(
     ("kv_role", "expected"),
     [
-        (None, ENGINE_METRICS),
-        ("kv_producer", ENGINE_METRICS | NIXL_METRICS),
-        ("kv_consumer", ENGINE_METRICS | NIXL_METRICS | CONSUMER_METRICS),
+        (None, BASE_METRICS),
+        ("kv_producer", BASE_METRICS | NIXL_METRICS),
+        ("kv_consumer", BASE_METRICS | NIXL_METRICS | CONSUMER_METRICS),
     ],
 )
 def test_metric_names_types_and_labels_are_vllms(
@@ -137,3 +162,37 @@ def test_label_values_are_vllms(metric: str) -> None:
     family = next(f for f in text_string_to_metric_families(text) if f.name == metric)
 
     assert {s.labels[label] for s in family.samples if label in s.labels} == values
+
+
+def test_http_metrics_count_inference_routes_but_not_probes() -> None:
+    config = pod_config(time_scale=0.05)
+    with running_pod(config) as url:
+        httpx.post(f"{url}/v1/completions", json={"prompt": "hello", "max_tokens": 2}, timeout=10)
+        httpx.post(f"{url}/v1/completions", json={"prompt": ""}, timeout=10)
+        httpx.get(f"{url}/v1/nothing", timeout=10)
+        httpx.get(f"{url}/health", timeout=10)
+        httpx.get(f"{url}/load", timeout=10)
+        samples = parse_samples(httpx.get(f"{url}/metrics", timeout=10).text)
+
+    requests = {k: v for k, v in samples.items() if k.startswith("http_requests_total")}
+    assert requests == {
+        "http_requests_total{handler=/v1/completions,method=POST,status=2xx}": 1,
+        "http_requests_total{handler=/v1/completions,method=POST,status=4xx}": 1,
+        "http_requests_total{handler=none,method=GET,status=4xx}": 1,
+    }
+    assert samples["http_request_duration_highr_seconds_count{}"] == 3
+    assert samples["http_request_duration_seconds_bucket{handler=none,le=+Inf,method=GET}"] == 1
+
+
+def test_large_histogram_bounds_are_written_as_prometheus_client_writes_them() -> None:
+    config = pod_config(kv_role="kv_producer", time_scale=0.05)
+    with running_pod(config) as url:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    bounds = [
+        line.split('le="')[1].split('"')[0]
+        for line in text.splitlines()
+        if line.startswith("vllm:nixl_bytes_transferred_bucket")
+    ]
+
+    assert "2.097152e+06" in bounds
+    assert not [bound for bound in bounds if bound.endswith(".0") and len(bound) > 8]

@@ -218,3 +218,28 @@ def test_decoder_heartbeats_keep_queued_kv_alive() -> None:
 
         assert reply.status_code == 200, reply.text
         assert scrape(p_url)["vllm:nixl_num_kv_expired_reqs_total{}"] == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"max_tokens": 10**6}, {"temperature": -1}, {"model": "other"}],
+    ids=["max_tokens", "temperature", "model"],
+)
+def test_a_decode_refused_before_the_engine_frees_the_producers_blocks(
+    bad: dict[str, Any],
+) -> None:
+    # vLLM's serving layer tells the connector about a remote-prefill request it rejected, and
+    # the connector tells the producer to free the blocks instead of letting the lease run out.
+    with (
+        running_pod(prefill_config(kv_lease_duration=600)) as producer_url,
+        running_pod(decode_config()) as decode_url,
+    ):
+        params = prefill(producer_url, "rt-rejected", make_prompt(5))["kv_transfer_params"]
+        assert scrape(producer_url)["vllm:kv_cache_usage_perc{}"] > 0
+
+        reply = decode(decode_url, "rt-rejected", params, make_prompt(5), **bad)
+
+        assert reply.status_code in (400, 404), reply.text
+        assert wait_until(lambda: scrape(producer_url)["vllm:kv_cache_usage_perc{}"] == 0)
+        assert scrape(producer_url)["vllm:nixl_num_kv_expired_reqs_total{}"] == 0
+        assert scrape(decode_url)["vllm:request_success_total{finished_reason=abort}"] == 0

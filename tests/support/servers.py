@@ -28,7 +28,16 @@ def free_port() -> int:
 @contextmanager
 def serve(app: FastAPI, port: int, startup_timeout_s: float = 20.0) -> Iterator[str]:
     """Serve `app` on 127.0.0.1:`port` for the duration of the block; yields its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    # A stream a client holds open (a Kubernetes watch, say) is cut a second into the
+    # shutdown: uvicorn would otherwise wait for it, and the join below would time out.
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=1,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()

@@ -77,7 +77,6 @@ def test_producer_returns_vllm_kv_transfer_params_and_holds_blocks() -> None:
         "pp_size": 1,
         "remote_num_tokens": 10,
         "remote_blocks_expiry_time": None,
-        "remote_registration_generation": 0,
         "transfer_mode": "pull",
         "remote_prefill_cached_tokens": 0,
     }

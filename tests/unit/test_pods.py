@@ -169,6 +169,34 @@ def test_the_simulated_pod_reads_vllms_side_channel_host_variable(
     monkeypatch.setenv("VLLM_NIXL_SIDE_CHANNEL_HOST", "127.1.2.3")
     _, with_env = sim_config(args)
 
-    assert without.side_channel_host == "0.0.0.0"
+    # Without the variable vLLM advertises "localhost" (vllm/envs.py), not the HTTP host.
+    assert without.side_channel_host == "localhost"
     assert with_env.side_channel_host == "127.1.2.3"
     assert with_env.host == "0.0.0.0"
+
+
+def test_print_vllm_command_carries_the_clis_overrides() -> None:
+    from tandem.cli import build_parser, sim_config
+
+    args = build_parser().parse_args([
+        "sim", "--role", "decode", "--host", "127.0.0.5", "--port", "9300",
+        "--side-channel-port", "5777", "--kv-lease-duration", "45",
+        "--kv-load-failure-policy", "recompute", "--max-model-len", "2048",
+        "--num-gpu-blocks", "512", "--max-num-seqs", "64", "--max-num-batched-tokens", "4096",
+        "--enable-request-id-headers",
+    ])  # fmt: skip
+    launch, config = sim_config(args)
+    argv = launch.argv()
+    kv_config = json.loads(flag_value(argv, "--kv-transfer-config") or "{}")
+
+    assert flag_value(argv, "--port") == "9300" == str(config.port)
+    assert flag_value(argv, "--host") == "127.0.0.5"
+    assert launch.env()["VLLM_NIXL_SIDE_CHANNEL_PORT"] == "5777"
+    assert kv_config["kv_connector_extra_config"]["kv_lease_duration"] == 45
+    assert kv_config["kv_load_failure_policy"] == "recompute"
+    assert flag_value(argv, "--max-model-len") == "2048"
+    assert flag_value(argv, "--num-gpu-blocks-override") == "512"
+    assert flag_value(argv, "--max-num-seqs") == "64"
+    assert flag_value(argv, "--max-num-batched-tokens") == "4096"
+    assert "--enable-request-id-headers" in argv
+    assert config.enable_request_id_headers

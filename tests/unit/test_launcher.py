@@ -1,0 +1,135 @@
+"""The local launcher's plan: which processes `tandem up` starts, with which command lines,
+for simulated pods and for real vLLM pods (no engine needed to plan them)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulator.tokenizer import SYNTHETIC_WORDS
+from tandem import real_engine, tiny_model
+from tandem.launcher import ClusterSpec, Component, plan_cluster
+
+MODEL_DIR = Path("/models/tiny")
+
+
+def real_plan(**fields: object) -> list[Component]:
+    spec = ClusterSpec(engine="vllm", model_dir=MODEL_DIR, **fields)  # type: ignore[arg-type]
+    return plan_cluster(spec).components
+
+
+def flag(argv: tuple[str, ...], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def test_real_pods_run_vllms_cpu_build_with_the_pool_definitions_roles() -> None:
+    prefill, decode, sidecar = real_plan(prefill=1, decode=1)
+
+    for pod, role in ((prefill, "kv_producer"), (decode, "kv_consumer")):
+        argv = pod.argv
+        assert argv[:4] == (sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model")
+        assert flag(argv, "--model") == str(MODEL_DIR)
+        assert flag(argv, "--served-model-name") == "meta-llama/Llama-3.1-8B-Instruct"
+        assert flag(argv, "--dtype") == "float32"
+        assert flag(argv, "--block-size") == str(real_engine.CPU_BLOCK_SIZE)
+        assert flag(argv, "--port") == str(pod.port)
+        assert "--enforce-eager" in argv
+        assert "--enable-prefix-caching" in argv
+        kv_config = json.loads(flag(argv, "--kv-transfer-config"))
+        assert kv_config["kv_connector"] == "NixlConnector"
+        assert kv_config["kv_role"] == role
+        assert kv_config["kv_buffer_device"] == "cpu"
+        env = dict(pod.env)
+        assert env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == "127.0.0.1"
+        assert env["VLLM_CPU_KVCACHE_SPACE"] == str(real_engine.KV_CACHE_SPACE_GIB)
+        assert env["HF_HUB_OFFLINE"] == "1"
+        assert pod.startup_timeout_s == real_engine.STARTUP_TIMEOUT_S
+    side_channels = {dict(p.env)["VLLM_NIXL_SIDE_CHANNEL_PORT"] for p in (prefill, decode)}
+    assert len(side_channels) == 2
+    assert sidecar.kind == "sidecar"
+    assert flag(sidecar.argv, "--vllm-port") == str(decode.port)
+    assert flag(sidecar.argv, "--prefill-endpoints") == f"127.0.0.1:{prefill.port}"
+
+
+def test_real_aggregated_pods_have_no_connector() -> None:
+    [pod] = real_plan(prefill=0, decode=0, aggregated=1)
+    assert "--kv-transfer-config" not in pod.argv
+    assert "VLLM_NIXL_SIDE_CHANNEL_PORT" not in dict(pod.env)
+    assert dict(pod.env)["OMP_NUM_THREADS"] == "1"
+
+
+def test_pod_arguments_reach_real_pods() -> None:
+    [pod] = real_plan(aggregated=1, prefill=0, decode=0, pod_args=("--max-num-seqs", "4"))
+    assert flag(pod.argv, "--max-num-seqs") == "4"
+
+
+def test_simulated_pods_are_unchanged_by_the_engine_option() -> None:
+    for component in plan_cluster(ClusterSpec()).components:
+        assert component.argv[1:3] == ("-m", "tandem.cli")
+        assert component.env == ()
+
+
+def test_a_real_plan_needs_a_model_folder() -> None:
+    with pytest.raises(ValueError, match="model folder"):
+        plan_cluster(ClusterSpec(engine="vllm"))
+
+
+def test_an_unknown_engine_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown engine 'tgi'"):
+        ClusterSpec(engine="tgi")  # type: ignore[arg-type]
+
+
+def test_a_missing_engine_names_the_install_command(tmp_path: Path) -> None:
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'vllm'\" >&2\nexit 1\n"
+    )
+    python.chmod(0o755)
+    with pytest.raises(real_engine.EngineMissingError) as raised:
+        real_engine.check_engine(str(python))
+    message = str(raised.value)
+    assert real_engine.INSTALL_COMMAND in message
+    assert "No module named 'vllm'" in message
+
+
+def test_tandem_up_without_the_engine_exits_with_the_install_command(tmp_path: Path) -> None:
+    if real_engine_importable():
+        pytest.skip("this Python has the real engine")
+    result = subprocess.run(
+        [sys.executable, "-m", "tandem.cli", "up", "--engine", "vllm", "--run-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert real_engine.INSTALL_COMMAND in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def real_engine_importable() -> bool:
+    try:
+        real_engine.check_engine()
+    except real_engine.EngineMissingError:
+        return False
+    return True
+
+
+def test_the_tiny_vocabulary_holds_every_synthetic_word_once() -> None:
+    words = tiny_model.vocabulary()
+    assert len(words) == len(set(words))
+    assert words[: len(tiny_model.SPECIAL_TOKENS)] == list(tiny_model.SPECIAL_TOKENS)
+    assert set(SYNTHETIC_WORDS) <= set(words)
+    assert {"<|", "|>", "user", "assistant", "hello"} <= set(words)
+
+
+def test_the_model_cache_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TANDEM_CACHE_DIR", "/cache/here")
+    assert tiny_model.model_dir() == Path("/cache/here/models/tandem-tiny-llama-v1")
+    monkeypatch.delenv("TANDEM_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
+    assert tiny_model.default_cache_dir() == Path("/xdg/tandem")
