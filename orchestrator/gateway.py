@@ -27,6 +27,7 @@ from orchestrator.errors import ClientDisconnected, GatewayError
 from orchestrator.inference_request import InferenceRequest, parse_inference_request
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.proxy import (
+    NOT_STARTED_HEADER,
     PREFILLER_HEADER,
     REQUEST_ID_HEADER,
     cancel_on_disconnect,
@@ -98,6 +99,9 @@ class Gateway:
                 request_id,
                 self.config.gateway.chars_per_token,
             )
+            for field in parsed.dropped_fields:
+                self.metrics.client_fields_dropped.labels(field).inc()
+                logger.warning("client_field_dropped request_id=%s field=%s", request_id, field)
             response = await cancel_on_disconnect(request, self._send(request, parsed))
             status = response.status_code
             response.headers[REQUEST_ID_HEADER] = request_id
@@ -115,24 +119,33 @@ class Gateway:
 
     async def _send(self, request: Request, parsed: InferenceRequest) -> Response:
         exclude: frozenset[str] = frozenset()
-        for attempt in (1, 2):
-            result = self.router.schedule(parsed.scheduling, exclude)
+        for attempt in range(1, _DECODE_ATTEMPTS + 1):
+            try:
+                result = self.router.schedule(parsed.scheduling, exclude)
+            except GatewayError:
+                if not exclude:
+                    raise
+                break  # every endpoint left has been tried
             decode = result.decode.best.view.endpoint
             try:
                 return await self._send_to(request, parsed, result)
             except _Unreachable as exc:
-                self.metrics.upstream_errors.labels("connect").inc()
+                self.metrics.upstream_errors.labels(exc.kind).inc()
                 logger.warning(
-                    "upstream_unreachable request_id=%s endpoint=%s attempt=%d error=%r",
-                    parsed.scheduling.request_id, decode.name, attempt, exc.cause,
+                    "upstream_not_started request_id=%s endpoint=%s attempt=%d kind=%s error=%s",
+                    parsed.scheduling.request_id, decode.name, attempt, exc.kind, exc.reason,
                 )  # fmt: skip
                 # Counts like a failed scrape: a pod that refuses requests is soon left out
                 # for everyone, not only retried around for this request.
-                if self.store.record_scrape_failure(decode.name, f"refused: {exc.cause!r}"):
-                    logger.warning("endpoint_unhealthy endpoint=%s error=refused", decode.name)
+                if self.store.record_scrape_failure(decode.name, f"{exc.kind}: {exc.reason}"):
+                    logger.warning("endpoint_unhealthy endpoint=%s error=%s", decode.name, exc.kind)
                 exclude = exclude | {decode.name}
                 last = exc
-        raise upstream_failure(f"decode endpoint {last.endpoint}", last.cause)[0]
+        raise GatewayError(
+            503,
+            f"no decode endpoint could take the request (tried {', '.join(sorted(exclude))}); "
+            f"last: decode endpoint {last.endpoint} {last.reason}",
+        )
 
     async def _send_to(
         self, request: Request, parsed: InferenceRequest, result: SchedulingResult
@@ -163,9 +176,11 @@ class Gateway:
         try:
             upstream = await self.transport.handle_async_request(upstream_request)
             upstream.request = upstream_request
-        except httpx.ConnectError as exc:
+        except httpx.ConnectError:
             self.router.release(loads)
-            raise _Unreachable(decode.name, exc) from None
+            raise _Unreachable(
+                decode.name, "connect", "refused the connection or is unreachable"
+            ) from None
         except httpx.HTTPError as exc:
             self.router.release(loads)
             error, kind = upstream_failure(f"decode endpoint {decode.name}", exc)
@@ -174,7 +189,13 @@ class Gateway:
         except BaseException:
             self.router.release(loads)
             raise
+        if upstream.status_code == 503 and upstream.headers.get(NOT_STARTED_HEADER):
+            # The sidecar could not reach its vLLM: nothing started, another pod may serve it.
+            await upstream.aclose()
+            self.router.release(loads)
+            raise _Unreachable(decode.name, "not_started", "has its local vLLM unreachable")
         out_headers = downstream_headers(upstream.headers)
+        out_headers.pop(NOT_STARTED_HEADER, None)
         if self.router.encodes_sessions:
             out_headers[SESSION_TOKEN_HEADER] = encode_session_token(decode.name)
         if parsed.stream and upstream.headers.get("content-type", "").startswith(
@@ -226,8 +247,15 @@ class Gateway:
         raise GatewayError(503, "no healthy endpoint to list models from")
 
 
+_DECODE_ATTEMPTS = 3
+"""Decode endpoints tried for a request that none of them started."""
+
+
 class _Unreachable(Exception):
-    def __init__(self, endpoint: str, cause: httpx.HTTPError) -> None:
+    """A decode endpoint did not start the request: safe to send it elsewhere."""
+
+    def __init__(self, endpoint: str, kind: str, reason: str) -> None:
         super().__init__(endpoint)
         self.endpoint = endpoint
-        self.cause = cause
+        self.kind = kind
+        self.reason = reason

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import GatewayError
+from orchestrator.proxy import strip_tandem_fields
 from orchestrator.scheduling.types import SchedulingRequest
 
 
@@ -22,6 +23,8 @@ class InferenceRequest:
     body: bytes
     stream: bool
     scheduling: SchedulingRequest
+    dropped_fields: tuple[str, ...] = ()
+    """Fields only tandem may set that the client sent; `body` is without them."""
 
 
 def _message_text(messages: Any) -> str:
@@ -62,10 +65,15 @@ def parse_inference_request(
     """Read the routing-relevant parts of a completions or chat body."""
     try:
         payload = json.loads(body) if body else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # ValueError besides JSONDecodeError: an integer past Python's digit limit;
+        # RecursionError: nesting deeper than the parser's stack.
         raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise GatewayError(400, "request body must be a JSON object")
+    dropped = strip_tandem_fields(payload)
+    if dropped:
+        body = json.dumps(payload).encode()
     if route == "chat":
         text = _message_text(payload.get("messages"))
         tokens = math.ceil(len(text) / chars_per_token)
@@ -74,6 +82,7 @@ def parse_inference_request(
     model = payload.get("model")
     return InferenceRequest(
         body=body,
+        dropped_fields=tuple(dropped),
         stream=bool(payload.get("stream")),
         scheduling=SchedulingRequest(
             request_id=request_id,

@@ -37,6 +37,11 @@ class GatewayMetrics:
             "tandem_pd_decisions", "Prefill/decode decisions, and why.",
             ["decision", "reason"], registry=r,
         )  # fmt: skip
+        self.client_fields_dropped = Counter(
+            "tandem_client_fields_dropped",
+            "Body fields only tandem may set (kv_transfer_params) removed from client requests.",
+            ["field"], registry=r,
+        )  # fmt: skip
         self.rejections = Counter(
             "tandem_rejected_requests", "Requests no endpoint could take, by reason.",
             ["reason"], registry=r,

@@ -22,6 +22,20 @@ logger = logging.getLogger(__name__)
 PREFILLER_HEADER = "x-prefiller-host-port"
 REQUEST_ID_HEADER = "x-request-id"
 
+NOT_STARTED_HEADER = "x-tandem-not-started"
+"""On a sidecar's error answer: its local vLLM never received the request (the connection
+was refused), so the gateway may send the request to another decode endpoint."""
+
+TANDEM_ONLY_FIELDS = ("kv_transfer_params",)
+"""Body fields only tandem may set: a client's `kv_transfer_params` would make the decode
+pod's vLLM read KV from a host, port and blocks of the client's choosing."""
+
+
+def strip_tandem_fields(payload: dict[str, object]) -> list[str]:
+    """Remove the fields only tandem may set from a client's body; returns their names."""
+    return [name for name in TANDEM_ONLY_FIELDS if payload.pop(name, None) is not None]
+
+
 # RFC 9110 section 7.6.1 connection-specific fields, plus what httpx/Starlette recompute.
 _HOP_BY_HOP = frozenset(
     {

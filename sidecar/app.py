@@ -33,11 +33,13 @@ from orchestrator.endpoints import EndpointSource
 from orchestrator.errors import GatewayError, install_error_handlers
 from orchestrator.kubernetes_discovery import KubernetesEndpoints
 from orchestrator.proxy import (
+    NOT_STARTED_HEADER,
     PREFILLER_HEADER,
     REQUEST_ID_HEADER,
     cancel_on_disconnect,
     downstream_headers,
     relay_stream,
+    strip_tandem_fields,
     upstream_failure,
     upstream_headers,
 )
@@ -89,8 +91,14 @@ class Sidecar:
         targets = request.headers.get(PREFILLER_HEADER, "").strip()
         try:
             payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             payload = None
+        if isinstance(payload, dict) and (dropped := strip_tandem_fields(payload)):
+            # The sidecar sets kv_transfer_params itself, after its own prefill.
+            body = json.dumps(payload).encode()
+            for field in dropped:
+                self.metrics.client_fields_dropped.labels(field).inc()
+                logger.warning("client_field_dropped request_id=%s field=%s", request_id, field)
         stream = isinstance(payload, dict) and bool(payload.get("stream"))
         leg = _Leg(request.url.path, body, headers, stream)
         if not targets or not isinstance(payload, dict):
@@ -223,6 +231,8 @@ class Sidecar:
             leg.prefilled = prefilled
             error, kind = upstream_failure("local vLLM", exc)
             self.metrics.errors.labels(f"decode_{kind}").inc()
+            if isinstance(exc, httpx.ConnectError):
+                error.headers[NOT_STARTED_HEADER] = "1"
             raise error from None
 
     async def _peek_kv_load_failure(

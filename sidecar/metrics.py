@@ -38,6 +38,11 @@ class SidecarMetrics:
             "tandem_sidecar_errors", "Requests answered with an error by the sidecar, by reason.",
             ["reason"], registry=r,
         )  # fmt: skip
+        self.client_fields_dropped = Counter(
+            "tandem_sidecar_client_fields_dropped",
+            "Body fields only tandem may set (kv_transfer_params) removed from requests.",
+            ["field"], registry=r,
+        )  # fmt: skip
         self.orphaned_prefills = Counter(
             "tandem_sidecar_orphaned_prefills",
             "Prefills whose KV no decode read because the client left first; the prefill pod "

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from tandem.launcher import ClusterSpec, Component, LocalCluster
+from tests.support.pd import MODEL, complete, words
 from tests.support.schedulers import disaggregating_tandem
-from tests.support.servers import free_port
 
 REAL_DIR = Path(__file__).parent
 
@@ -58,16 +58,46 @@ class RealCluster:
 
 
 _BASE_PORTS = itertools.count(21000, 100)
-"""Pods take ports upwards from a base and their side channels from base + 1000: a block
-of 100 per cluster, so the clusters of one session never share a port."""
+"""Pods take ports upwards from a base, their side channels from base + 1000 and the
+orchestrator base + 99: a block of 100 per cluster, so the clusters of one session never
+share a port, and none is an ephemeral port another process may hold."""
+
+
+REQUEST_TIMEOUT_S = 120.0
+"""Generous: on two cores, vLLM's decode pod sometimes notices a finished NIXL read only
+when the producer's lease (30 s) runs out; such a request is slow, not failed."""
+
+
+def warm_up_pd(prefill_url: str, decode_url: str, attempts: int = 3) -> None:
+    """One P/D round trip by hand, until it succeeds: the decode pod's first NIXL
+    handshake with a producer may time out on a busy two-core machine (vLLM then fails
+    the request under the `fail` policy); once made, the handshake is kept."""
+    for attempt in range(attempts):
+        prompt = words(300, offset=900 + attempt)
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": 1,
+                "kv_transfer_params": {"do_remote_decode": True}}  # fmt: skip
+        produced = complete(prefill_url, body, timeout=REQUEST_TIMEOUT_S)
+        params = produced.json()["kv_transfer_params"]
+        decoded = complete(
+            decode_url,
+            {"model": MODEL, "prompt": prompt, "max_tokens": 1, "kv_transfer_params": params},
+            timeout=REQUEST_TIMEOUT_S,
+        )
+        if decoded.status_code == 200:
+            return
+    raise RuntimeError(f"no P/D round trip succeeded in {attempts} attempts: {decoded.text}")
 
 
 def _real_cluster(tmp: Path, **fields: Any) -> Iterator[RealCluster]:
-    spec = ClusterSpec(engine="vllm", port=free_port(), base_port=next(_BASE_PORTS), **fields)
+    base = next(_BASE_PORTS)
+    spec = ClusterSpec(engine="vllm", port=base + 99, base_port=base, **fields)
     cluster = LocalCluster(spec, tmp)
     cluster.start()
     try:
-        yield RealCluster(cluster)
+        real = RealCluster(cluster)
+        if spec.prefill and spec.decode:
+            warm_up_pd(real.component_url("prefill-0"), real.component_url("decode-0-vllm"))
+        yield real
     finally:
         cluster.stop()
 

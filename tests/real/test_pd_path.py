@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from openai import OpenAI
 
-from tests.real.conftest import KV_LEASE_S, RealCluster
+from tests.real.conftest import KV_LEASE_S, REQUEST_TIMEOUT_S, RealCluster
 from tests.support.pd import BY_SOURCE, MODEL, complete, delta, open_request, samples
 from tests.support.pd import words as synthetic_words
 from tests.support.servers import free_port, wait_until
@@ -33,7 +33,9 @@ def words(count: int) -> str:
 
 
 def client(pd: RealCluster) -> OpenAI:
-    return OpenAI(base_url=f"{pd.url}/v1", api_key="unused", max_retries=0, timeout=60)
+    return OpenAI(
+        base_url=f"{pd.url}/v1", api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_S
+    )
 
 
 def test_completion_is_disaggregated(pd_cluster: RealCluster) -> None:
@@ -139,6 +141,7 @@ def test_client_gone_mid_decode_frees_both_pods(pd_cluster: RealCluster) -> None
     }  # fmt: skip
     before = samples(decode)
     with open_request(pd_cluster.url, "/v1/completions", body) as connection:
+        connection.settimeout(REQUEST_TIMEOUT_S)
         received = b""
         while received.count(b"data: ") < 4:
             received += connection.recv(65536)
@@ -193,6 +196,7 @@ def test_prefill_target_outside_the_allowlist_is_never_contacted(
             sidecar,
             {"model": MODEL, "prompt": words(600), "max_tokens": 2},
             prefiller=f"127.0.0.1:{port}",
+            timeout=REQUEST_TIMEOUT_S,
         )
         time.sleep(0.5)
     assert response.status_code == 403
@@ -210,6 +214,7 @@ def test_prefill_pod_killed_falls_back_to_local_prefill(dying_prefill: RealClust
         sidecar,
         {"model": MODEL, "prompt": words(600), "max_tokens": 4},
         prefiller=dying_prefill.address("prefill-0"),
+        timeout=REQUEST_TIMEOUT_S,
     )
 
     assert response.status_code == 200, response.text

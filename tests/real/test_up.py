@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
+from tests.real.conftest import REQUEST_TIMEOUT_S, warm_up_pd
 from tests.support.pd import MODEL, samples, words
 from tests.support.servers import free_port, wait_until
 
@@ -70,14 +71,17 @@ def test_up_serves_through_pd_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
         readme = httpx.post(
             f"{url}/v1/completions",
             json={"model": MODEL, "prompt": "Hello", "max_tokens": 8},
-            timeout=60,
+            timeout=REQUEST_TIMEOUT_S,
         )
         assert readme.status_code == 200, readme.text
         assert readme.json()["usage"]["completion_tokens"] == 8
 
+        warm_up_pd(f"http://127.0.0.1:{BASE_PORT}", f"http://127.0.0.1:{BASE_PORT + 1}")
         sidecar = f"http://127.0.0.1:{BASE_PORT + 2}"
         before = samples(sidecar)
-        chat = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0).chat
+        chat = OpenAI(
+            base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_S
+        ).chat
         answer = chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": words(800)}], max_tokens=8
         )
