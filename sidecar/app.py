@@ -136,9 +136,10 @@ class Sidecar:
     async def _disaggregated(
         self, leg: _Leg, payload: dict[str, Any], candidates: list[HostPort], request_id: str
     ) -> Response:
+        policy = self.config.prefill_failure_policy
         outcome = await run_prefill(
             self.prefill_client, candidates, leg.path, prefill_body(payload),
-            dict(leg.headers), self.metrics, request_id,
+            dict(leg.headers), self.metrics, request_id, next_candidate=policy != "fail",
         )  # fmt: skip
         if outcome.client_error is not None:
             self.metrics.errors.labels("prefill_4xx").inc()
@@ -149,7 +150,19 @@ class Sidecar:
                 headers=downstream_headers(reply.headers),
             )
         if outcome.params is None:
-            return await self._fallback(leg, outcome.fallback_reason or "unknown", request_id)
+            reason = outcome.fallback_reason or "unknown"
+            if policy == "local":
+                return await self._fallback(leg, reason, request_id)
+            self.metrics.errors.labels(f"prefill_failed_{reason}").inc()
+            logger.warning(
+                "prefill_failed_request request_id=%s reason=%s policy=%s",
+                request_id, reason, policy,
+            )  # fmt: skip
+            raise GatewayError(
+                _PREFILL_FAILURE_STATUS.get(reason, 502),
+                f"prefill failed ({reason}, last tried {outcome.target}); the sidecar's "
+                f"prefill_failure_policy is {policy}, so it did not prefill locally",
+            )
         leg.mode = "disaggregated"
         leg.body = json.dumps({**payload, "kv_transfer_params": outcome.params}).encode()
         leg.prefilled = outcome
@@ -181,7 +194,7 @@ class Sidecar:
         prefilled = leg.prefilled
         leg.prefilled = None  # from here the local vLLM reads the KV or releases it
         upstream = await self._send(leg, prefilled)
-        if prefilled is not None and self.config.retry_local_on_kv_load_failure:
+        if prefilled is not None and self.config.kv_load_failure_policy == "recompute":
             failed, chunks = await self._peek_kv_load_failure(upstream, leg)
             if failed:
                 await upstream.aclose()
@@ -300,6 +313,11 @@ async def _prepended(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[
     yield first
     async for chunk in rest:
         yield chunk
+
+
+_PREFILL_FAILURE_STATUS = {"prefill_unreachable": 503, "prefill_timeout": 504}
+"""The status of a prefill failure the policy does not absorb; others (5xx, no KV handle)
+are 502."""
 
 
 def _without_length(headers: httpx.Headers) -> dict[str, str]:

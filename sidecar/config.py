@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.kubernetes_discovery import KubernetesDiscoveryConfig
+
+PrefillFailurePolicy = Literal["local", "next-candidate", "fail"]
+KVLoadFailurePolicy = Literal["recompute", "fail"]
 
 
 class SidecarConfig(BaseModel):
@@ -29,9 +34,14 @@ class SidecarConfig(BaseModel):
     rewrite_cached_tokens: bool = False
     """For vLLM releases that report the transferred tokens as cached on the decode side:
     replace usage.prompt_tokens_details.cached_tokens with the prefill side's count."""
-    retry_local_on_kv_load_failure: bool = True
-    """When the decode fails before its first token because the KV load failed, prefill
-    locally once instead of failing the client."""
+    prefill_failure_policy: PrefillFailurePolicy = "local"
+    """When a prefill pod fails (unreachable, 5xx, timeout, no KV handle in its answer):
+    `local` tries the next candidate, then prefills on this pod — no request is lost to a
+    prefill-pool outage, at the cost of this pod's inter-token gaps; `next-candidate` tries
+    the next candidates, then answers 502/503/504; `fail` answers at the first failure."""
+    kv_load_failure_policy: KVLoadFailurePolicy = "recompute"
+    """When the decode fails before its first token because its KV load failed (vLLM's
+    `fail` policy): `recompute` prefills locally once, `fail` relays vLLM's error."""
 
     @model_validator(mode="after")
     def _one_allowlist(self) -> SidecarConfig:

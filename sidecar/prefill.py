@@ -71,10 +71,14 @@ async def run_prefill(
     headers: dict[str, str],
     metrics: SidecarMetrics,
     request_id: str,
+    *,
+    next_candidate: bool = True,
 ) -> PrefillOutcome:
-    """Try the candidates in order until one prefills the prompt."""
+    """Try the candidates in order until one prefills the prompt (only the first unless
+    `next_candidate`)."""
     reason = "no_candidate"
-    for position, target in enumerate(candidates):
+    target: HostPort | None = None
+    for position, target in enumerate(candidates if next_candidate else candidates[:1]):
         started = time.perf_counter()
         try:
             reply = await client.post(f"http://{target}{path}", content=body, headers=headers)
@@ -94,18 +98,18 @@ async def run_prefill(
                 reason = "prefill_5xx"
             else:
                 params = _transfer_params(reply)
-                if params is None:
-                    return PrefillOutcome(fallback_reason="no_kv_transfer_params", target=target)
-                metrics.prefill_duration.observe(elapsed)
-                return PrefillOutcome(params=params, target=target, seconds=elapsed)
-        more = position + 1 < len(candidates)
+                if params is not None:
+                    metrics.prefill_duration.observe(elapsed)
+                    return PrefillOutcome(params=params, target=target, seconds=elapsed)
+                reason = "no_kv_transfer_params"
+        more = next_candidate and position + 1 < len(candidates)
         logger.warning(
             "prefill_failed request_id=%s target=%s reason=%s next=%s",
-            request_id, target, reason, candidates[position + 1] if more else "local",
+            request_id, target, reason, candidates[position + 1] if more else "-",
         )  # fmt: skip
         if more:
             metrics.prefill_retries.labels(reason).inc()
-    return PrefillOutcome(fallback_reason=reason)
+    return PrefillOutcome(fallback_reason=reason, target=target)
 
 
 def _transfer_params(reply: httpx.Response) -> dict[str, Any] | None:

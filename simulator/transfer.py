@@ -64,7 +64,13 @@ class SideChannelClient:
                 "block_ids": list(source.remote_block_ids[0]),
             },
         )
-        return ReadReceipt(int(reply["num_tokens"]), int(reply["num_bytes"]))
+        try:
+            return ReadReceipt(int(reply["num_tokens"]), int(reply["num_bytes"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KVTransferError(
+                f"producer {source.remote_host}:{source.remote_port} answered a read "
+                f"without its sizes: {exc!r}"
+            ) from exc
 
     async def heartbeat(self, host: str, port: int, request_ids: list[str]) -> None:
         await self._call(host, port, {"op": "heartbeat", "request_ids": request_ids})
@@ -93,7 +99,14 @@ class SideChannelClient:
             raise KVTransferError(f"KV side channel {where} unreachable: {exc!r}") from exc
         if not line:
             raise KVTransferError(f"KV side channel {where} closed without answering")
-        reply: dict[str, Any] = json.loads(line)
+        try:
+            reply = json.loads(line)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise KVTransferError(
+                f"KV side channel {where} answered something other than its protocol: {exc!r}"
+            ) from exc
+        if not isinstance(reply, dict):
+            raise KVTransferError(f"KV side channel {where} answered a non-object: {reply!r:.80}")
         if not reply.get("ok"):
             raise KVTransferError(f"producer {where}: {reply.get('error', 'unknown error')}")
         return reply

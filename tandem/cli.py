@@ -353,8 +353,19 @@ def _add_sidecar_parser(subparsers: Any) -> None:
         help="report the prefill side's cached tokens (for vLLM releases that do not)",
     )  # fmt: skip
     parser.add_argument(
+        "--prefill-failure-policy", choices=("local", "next-candidate", "fail"),
+        default="local",
+        help="when prefill pods fail: try the next, then prefill here (local, the default); "
+        "try the next, then fail (next-candidate); fail at once (fail)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--kv-load-failure-policy", choices=("recompute", "fail"), default="recompute",
+        help="when the local vLLM's KV load fails before the first token: prefill here once "
+        "(recompute, the default) or relay vLLM's error (fail)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-kv-failure-retry", action="store_true",
-        help="fail the client instead of prefilling locally when the KV load fails",
+        help="the same as --kv-load-failure-policy fail",
     )  # fmt: skip
     parser.add_argument("--log-level", default="info")
     parser.set_defaults(handler=_run_sidecar)
@@ -384,7 +395,10 @@ def _run_sidecar(args: argparse.Namespace) -> int:
                 "prefill_discovery": discovery,
                 "prefill_timeout_s": args.prefill_timeout,
                 "rewrite_cached_tokens": args.rewrite_cached_tokens,
-                "retry_local_on_kv_load_failure": not args.no_kv_failure_retry,
+                "prefill_failure_policy": args.prefill_failure_policy,
+                "kv_load_failure_policy": (
+                    "fail" if args.no_kv_failure_retry else args.kv_load_failure_policy
+                ),
             }
         )
     except ValidationError as exc:

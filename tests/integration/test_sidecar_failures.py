@@ -251,9 +251,7 @@ def load_fails() -> Iterator[LoadFails]:
         decode_url = stack.enter_context(running_pod(decode))
         allowed = (fakes.prefill_port,)
         retrying = stack.enter_context(sidecar(decode.port, allowed))
-        strict = stack.enter_context(
-            sidecar(decode.port, allowed, retry_local_on_kv_load_failure=False)
-        )
+        strict = stack.enter_context(sidecar(decode.port, allowed, kv_load_failure_policy="fail"))
         yield LoadFails(fakes, decode_url, retrying, strict)
 
 
