@@ -101,6 +101,12 @@ class CompletionRequest(SamplingFields):
         return self.n
 
     @property
+    def echo_only(self) -> bool:
+        """Echo without generation: vLLM samples one token and returns only the prompt
+        (vllm-project/vllm: CompletionRequest.to_sampling_params)."""
+        return bool(self.echo) and self.max_tokens == 0
+
+    @property
     def sample_logprobs(self) -> int | None:
         return self.logprobs
 

