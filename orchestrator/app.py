@@ -71,7 +71,11 @@ def create_app(
         router = Router(
             config=config,
             scheduler=scheduler,
-            store=EndpointStore(config.scrape.staleness_s, config.scrape.failures_before_unhealthy),
+            store=EndpointStore(
+                config.scrape.staleness_s,
+                config.scrape.failures_before_unhealthy,
+                breaker_config=config.circuit_breaker,
+            ),
             metrics=GatewayMetrics(),
             clock=clock,
             encodes_sessions=encodes_sessions(scheduler),
@@ -140,7 +144,7 @@ def create_app(
         gateway = gateway_of(request)
         views = gateway.store.views(gateway.clock())
         decoders = [v.name for v in views if can_decode(v)]
-        known, healthy = gateway.store.counts()
+        known, healthy = gateway.store.counts(gateway.clock())
         body: dict[str, object] = {"ready": bool(decoders), "endpoints": known, "healthy": healthy}
         if not decoders:
             body["reason"] = "no healthy decode-capable endpoint"

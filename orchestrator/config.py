@@ -12,6 +12,7 @@
     reload: {interval_s: 5}                    # re-read this file; apply scheduler changes
     scrape: {interval_s: 0.5, staleness_s: 2.0}
     gateway: {port: 8000, max_in_flight_per_endpoint: 1024}
+    circuit_breaker: {consecutive_failures: 5, open_s: 30, max_open_s: 300}
     grpc: {enabled: true, host: 0.0.0.0, port: 9002}   # the Pick API and gRPC health
 
 Validated at start; a bad file stops the process with a message naming the field. While
@@ -27,6 +28,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from orchestrator.circuit_breaker import CircuitBreakerConfig
 from orchestrator.kubernetes_discovery import KubernetesDiscoveryConfig
 from orchestrator.scheduling.config import (
     EndpointPickerConfig,
@@ -111,6 +113,7 @@ class OrchestratorConfig(_Strict):
     scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     seed: int | None = None
     """Seeds the scheduler's tie-breaking, for repeatable benchmarks."""
 

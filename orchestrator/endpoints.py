@@ -2,8 +2,9 @@
 
 Discovery (a static list here; Kubernetes later, behind `EndpointSource`) decides which
 endpoints exist; the scraper records their metrics and health; the gateway counts the
-requests it has in flight to each. `views()` turns all of that into the immutable snapshot a
-scheduling cycle reads. Nothing here does I/O.
+requests it has in flight to each and feeds each endpoint's circuit breaker with their
+outcomes. `views()` turns all of that into the immutable snapshot a scheduling cycle reads.
+Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from orchestrator.circuit_breaker import BreakerState, CircuitBreaker, CircuitBreakerConfig
 from orchestrator.scheduling.types import Endpoint, EndpointView, EngineMetrics
 
 
@@ -41,6 +43,10 @@ class EndpointState:
     last_error: str | None = None
     in_flight: int = 0
     in_flight_tokens: int = 0
+    breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(CircuitBreakerConfig()))
+
+    def schedulable(self, now: float) -> bool:
+        return self.healthy and self.breaker.admits(now)
 
 
 @dataclass(slots=True)
@@ -49,6 +55,7 @@ class EndpointStore:
 
     staleness_s: float
     failures_before_unhealthy: int = 2
+    breaker_config: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     _states: dict[str, EndpointState] = field(default_factory=dict)
 
     def set_endpoints(self, endpoints: Sequence[Endpoint]) -> tuple[list[str], list[str]]:
@@ -61,7 +68,9 @@ class EndpointStore:
         for name, endpoint in wanted.items():
             state = self._states.get(name)
             if state is None:
-                self._states[name] = EndpointState(endpoint)
+                self._states[name] = EndpointState(
+                    endpoint, breaker=CircuitBreaker(self.breaker_config)
+                )
             else:
                 state.endpoint = endpoint
         return added, removed
@@ -81,23 +90,47 @@ class EndpointStore:
         state.consecutive_failures = 0
         state.last_error = None
 
-    def record_scrape_failure(self, name: str, error: str) -> bool:
-        """Count a failed scrape; returns True when this made the endpoint unhealthy."""
+    def record_scrape_failure(self, name: str, error: str, *, definitive: bool = False) -> bool:
+        """Count a failed scrape; returns True when this made the endpoint unhealthy.
+
+        A `definitive` failure (the pod refused the connection, or answered that its engine
+        is down) excludes it at once; others (a timeout) only after
+        `failures_before_unhealthy` in a row."""
         state = self._states.get(name)
         if state is None:
             return False
         state.consecutive_failures += 1
         state.last_error = error
         was_healthy = state.healthy
-        if state.consecutive_failures >= self.failures_before_unhealthy:
+        if definitive or state.consecutive_failures >= self.failures_before_unhealthy:
             state.healthy = False
         return was_healthy and not state.healthy
 
-    def acquire(self, name: str, tokens: int = 0) -> None:
+    def record_outcome(self, name: str, served: bool, now: float) -> BreakerState | None:
+        """A request's outcome on an endpoint; returns the breaker's new state when this
+        opened or closed it."""
+        state = self._states.get(name)
+        if state is None:
+            return None
+        if served:
+            return BreakerState.CLOSED if state.breaker.on_success() else None
+        return BreakerState.OPEN if state.breaker.on_failure(now) else None
+
+    def acquire(self, name: str, tokens: int = 0, now: float | None = None) -> bool:
+        """Count a request sent there; returns True when it is the breaker's half-open probe
+        (`now` given)."""
+        state = self._states.get(name)
+        if state is None:
+            return False
+        state.in_flight += 1
+        state.in_flight_tokens += tokens
+        return now is not None and state.breaker.on_dispatch(now)
+
+    def abandon_probe(self, name: str) -> None:
+        """A probe request ended without an outcome."""
         state = self._states.get(name)
         if state is not None:
-            state.in_flight += 1
-            state.in_flight_tokens += tokens
+            state.breaker.on_abandoned()
 
     def release_tokens(self, name: str, tokens: int) -> None:
         """The prefill is over (first byte seen): its tokens no longer load the endpoint."""
@@ -111,7 +144,8 @@ class EndpointStore:
             state.in_flight = max(0, state.in_flight - 1)
 
     def views(self, now: float) -> list[EndpointView]:
-        """A snapshot of the healthy endpoints for one scheduling cycle."""
+        """A snapshot of the schedulable endpoints (healthy, breaker not open) for one
+        scheduling cycle."""
         return [
             EndpointView(
                 endpoint=state.endpoint,
@@ -122,10 +156,10 @@ class EndpointStore:
                 in_flight_tokens=state.in_flight_tokens,
             )
             for state in self._states.values()
-            if state.healthy
+            if state.schedulable(now)
         ]
 
-    def counts(self) -> tuple[int, int]:
-        """(known, healthy) endpoint counts."""
-        healthy = sum(1 for state in self._states.values() if state.healthy)
-        return len(self._states), healthy
+    def counts(self, now: float) -> tuple[int, int]:
+        """(known, schedulable) endpoint counts."""
+        schedulable = sum(1 for state in self._states.values() if state.schedulable(now))
+        return len(self._states), schedulable

@@ -13,6 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+REJECT_REASON_HEADER = "x-tandem-reject-reason"
+"""On a request the orchestrator refused without sending it anywhere (429, 503, 400, 413):
+why, as a fixed label (`saturated`, `queue_full`, `no_endpoints`, ...)."""
+
 ERROR_TYPES: dict[int, str] = {
     400: "BadRequestError",
     403: "PermissionDeniedError",
@@ -36,12 +40,18 @@ class GatewayError(Exception):
         *,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        reject_reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.headers = headers or {}
+        self.reject_reason = reject_reason
+        """Set when the orchestrator refused the request without sending it anywhere: a
+        fixed label, sent to the client in `x-tandem-reject-reason`."""
+        if reject_reason is not None:
+            self.headers[REJECT_REASON_HEADER] = reject_reason
 
     def response(self) -> JSONResponse:
         return JSONResponse(

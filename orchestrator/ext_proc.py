@@ -58,7 +58,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
 from orchestrator.config import OrchestratorConfig
-from orchestrator.errors import GatewayError, error_body
+from orchestrator.errors import REJECT_REASON_HEADER, GatewayError, error_body
 from orchestrator.gateway import ROUTES
 from orchestrator.inference_request import parse_inference_request
 from orchestrator.proxy import PREFILLER_HEADER, REQUEST_ID_HEADER, request_id_of
@@ -76,7 +76,6 @@ SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 DESTINATION_HEADER = "x-gateway-destination-endpoint"
 """Where Envoy sends the request; also the key inside the metadata namespace."""
 DESTINATION_METADATA_NAMESPACE = "envoy.lb"
-REJECT_REASON_HEADER = "x-tandem-reject-reason"
 BODY_CHUNK_BYTES = 62_000
 """Largest body chunk sent back: under the 64 KiB per chunk some Envoy deployments accept
 (kubernetes-sigs/gateway-api-inference-extension: pkg/common/envoy/chunking.go)."""
@@ -286,7 +285,7 @@ class ExtProcPicker:
             self.router.release(loads)
 
     def _rejection(self, exchange: _Exchange, error: GatewayError) -> _Rejected:
-        reason = _REJECT_REASONS.get(error.status, "error")
+        reason = error.reject_reason or _REJECT_REASONS.get(error.status, "error")
         client_mistake = error.status < 500 and error.status != 429
         (logger.info if client_mistake else logger.warning)(
             "ext_proc_rejected request_id=%s status=%d reason=%s message=%s",

@@ -27,9 +27,13 @@ from orchestrator.errors import ClientDisconnected, GatewayError
 from orchestrator.inference_request import InferenceRequest, parse_inference_request
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.proxy import (
+    ERROR_STAGE_HEADER,
     NOT_STARTED_HEADER,
+    PREFILL_FAILED_HEADER,
+    PREFILLED_BY_HEADER,
     PREFILLER_HEADER,
     REQUEST_ID_HEADER,
+    SIDECAR_REPORT_HEADERS,
     cancel_on_disconnect,
     downstream_headers,
     relay_stream,
@@ -135,10 +139,6 @@ class Gateway:
                     "upstream_not_started request_id=%s endpoint=%s attempt=%d kind=%s error=%s",
                     parsed.scheduling.request_id, decode.name, attempt, exc.kind, exc.reason,
                 )  # fmt: skip
-                # Counts like a failed scrape: a pod that refuses requests is soon left out
-                # for everyone, not only retried around for this request.
-                if self.store.record_scrape_failure(decode.name, f"{exc.kind}: {exc.reason}"):
-                    logger.warning("endpoint_unhealthy endpoint=%s error=%s", decode.name, exc.kind)
                 exclude = exclude | {decode.name}
                 last = exc
         raise GatewayError(
@@ -177,25 +177,31 @@ class Gateway:
             upstream = await self.transport.handle_async_request(upstream_request)
             upstream.request = upstream_request
         except httpx.ConnectError:
-            self.router.release(loads)
+            self._ended(loads, decode.name, served=False)
             raise _Unreachable(
                 decode.name, "connect", "refused the connection or is unreachable"
             ) from None
         except httpx.HTTPError as exc:
-            self.router.release(loads)
+            self._ended(loads, decode.name, served=False)
             error, kind = upstream_failure(f"decode endpoint {decode.name}", exc)
             self.metrics.upstream_errors.labels(kind).inc()
             raise error from None
         except BaseException:
             self.router.release(loads)
             raise
+        self._record_prefill(loads, upstream.headers, prefill)
         if upstream.status_code == 503 and upstream.headers.get(NOT_STARTED_HEADER):
             # The sidecar could not reach its vLLM: nothing started, another pod may serve it.
             await upstream.aclose()
-            self.router.release(loads)
+            self._ended(loads, decode.name, served=False)
             raise _Unreachable(decode.name, "not_started", "has its local vLLM unreachable")
+        failed_here = upstream.status_code >= 500 and (
+            upstream.headers.get(ERROR_STAGE_HEADER) != "prefill"
+        )
+        self.router.record_outcome(loads, decode.name, served=not failed_here)
         out_headers = downstream_headers(upstream.headers)
-        out_headers.pop(NOT_STARTED_HEADER, None)
+        for name in SIDECAR_REPORT_HEADERS:
+            out_headers.pop(name, None)
         if self.router.encodes_sessions:
             out_headers[SESSION_TOKEN_HEADER] = encode_session_token(decode.name)
         if parsed.stream and upstream.headers.get("content-type", "").startswith(
@@ -209,6 +215,7 @@ class Gateway:
         try:
             body = b"".join([chunk async for chunk in upstream.aiter_raw()])
         except httpx.HTTPError as exc:
+            self.router.record_outcome(loads, decode.name, served=False)
             error, kind = upstream_failure(f"decode endpoint {decode.name}", exc)
             self.metrics.upstream_errors.labels(kind).inc()
             raise error from None
@@ -217,15 +224,36 @@ class Gateway:
             self.router.release(loads)
         return Response(body, status_code=upstream.status_code, headers=out_headers)
 
+    def _ended(self, loads: Loads, endpoint: str, *, served: bool) -> None:
+        self.router.record_outcome(loads, endpoint, served=served)
+        self.router.release(loads)
+
+    def _record_prefill(
+        self, loads: Loads, reported: httpx.Headers, targets: Sequence[Endpoint]
+    ) -> None:
+        """Feed the prefill endpoints' circuit breakers with what the sidecar reports."""
+        if not targets:
+            return
+        by_address = {e.address: e.name for e in targets}
+        for address in filter(None, reported.get(PREFILL_FAILED_HEADER, "").split(",")):
+            if (name := by_address.get(address.strip())) is not None:
+                self.router.record_outcome(loads, name, served=False)
+        if (name := by_address.get(reported.get(PREFILLED_BY_HEADER, ""))) is not None:
+            self.router.record_outcome(loads, name, served=True)
+
     def _relay(self, upstream: httpx.Response, endpoint: str, loads: Loads) -> AsyncIterator[bytes]:
         async def release() -> None:
             self.router.release(loads)
+
+        def failed(kind: str) -> None:
+            self.metrics.upstream_errors.labels(kind).inc()
+            self.router.record_outcome(loads, endpoint, served=False)
 
         return relay_stream(
             upstream,
             what=f"decode endpoint {endpoint}",
             on_first_chunk=lambda: self.router.prefill_done(loads),
-            on_failure=lambda kind: self.metrics.upstream_errors.labels(kind).inc(),
+            on_failure=failed,
             on_close=release,
         )
 

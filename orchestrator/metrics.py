@@ -62,6 +62,16 @@ class GatewayMetrics:
             "tandem_endpoint_healthy", "1 while the endpoint is schedulable.", ["endpoint"],
             registry=r,
         )  # fmt: skip
+        self.breaker_state = Gauge(
+            "tandem_circuit_breaker_state",
+            "Each endpoint's circuit breaker: 0 closed, 1 open, 2 half-open (one probe allowed).",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
+        self.breaker_opened = Counter(
+            "tandem_circuit_breaker_opened",
+            "Times an endpoint's circuit breaker opened (failures in a row, or a failed probe).",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
         self.in_flight = Gauge(
             "tandem_in_flight_requests", "Requests in flight from this gateway, by endpoint.",
             ["endpoint"], registry=r,
@@ -77,6 +87,10 @@ class GatewayMetrics:
         )  # fmt: skip
 
     def forget_endpoint(self, name: str) -> None:
-        for gauge in (self.metrics_age, self.endpoint_healthy, self.in_flight):
+        series = (
+            self.metrics_age, self.endpoint_healthy, self.in_flight, self.breaker_state,
+            self.breaker_opened, self.scrape_errors,
+        )  # fmt: skip
+        for family in series:
             with contextlib.suppress(KeyError):
-                gauge.remove(name)
+                family.remove(name)

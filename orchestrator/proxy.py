@@ -25,6 +25,21 @@ REQUEST_ID_HEADER = "x-request-id"
 NOT_STARTED_HEADER = "x-tandem-not-started"
 """On a sidecar's error answer: its local vLLM never received the request (the connection
 was refused), so the gateway may send the request to another decode endpoint."""
+PREFILL_FAILED_HEADER = "x-tandem-prefill-failed"
+"""On a sidecar's answer: the prefill targets (host:port, comma-separated) that failed this
+request, for their circuit breakers in the orchestrator."""
+PREFILLED_BY_HEADER = "x-tandem-prefilled-by"
+"""On a sidecar's answer: the prefill target that prefilled the request."""
+ERROR_STAGE_HEADER = "x-tandem-error-stage"
+"""On a sidecar's 5xx: `prefill` when the prefill leg failed it (the decode pod is not at
+fault, so its circuit breaker does not count it)."""
+SIDECAR_REPORT_HEADERS = (
+    NOT_STARTED_HEADER,
+    PREFILL_FAILED_HEADER,
+    PREFILLED_BY_HEADER,
+    ERROR_STAGE_HEADER,
+)
+"""What a sidecar tells the orchestrator on its answers; never passed on to a client."""
 
 TANDEM_ONLY_FIELDS = ("kv_transfer_params",)
 """Body fields only tandem may set: a client's `kv_transfer_params` would make the decode

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from orchestrator.circuit_breaker import BreakerState
 from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointStore
 from orchestrator.errors import GatewayError
@@ -40,6 +41,9 @@ class Loads:
     prefill: str | None
     tokens: int
     prefill_done: bool = False
+    probes: set[str] = field(default_factory=set)
+    """Endpoints whose half-open circuit breaker this request probes, until its outcome
+    there is known."""
 
 
 @dataclass(slots=True)
@@ -90,6 +94,7 @@ class Router:
                 continue
             self.metrics.endpoint_healthy.labels(endpoint.name).set(1 if state.healthy else 0)
             self.metrics.in_flight.labels(endpoint.name).set(state.in_flight)
+            self.metrics.breaker_state.labels(endpoint.name).set(state.breaker.state(now))
             if state.metrics is not None:
                 age = now - state.metrics.scraped_at
                 self.metrics.metrics_age.labels(endpoint.name).set(age)
@@ -119,12 +124,17 @@ class Router:
             result = self.scheduler.schedule(request, open_views, now)
         except SchedulingError as exc:
             self.metrics.rejections.labels(exc.reason).inc()
-            known, healthy = self.store.counts()
+            known, healthy = self.store.counts(now)
             message = exc.message
             if exc.status == 503:
                 message = f"{message}; {healthy} of {known} endpoints are healthy"
             headers = {"retry-after": str(self.config.gateway.retry_after_s)}
-            raise GatewayError(exc.status, message, headers=headers) from None
+            raise GatewayError(
+                exc.status,
+                message,
+                headers=headers,
+                reject_reason="saturated" if exc.status == 429 else "no_endpoints",
+            ) from None
         finally:
             self.metrics.scheduling_duration.observe(time.perf_counter() - started)
         self.metrics.pd_decisions.labels(result.decision.value, result.reason).inc()
@@ -144,10 +154,27 @@ class Router:
         tokens = result.uncached_tokens
         if tokens is None:
             tokens = request.num_prompt_tokens
-        self.store.acquire(decode, 0 if prefill else tokens)
-        if prefill:
-            self.store.acquire(prefill, tokens)
-        return Loads(decode, prefill, tokens)
+        now = self.clock()
+        loads = Loads(decode, prefill, tokens)
+        if self.store.acquire(decode, 0 if prefill else tokens, now):
+            loads.probes.add(decode)
+        if prefill and self.store.acquire(prefill, tokens, now):
+            loads.probes.add(prefill)
+        return loads
+
+    def record_outcome(self, loads: Loads | None, endpoint: str, served: bool) -> None:
+        """Whether `endpoint` served its part of a request (a failure: refused, timed out,
+        broke off, or answered 5xx), for its circuit breaker."""
+        if loads is not None:
+            loads.probes.discard(endpoint)
+        change = self.store.record_outcome(endpoint, served, self.clock())
+        if change is BreakerState.OPEN:
+            self.metrics.breaker_opened.labels(endpoint).inc()
+            state = self.store.state(endpoint)
+            open_s = state.breaker.open_for_s if state is not None else 0.0
+            logger.warning("circuit_opened endpoint=%s open_s=%.1f", endpoint, open_s)
+        elif change is BreakerState.CLOSED:
+            logger.info("circuit_closed endpoint=%s", endpoint)
 
     def prefill_done(self, loads: Loads) -> None:
         """The first byte came back: the prompt no longer loads whoever prefilled it."""
@@ -161,6 +188,9 @@ class Router:
         """The answer ended (or failed)."""
         self.prefill_done(loads)
         self.store.release(loads.decode)
+        for endpoint in loads.probes:
+            self.store.abandon_probe(endpoint)
+        loads.probes.clear()
 
 
 def can_decode(view: EndpointView) -> bool:

@@ -2,8 +2,10 @@
 
 One task per endpoint polls at the configured interval with the shared HTTP client, parses
 the text with prometheus-client's parser, and records waiting/running/KV usage and the cache
-geometry. Failures are counted; after `failures_before_unhealthy` in a row the endpoint is
-excluded from scheduling until a scrape succeeds again. Nothing here runs on a request path.
+geometry. A pod that refuses the connection, or answers without its engine's metrics (a
+decode pod's sidecar whose vLLM is down), is excluded from scheduling at once; other failures
+(a timeout) are counted, and after `failures_before_unhealthy` in a row exclude it too. A
+scrape that succeeds again brings it back. Nothing here runs on a request path.
 """
 
 from __future__ import annotations
@@ -117,7 +119,11 @@ class MetricsScraper:
             metrics = parse_engine_metrics(response.text, self._clock())
         except (httpx.HTTPError, MetricsParseError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}"
-            if self._store.record_scrape_failure(endpoint.name, error):
+            # The pod said it cannot serve: no point waiting for a second scrape to agree.
+            definitive = isinstance(exc, httpx.ConnectError | MetricsParseError) or (
+                isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500
+            )
+            if self._store.record_scrape_failure(endpoint.name, error, definitive=definitive):
                 logger.warning("endpoint_unhealthy endpoint=%s error=%s", endpoint.name, error)
             if self._on_scrape is not None:
                 self._on_scrape(endpoint, None, error)

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -33,7 +33,10 @@ from orchestrator.endpoints import EndpointSource
 from orchestrator.errors import GatewayError, install_error_handlers
 from orchestrator.kubernetes_discovery import KubernetesEndpoints
 from orchestrator.proxy import (
+    ERROR_STAGE_HEADER,
     NOT_STARTED_HEADER,
+    PREFILL_FAILED_HEADER,
+    PREFILLED_BY_HEADER,
     PREFILLER_HEADER,
     REQUEST_ID_HEADER,
     cancel_on_disconnect,
@@ -68,6 +71,8 @@ class _Leg:
     has not been handed yet (if the request ends now, the prefill is orphaned)."""
     mode: str = "local"
     """How the request was served, for `tandem_sidecar_requests_total`."""
+    report: dict[str, str] = field(default_factory=dict)
+    """What the orchestrator learns on the answer: which prefill targets failed or served."""
 
 
 @dataclass(slots=True)
@@ -101,16 +106,21 @@ class Sidecar:
                 logger.warning("client_field_dropped request_id=%s field=%s", request_id, field)
         stream = isinstance(payload, dict) and bool(payload.get("stream"))
         leg = _Leg(request.url.path, body, headers, stream)
-        if not targets or not isinstance(payload, dict):
-            # Nothing to prefill remotely (or nothing we can rewrite): vLLM answers as is,
-            # including its own error for a malformed body.
-            response = await cancel_on_disconnect(request, self._decode(leg, request_id))
-        else:
-            candidates = self._allowed(targets, request_id)
-            response = await cancel_on_disconnect(
-                request, self._disaggregated(leg, payload, candidates, request_id)
-            )
+        try:
+            if not targets or not isinstance(payload, dict):
+                # Nothing to prefill remotely (or nothing we can rewrite): vLLM answers as
+                # is, including its own error for a malformed body.
+                response = await cancel_on_disconnect(request, self._decode(leg, request_id))
+            else:
+                candidates = self._allowed(targets, request_id)
+                response = await cancel_on_disconnect(
+                    request, self._disaggregated(leg, payload, candidates, request_id)
+                )
+        except GatewayError as exc:
+            exc.headers.update(leg.report)
+            raise
         self.metrics.requests.labels(leg.mode).inc()
+        response.headers.update(leg.report)
         response.headers[REQUEST_ID_HEADER] = request_id
         return response
 
@@ -141,6 +151,10 @@ class Sidecar:
             self.prefill_client, candidates, leg.path, prefill_body(payload),
             dict(leg.headers), self.metrics, request_id, next_candidate=policy != "fail",
         )  # fmt: skip
+        if outcome.failed:
+            leg.report[PREFILL_FAILED_HEADER] = ",".join(str(t) for t in outcome.failed)
+        if outcome.params is not None and outcome.target is not None:
+            leg.report[PREFILLED_BY_HEADER] = str(outcome.target)
         if outcome.client_error is not None:
             self.metrics.errors.labels("prefill_4xx").inc()
             reply = outcome.client_error
@@ -162,6 +176,7 @@ class Sidecar:
                 _PREFILL_FAILURE_STATUS.get(reason, 502),
                 f"prefill failed ({reason}, last tried {outcome.target}); the sidecar's "
                 f"prefill_failure_policy is {policy}, so it did not prefill locally",
+                headers={ERROR_STAGE_HEADER: "prefill"},
             )
         leg.mode = "disaggregated"
         leg.body = json.dumps({**payload, "kv_transfer_params": outcome.params}).encode()
@@ -236,6 +251,7 @@ class Sidecar:
         try:
             response = await self.vllm_transport.handle_async_request(request)
             response.request = request
+            self.metrics.vllm_up.set(1)
             return response
         except httpx.HTTPError as exc:
             # No answer at all: whether vLLM ever took the handle is unknown, so the prefill
@@ -245,6 +261,7 @@ class Sidecar:
             error, kind = upstream_failure("local vLLM", exc)
             self.metrics.errors.labels(f"decode_{kind}").inc()
             if isinstance(exc, httpx.ConnectError):
+                self.metrics.vllm_up.set(0)
                 error.headers[NOT_STARTED_HEADER] = "1"
             raise error from None
 
@@ -297,14 +314,17 @@ class Sidecar:
         return Response(body, upstream.status_code, headers=_without_length(upstream.headers))
 
     async def _metrics(self, request: Request) -> Response:
-        """vLLM's metrics followed by the sidecar's; the sidecar's alone when vLLM is down
-        (a scraper then sees no vLLM metrics and treats the pod as unhealthy)."""
-        own = generate_latest(self.metrics.registry)
+        """vLLM's metrics followed by the sidecar's; the sidecar's alone, with
+        `tandem_sidecar_vllm_up 0`, when vLLM is down (the orchestrator's scraper then sees
+        no engine metrics and stops routing to the pod at once)."""
         try:
             reply = await self.vllm.get("/metrics", params=request.query_params)
         except httpx.HTTPError:
-            return Response(own, media_type=CONTENT_TYPE_LATEST)
-        if reply.status_code != 200:
+            reply = None
+        up = reply is not None and reply.status_code == 200
+        self.metrics.vllm_up.set(1 if up else 0)
+        own = generate_latest(self.metrics.registry)
+        if reply is None or not up:
             return Response(own, media_type=CONTENT_TYPE_LATEST)
         return Response(reply.content + own, media_type=CONTENT_TYPE_LATEST)
 

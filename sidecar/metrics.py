@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -42,6 +42,11 @@ class SidecarMetrics:
             "tandem_sidecar_client_fields_dropped",
             "Body fields only tandem may set (kv_transfer_params) removed from requests.",
             ["field"], registry=r,
+        )  # fmt: skip
+        self.vllm_up = Gauge(
+            "tandem_sidecar_vllm_up",
+            "1 while the pod's local vLLM answers, 0 once a request or a /metrics read found it "
+            "unreachable.", registry=r,
         )  # fmt: skip
         self.orphaned_prefills = Counter(
             "tandem_sidecar_orphaned_prefills",

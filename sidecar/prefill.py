@@ -61,6 +61,9 @@ class PrefillOutcome:
     client_error_body: bytes = b""
     fallback_reason: str | None = None
     seconds: float = 0.0
+    failed: tuple[HostPort, ...] = ()
+    """Candidates that failed before the outcome (unreachable, timed out, 5xx, no KV
+    handle), in the order tried."""
 
 
 async def run_prefill(
@@ -78,6 +81,7 @@ async def run_prefill(
     `next_candidate`)."""
     reason = "no_candidate"
     target: HostPort | None = None
+    failed: list[HostPort] = []
     for position, target in enumerate(candidates if next_candidate else candidates[:1]):
         started = time.perf_counter()
         try:
@@ -92,7 +96,7 @@ async def run_prefill(
             if 400 <= reply.status_code < 500:
                 return PrefillOutcome(
                     client_error=reply, client_error_body=reply.content, target=target,
-                    seconds=elapsed,
+                    seconds=elapsed, failed=tuple(failed),
                 )  # fmt: skip
             if reply.status_code >= 500:
                 reason = "prefill_5xx"
@@ -100,8 +104,11 @@ async def run_prefill(
                 params = _transfer_params(reply)
                 if params is not None:
                     metrics.prefill_duration.observe(elapsed)
-                    return PrefillOutcome(params=params, target=target, seconds=elapsed)
+                    return PrefillOutcome(
+                        params=params, target=target, seconds=elapsed, failed=tuple(failed)
+                    )
                 reason = "no_kv_transfer_params"
+        failed.append(target)
         more = next_candidate and position + 1 < len(candidates)
         logger.warning(
             "prefill_failed request_id=%s target=%s reason=%s next=%s",
@@ -109,7 +116,7 @@ async def run_prefill(
         )  # fmt: skip
         if more:
             metrics.prefill_retries.labels(reason).inc()
-    return PrefillOutcome(fallback_reason=reason, target=target)
+    return PrefillOutcome(fallback_reason=reason, target=target, failed=tuple(failed))
 
 
 def _transfer_params(reply: httpx.Response) -> dict[str, Any] | None:

@@ -18,11 +18,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 
 from orchestrator.config import CONFIG_DIR, OrchestratorConfig, parse_orchestrator_config
 from orchestrator.endpoints import EndpointStore
+from orchestrator.errors import REJECT_REASON_HEADER
 from orchestrator.ext_proc import (
     BODY_CHUNK_BYTES,
     DESTINATION_HEADER,
     DESTINATION_METADATA_NAMESPACE,
-    REJECT_REASON_HEADER,
     ExtProcPicker,
     add_ext_proc_servicer,
 )

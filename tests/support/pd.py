@@ -198,8 +198,9 @@ def producer_params(side_channel_port: int, *, cached_tokens: int = 0) -> dict[s
 
 
 def fake_prefill(recorder: Recorder, params: dict[str, Any]) -> FastAPI:
-    """A prefill pod that records what reaches it and answers with these transfer params."""
-    app = FastAPI()
+    """A prefill pod that records what reaches it and answers with these transfer params
+    (and serves the metrics a scraper needs)."""
+    app = fake_model_server()
 
     @app.post("/v1/completions")
     @app.post("/v1/chat/completions")
