@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from orchestrator.admission import Admission
 from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointSource, EndpointStore, StaticEndpoints
 from orchestrator.errors import install_error_handlers
@@ -80,7 +81,14 @@ def create_app(
             clock=clock,
             encodes_sessions=encodes_sessions(scheduler),
         )
-        gateway = Gateway(config=config, router=router, client=client, transport=upstream_transport)
+        admission = Admission(router, config.admission, router.metrics, clock)
+        gateway = Gateway(
+            config=config,
+            router=router,
+            admission=admission,
+            client=client,
+            transport=upstream_transport,
+        )
         gateway.scraper = MetricsScraper(
             gateway.store, client, clock,
             interval_s=config.scrape.interval_s, timeout_s=config.scrape.timeout_s,

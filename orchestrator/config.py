@@ -13,6 +13,7 @@
     scrape: {interval_s: 0.5, staleness_s: 2.0}
     gateway: {port: 8000, max_in_flight_per_endpoint: 1024}
     circuit_breaker: {consecutive_failures: 5, open_s: 30, max_open_s: 300}
+    admission: {max_queue_per_pool: 1024, max_wait_s: 2.0}
     grpc: {enabled: true, host: 0.0.0.0, port: 9002}   # the Pick API and gRPC health
 
 Validated at start; a bad file stops the process with a message naming the field. While
@@ -88,6 +89,18 @@ class GatewayConfig(_Strict):
     """Prompt-length estimate when a request carries text (llm-d's estimate: 4 bytes)."""
 
 
+class AdmissionConfig(_Strict):
+    """Admission control (`orchestrator/admission.py`): how many requests may wait for a
+    saturated pool, and for how long. When a pool counts as saturated is the scheduler
+    configuration's `saturationDetector`."""
+
+    max_queue_per_pool: int = Field(1024, ge=0)
+    """Requests that may wait for each pool; 0 refuses at once when a pool is saturated."""
+    max_wait_s: float = Field(2.0, gt=0)
+    """Longest wait before a request is refused (429 queue_timeout); keep it under the TTFT
+    target, which the wait is part of."""
+
+
 class GrpcConfig(_Strict):
     """The gRPC server: tandem's Pick API (proto/tandem/v1/pick.proto) and grpc.health.v1."""
 
@@ -114,6 +127,7 @@ class OrchestratorConfig(_Strict):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     seed: int | None = None
     """Seeds the scheduler's tie-breaking, for repeatable benchmarks."""
 

@@ -21,6 +21,7 @@ import httpx
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
+from orchestrator.admission import Admission, Priority, priority_of
 from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointStore
 from orchestrator.errors import ClientDisconnected, GatewayError
@@ -64,6 +65,7 @@ class Gateway:
 
     config: OrchestratorConfig
     router: Router
+    admission: Admission
     client: httpx.AsyncClient
     transport: httpx.AsyncBaseTransport
     """Inference requests go straight to the transport: the client's cookie, auth and
@@ -103,10 +105,11 @@ class Gateway:
                 request_id,
                 self.config.gateway.chars_per_token,
             )
+            priority = priority_of(request.headers)
             for field in parsed.dropped_fields:
                 self.metrics.client_fields_dropped.labels(field).inc()
                 logger.warning("client_field_dropped request_id=%s field=%s", request_id, field)
-            response = await cancel_on_disconnect(request, self._send(request, parsed))
+            response = await cancel_on_disconnect(request, self._send(request, parsed, priority))
             status = response.status_code
             response.headers[REQUEST_ID_HEADER] = request_id
             return response
@@ -121,18 +124,20 @@ class Gateway:
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.request_duration.labels(route).observe(time.perf_counter() - started)
 
-    async def _send(self, request: Request, parsed: InferenceRequest) -> Response:
+    async def _send(
+        self, request: Request, parsed: InferenceRequest, priority: Priority
+    ) -> Response:
         exclude: frozenset[str] = frozenset()
         for attempt in range(1, _DECODE_ATTEMPTS + 1):
             try:
-                result = self.router.schedule(parsed.scheduling, exclude)
+                placement = await self.admission.admit(parsed.scheduling, priority, exclude)
             except GatewayError:
                 if not exclude:
                     raise
                 break  # every endpoint left has been tried
-            decode = result.decode.best.view.endpoint
+            decode = placement.result.decode.best.view.endpoint
             try:
-                return await self._send_to(request, parsed, result)
+                return await self._send_to(request, parsed, placement.result, placement.loads)
             except _Unreachable as exc:
                 self.metrics.upstream_errors.labels(exc.kind).inc()
                 logger.warning(
@@ -148,8 +153,10 @@ class Gateway:
         )
 
     async def _send_to(
-        self, request: Request, parsed: InferenceRequest, result: SchedulingResult
+        self, request: Request, parsed: InferenceRequest, result: SchedulingResult, loads: Loads
     ) -> Response:
+        """Send a placed request to its decode endpoint and relay the answer; the loads are
+        released when the answer ends, whichever way."""
         decode = result.decode.best.view.endpoint
         prefill = [t.view.endpoint for t in result.prefill_targets]
         request_id = parsed.scheduling.request_id
@@ -169,11 +176,10 @@ class Gateway:
                 request_id, result.decode.scores, prefill_scores,
             )  # fmt: skip
         url = f"http://{decode.address}{request.url.path}"
-        upstream_request = self.client.build_request(
-            "POST", url, content=parsed.body, headers=headers, params=request.query_params
-        )
-        loads = self.router.acquire(parsed.scheduling, result)
         try:
+            upstream_request = self.client.build_request(
+                "POST", url, content=parsed.body, headers=headers, params=request.query_params
+            )
             upstream = await self.transport.handle_async_request(upstream_request)
             upstream.request = upstream_request
         except httpx.ConnectError:

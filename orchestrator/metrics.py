@@ -46,6 +46,20 @@ class GatewayMetrics:
             "tandem_rejected_requests", "Requests no endpoint could take, by reason.",
             ["reason"], registry=r,
         )  # fmt: skip
+        self.admissions = Counter(
+            "tandem_admission_requests",
+            "Admission decisions, by priority and outcome (admitted, or the reason refused).",
+            ["priority", "outcome"], registry=r,
+        )  # fmt: skip
+        self.admission_wait = Histogram(
+            "tandem_admission_wait_seconds",
+            "Time admitted requests waited for a saturated pool (only those that waited).",
+            buckets=_REQUEST_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.admission_queue = Gauge(
+            "tandem_admission_queue_length", "Requests waiting for a saturated pool, by pool.",
+            ["pool"], registry=r,
+        )  # fmt: skip
         self.upstream_errors = Counter(
             "tandem_upstream_errors", "Failures talking to a pod, by kind.",
             ["kind"], registry=r,

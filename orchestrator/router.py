@@ -19,6 +19,7 @@ from orchestrator.endpoints import EndpointStore
 from orchestrator.errors import GatewayError
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.scheduling.plugins.session_affinity_scorer import SessionAffinityScorer
+from orchestrator.scheduling.saturation import SaturationDetector, in_prefill_pool
 from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.scheduling.types import (
     Endpoint,
@@ -46,6 +47,26 @@ class Loads:
     there is known."""
 
 
+@dataclass(frozen=True, slots=True)
+class PoolState:
+    """One pool as admission sees it: how many endpoints can take requests, and which of
+    them are saturated."""
+
+    endpoints: int
+    saturated: frozenset[str]
+
+    @property
+    def open(self) -> bool:
+        """Whether some endpoint of the pool has room."""
+        return self.endpoints > len(self.saturated)
+
+
+@dataclass(frozen=True, slots=True)
+class Pools:
+    decode: PoolState
+    prefill: PoolState
+
+
 @dataclass(slots=True)
 class Router:
     config: OrchestratorConfig
@@ -54,6 +75,9 @@ class Router:
     metrics: GatewayMetrics
     clock: Callable[[], float]
     encodes_sessions: bool = False
+    capacity_listener: Callable[[], None] | None = None
+    """Called whenever room may have opened (a request's prefill or answer ended, a scrape
+    came in, the endpoints changed): admission's cue to place waiting requests."""
 
     def replace_scheduler(self, scheduler: Scheduler) -> None:
         """Switch to a reloaded configuration's scheduler between two requests."""
@@ -75,6 +99,7 @@ class Router:
             self.metrics.forget_endpoint(name)
         if added or removed:
             logger.info("endpoints_changed added=%s removed=%s", added, removed)
+        self._capacity_changed()
 
     def on_scrape(
         self, endpoint: Endpoint, metrics: EngineMetrics | None, error: str | None
@@ -85,6 +110,7 @@ class Router:
         if metrics is not None and metrics.num_gpu_blocks and metrics.block_size:
             capacity = metrics.num_gpu_blocks * metrics.block_size
             self.scheduler.endpoint_capacity(endpoint.name, capacity)
+        self._capacity_changed()
 
     def refresh_gauges(self) -> None:
         now = self.clock()
@@ -101,11 +127,35 @@ class Router:
 
     # -- scheduling -----------------------------------------------------------------------
 
+    def pools(self, now: float, exclude: frozenset[str] = frozenset()) -> Pools:
+        """The decode and prefill pools' room, by the scheduler's saturation detector."""
+        detector = SaturationDetector(
+            self.scheduler.saturation, self.config.gateway.max_in_flight_per_endpoint
+        )
+        members: dict[bool, list[str]] = {True: [], False: []}
+        saturated: dict[bool, set[str]] = {True: set(), False: set()}
+        for view in self.store.views(now):
+            if view.name in exclude:
+                continue
+            prefill_only = in_prefill_pool(view)
+            members[prefill_only].append(view.name)
+            if detector.saturated(view):
+                saturated[prefill_only].add(view.name)
+        decode, prefill = (
+            PoolState(len(members[key]), frozenset(saturated[key])) for key in (False, True)
+        )
+        return Pools(decode, prefill)
+
     def schedule(
-        self, request: SchedulingRequest, exclude: frozenset[str] = frozenset()
+        self,
+        request: SchedulingRequest,
+        exclude: frozenset[str] = frozenset(),
+        *,
+        record: bool = True,
     ) -> SchedulingResult:
         """Pick endpoints; raises GatewayError (429 saturated, 503 none) when none can take
-        the request."""
+        the request. Without `record`, only looks where it would go (nothing remembered,
+        nothing counted)."""
         now = self.clock()
         views = [v for v in self.store.views(now) if v.name not in exclude]
         limit = self.config.gateway.max_in_flight_per_endpoint
@@ -121,7 +171,7 @@ class Router:
                     f"every decode endpoint has {limit} requests in flight; retry later",
                     "saturated",
                 )
-            result = self.scheduler.schedule(request, open_views, now)
+            result = self.scheduler.schedule(request, open_views, now, record=record)
         except SchedulingError as exc:
             self.metrics.rejections.labels(exc.reason).inc()
             known, healthy = self.store.counts(now)
@@ -137,6 +187,8 @@ class Router:
             ) from None
         finally:
             self.metrics.scheduling_duration.observe(time.perf_counter() - started)
+        if not record:
+            return result
         self.metrics.pd_decisions.labels(result.decision.value, result.reason).inc()
         self.metrics.picks.labels(result.decode.profile, result.decode.best.name).inc()
         if result.prefill is not None and result.prefill_targets:
@@ -183,6 +235,7 @@ class Router:
             self.store.release_tokens(loads.prefill or loads.decode, loads.tokens)
             if loads.prefill:
                 self.store.release(loads.prefill)
+            self._capacity_changed()
 
     def release(self, loads: Loads) -> None:
         """The answer ended (or failed)."""
@@ -191,6 +244,11 @@ class Router:
         for endpoint in loads.probes:
             self.store.abandon_probe(endpoint)
         loads.probes.clear()
+        self._capacity_changed()
+
+    def _capacity_changed(self) -> None:
+        if self.capacity_listener is not None:
+            self.capacity_listener()
 
 
 def can_decode(view: EndpointView) -> bool:

@@ -4,6 +4,7 @@
     kind: EndpointPickerConfig
     plugins: [{type, name?, parameters?}]
     schedulingProfiles: [{name, plugins: [{pluginRef, weight?}]}]
+    saturationDetector: {queueDepthThreshold?, kvCacheUtilThreshold?, ...}   # admission
 
 Defaults follow llm-d's loader (llm-d/llm-d-router: pkg/epp/config/loader/defaults.go): a
 plugin's name defaults to its type, a missing weight is 1, a profile without a picker gets a
@@ -43,12 +44,13 @@ from orchestrator.scheduling.plugins.profile_handlers import (
 from orchestrator.scheduling.prefix_index import PrefixIndex
 from orchestrator.scheduling.profile import Profile, WeightedScorer
 from orchestrator.scheduling.registry import PluginRegistry
+from orchestrator.scheduling.saturation import SaturationDetectorConfig
 from orchestrator.scheduling.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
 API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
-IGNORED_SECTIONS = ("dataLayer", "flowControl", "requestHandler", "saturationDetector", "parser")
+IGNORED_SECTIONS = ("dataLayer", "flowControl", "requestHandler", "parser")
 KNOWN_FEATURE_GATES = ("flowControl", "haPopulateNonLeaderDatastore")
 """llm-d's gates; accepted and ignored (an unknown gate stops llm-d's EPP, and tandem)."""
 
@@ -87,6 +89,9 @@ class EndpointPickerConfig(BaseModel):
     featureGates: list[str] = Field(default_factory=list)
     plugins: list[PluginSpec] = Field(default_factory=list)
     schedulingProfiles: list[ProfileSpec] = Field(min_length=1)
+    saturationDetector: SaturationDetectorConfig | None = None
+    """When the pools count as saturated, for admission control; unset: only the gateway's
+    per-endpoint cap on requests in flight."""
 
 
 def _field(location: tuple[int | str, ...]) -> str:
@@ -241,4 +246,7 @@ def build_scheduler(
         index, auto_tune = producers[0].build_index(prefix_seed), producers[0].auto_tune
     else:
         index, auto_tune = PrefixIndex(seed=prefix_seed), True
-    return Scheduler(profiles, handler, index, rng, plugins=plugins, auto_tune=auto_tune)
+    return Scheduler(
+        profiles, handler, index, rng, plugins=plugins, auto_tune=auto_tune,
+        saturation=config.saturationDetector,
+    )  # fmt: skip

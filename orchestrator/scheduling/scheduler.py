@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from orchestrator.scheduling.framework import Cycle, ProfileHandler, SessionRecorder
 from orchestrator.scheduling.prefix_index import PrefixIndex
 from orchestrator.scheduling.profile import Profile
+from orchestrator.scheduling.saturation import SaturationDetectorConfig
 from orchestrator.scheduling.types import (
     EndpointView,
     SchedulingRequest,
@@ -28,26 +29,37 @@ class Scheduler:
         *,
         plugins: Mapping[str, object] | None = None,
         auto_tune: bool = True,
+        saturation: SaturationDetectorConfig | None = None,
     ) -> None:
         self.profiles = dict(profiles)
         self.handler = handler
         self.prefix_index = prefix_index
         self.plugins = dict(plugins or {})
         self.auto_tune = auto_tune
+        self.saturation = saturation
         self._rng = rng or random.Random()
         self._recorders = [p for p in self.plugins.values() if isinstance(p, SessionRecorder)]
 
     def schedule(
-        self, request: SchedulingRequest, endpoints: Sequence[EndpointView], now: float
+        self,
+        request: SchedulingRequest,
+        endpoints: Sequence[EndpointView],
+        now: float,
+        *,
+        record: bool = True,
     ) -> SchedulingResult:
-        """Pick endpoints for a request; raises SchedulingError when none can take it."""
+        """Pick endpoints for a request; raises SchedulingError when none can take it.
+
+        With `record` (a request about to be sent) the picks are remembered as holding the
+        prompt's prefix; without, it is a look at where the request would go."""
         cycle = Cycle(request, now, self._rng, self.prefix_index)
         result = self.handler.run(cycle, self.profiles, endpoints)
         targets = result.prefill_targets
         prefills_on = targets[0].name if targets else result.decode.best.name
         uncached = request.num_prompt_tokens - cycle.matched_tokens(prefills_on)
         result = dataclasses.replace(result, uncached_tokens=uncached)
-        self._record(cycle, result)
+        if record:
+            self._record(cycle, result)
         return result
 
     def endpoint_capacity(self, endpoint_name: str, kv_tokens: int) -> None:

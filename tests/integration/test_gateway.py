@@ -205,7 +205,7 @@ def test_no_healthy_endpoint_is_a_503_that_says_so() -> None:
     assert "0 of 1 endpoints are healthy" in error["message"]
 
 
-def test_saturated_endpoints_get_a_429_with_retry_after() -> None:
+def test_saturated_endpoints_with_no_queue_get_a_429_with_retry_after() -> None:
     slow = Recorder(delay_s=2.0)
     port = free_port()
     with (
@@ -225,6 +225,7 @@ def test_saturated_endpoints_get_a_429_with_retry_after() -> None:
 
     assert reply.status_code == 429
     assert reply.headers["retry-after"] == "1"
+    assert reply.headers["x-tandem-reject-reason"] == "queue_full"
     assert reply.json()["error"]["type"] == "RateLimitError"
 
 
@@ -238,6 +239,7 @@ def _saturating_gateway(decode_port: int) -> Iterator[str]:
             ],
             "gateway": {"port": port, "max_in_flight_per_endpoint": 1},
             "scrape": {"interval_s": 0.1},
+            "admission": {"max_queue_per_pool": 0},
         }
     )
     with serve(create_app(config), port) as url:
