@@ -22,6 +22,9 @@ import httpx
 from bench.generate import BenchRequest, PromptSet
 from bench.records import RequestRecord
 
+REJECT_REASON_HEADER = "x-tandem-reject-reason"
+"""Why tandem refused a request it did not serve (admission control)."""
+
 REQUEST_TIMEOUT_S = 1800.0
 """Wall-clock cap per request, so a run always ends."""
 
@@ -80,6 +83,7 @@ async def _one(
             record.status = response.status_code
             if response.status_code != 200:
                 record.error = (await response.aread()).decode(errors="replace")[:500]
+                record.reject_reason = response.headers.get(REJECT_REASON_HEADER)
                 return
             async for line in response.aiter_lines():
                 if not line.startswith("data: "):

@@ -33,6 +33,9 @@ class RequestRecord:
     """Gaps between consecutive output chunks after the first."""
     cached_tokens: int | None = None
     """usage.prompt_tokens_details.cached_tokens, when the server reports it."""
+    reject_reason: str | None = None
+    """Set when the orchestrator refused the request without serving it (its
+    `x-tandem-reject-reason`: admission control's 429s, 503 when no pod can take it)."""
 
     @property
     def mean_itl_s(self) -> float | None:
@@ -81,3 +84,8 @@ class StageSummary:
     tail_slo_attainment: float | None = None
     """Share of the stage's requests that also kept their P99 inter-token gap within the
     workload's tail bound; None when the workload sets none."""
+    rejected: int = 0
+    """Requests the orchestrator refused with a reason (429/503 `x-tandem-reject-reason`)."""
+    admitted_slo_attainment: float | None = None
+    """SLO attainment of the requests that were not refused: what admission control keeps;
+    None when every request was refused."""

@@ -210,6 +210,7 @@ def _reference(results: BenchResults) -> str:
 
 
 def _run_table(run: RunResult) -> str:
+    refusals = any(s.rejected for s in run.stages)
     header = [
         "stage",
         "rate",
@@ -221,6 +222,7 @@ def _run_table(run: RunResult) -> str:
         "success",
         "SLO attainment",
         *(["tail SLO attainment"] if run.tail_goodput is not None else []),
+        *(["refused", "admitted SLO attainment"] if refusals else []),
         "hit rate",
         "lag p99 (s)",
         "machine-limited",
@@ -237,6 +239,7 @@ def _run_table(run: RunResult) -> str:
             _percent(s.success_rate),
             _percent(s.slo_attainment),
             *([_percent(s.tail_slo_attainment)] if run.tail_goodput is not None else []),
+            *([str(s.rejected), _percent(s.admitted_slo_attainment)] if refusals else []),
             _percent(s.hit_rate),
             f"{s.generator_lag_p99_s:.3f}",
             "**yes**" if s.machine_limited else "no",

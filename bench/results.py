@@ -37,6 +37,9 @@ longer of the stage's duration and its completion window (first send to last com
 inference-perf counts): a system that keeps up shows the offered rate, one that falls behind \
 the lower rate it sustained. **Machine-limited**: the load generator's send lag p99 exceeded its \
 limit or the CPU was saturated, so the stage measured the benchmark machine, not the system.
+- **Refused** (shown where admission control refused requests): requests the orchestrator \
+answered 429/503 with an `x-tandem-reject-reason` instead of serving; they count as misses in \
+SLO attainment. **Admitted SLO attainment**: SLO attainment of the other requests alone.
 """
 
 

@@ -70,6 +70,9 @@ def _spec(
         port=options.base_port,
         base_port=options.base_port + 1,
         seed=options.seed,
+        admission_max_wait_s=(
+            workload.admission.max_wait_ms / 1000 if workload.admission is not None else None
+        ),
     )
 
 

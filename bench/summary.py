@@ -104,6 +104,8 @@ def summarize_stage(
     if slo_itl_p99_s is not None:
         tail_good = sum(meets_slo(r, slo_ttft_s, slo_itl_s, slo_itl_p99_s) for r in records)
         tail_attainment = tail_good / requests if requests else 0.0
+    rejected = sum(1 for r in records if r.reject_reason is not None)
+    admitted = requests - rejected
     window = max(duration_s, completion_window_s(records) or 0.0)
     lag = percentiles([r.lag_s for r in records]).p99
     lag_p99 = lag if lag is not None else 0.0
@@ -126,6 +128,8 @@ def summarize_stage(
         generator_lag_p99_s=lag_p99,
         machine_limited=cpu_saturated or lag_p99 > lag_limit_s,
         tail_slo_attainment=tail_attainment,
+        rejected=rejected,
+        admitted_slo_attainment=good / admitted if admitted else None,
     )
 
 

@@ -8,6 +8,7 @@
     engine_profiles?: {prefill|decode|both: profile}   (per-pool override; tandem plan only)
     load: {type: poisson | constant, warmup?: {rate, duration}, stages: [{rate, duration}, ...]}
     slo: {ttft_ms, itl_ms, itl_p99_ms?}
+    admission?: {max_wait_ms}   (the orchestrator's admission wait bound for every run)
     reference?: {policy: {requests_per_s, output_tokens_per_s, ttft_mean_s, itl_mean_ms,
                           e2e_mean_s}}
 
@@ -99,6 +100,12 @@ class Slo(_Strict):
         return None if self.itl_p99_ms is None else self.itl_p99_ms / 1000
 
 
+class Admission(_Strict):
+    max_wait_ms: float = Field(gt=0)
+    """The orchestrator's admission wait bound for every run (model time): keep it under
+    the TTFT target, which the wait is part of."""
+
+
 class ReferenceFigures(_Strict):
     requests_per_s: float | None = None
     output_tokens_per_s: float | None = None
@@ -119,6 +126,7 @@ class Workload(_Strict):
     data: Annotated[SharedPrefixData | RandomData, Field(discriminator="type")]
     load: Load
     slo: Slo
+    admission: Admission | None = None
     reference: dict[str, ReferenceFigures] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -15,7 +15,8 @@ queue, so that when room opens it is scheduled against the state of that moment:
   Extension sheds requests of negative priority);
 - refusals are 429 with Retry-After and `x-tandem-reject-reason` (`shed`, `queue_full`,
   `queue_timeout`, `displaced`); a pool with no endpoint able to take requests is a 503
-  (`no_endpoints`) at once, never a wait.
+  (`no_endpoints`) at once, never a wait — unless its endpoints have only just been
+  discovered and their first scrape is on the way (an orchestrator that just started).
 """
 
 from __future__ import annotations
@@ -171,6 +172,8 @@ class Admission:
         """Schedule and count the request, or name the pool it has to wait for."""
         pools: Pools = self.router.pools(self.clock(), exclude)
         if not pools.decode.endpoints:
+            if pools.decode.warming_up:
+                return _DECODE  # its first scrape is on the way
             # Raises the 503 that says what is missing.
             self.router.schedule(request, exclude, record=False)
         if not pools.decode.open:

@@ -48,6 +48,11 @@ class EndpointState:
     def schedulable(self, now: float) -> bool:
         return self.healthy and self.breaker.admits(now)
 
+    @property
+    def warming_up(self) -> bool:
+        """Discovered, but not scraped yet: neither healthy nor judged unhealthy."""
+        return self.metrics is None and self.consecutive_failures == 0
+
 
 @dataclass(slots=True)
 class EndpointStore:
@@ -158,6 +163,10 @@ class EndpointStore:
             for state in self._states.values()
             if state.schedulable(now)
         ]
+
+    def warming_up(self) -> list[Endpoint]:
+        """Endpoints discovered but not scraped yet."""
+        return [state.endpoint for state in self._states.values() if state.warming_up]
 
     def counts(self, now: float) -> tuple[int, int]:
         """(known, schedulable) endpoint counts."""

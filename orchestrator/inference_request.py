@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import GatewayError
-from orchestrator.proxy import strip_tandem_fields
+from orchestrator.proxy import json_object, strip_tandem_fields
 from orchestrator.scheduling.types import SchedulingRequest
 
 
@@ -63,14 +63,7 @@ def parse_inference_request(
     chars_per_token: float,
 ) -> InferenceRequest:
     """Read the routing-relevant parts of a completions or chat body."""
-    try:
-        payload = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        # ValueError besides JSONDecodeError: an integer past Python's digit limit;
-        # RecursionError: nesting deeper than the parser's stack.
-        raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise GatewayError(400, "request body must be a JSON object")
+    payload = json_object(body)
     dropped = strip_tandem_fields(payload)
     if dropped:
         body = json.dumps(payload).encode()

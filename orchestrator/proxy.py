@@ -10,6 +10,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import httpx
 from fastapi import Request
@@ -46,7 +47,20 @@ TANDEM_ONLY_FIELDS = ("kv_transfer_params",)
 pod's vLLM read KV from a host, port and blocks of the client's choosing."""
 
 
-def strip_tandem_fields(payload: dict[str, object]) -> list[str]:
+def json_object(body: bytes) -> dict[str, Any]:
+    """An inference request's body as a JSON object; a 400 in OpenAI's shape otherwise."""
+    try:
+        payload = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # ValueError besides JSONDecodeError: an integer past Python's digit limit;
+        # RecursionError: nesting deeper than the parser's stack.
+        raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise GatewayError(400, "request body must be a JSON object")
+    return payload
+
+
+def strip_tandem_fields(payload: dict[str, Any]) -> list[str]:
     """Remove the fields only tandem may set from a client's body; returns their names."""
     return [name for name in TANDEM_ONLY_FIELDS if payload.pop(name, None) is not None]
 

@@ -19,7 +19,11 @@ from orchestrator.endpoints import EndpointStore
 from orchestrator.errors import GatewayError
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.scheduling.plugins.session_affinity_scorer import SessionAffinityScorer
-from orchestrator.scheduling.saturation import SaturationDetector, in_prefill_pool
+from orchestrator.scheduling.saturation import (
+    PREFILL_POOL_ROLES,
+    SaturationDetector,
+    in_prefill_pool,
+)
 from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.scheduling.types import (
     Endpoint,
@@ -54,6 +58,9 @@ class PoolState:
 
     endpoints: int
     saturated: frozenset[str]
+    warming_up: int = 0
+    """Endpoints discovered but not scraped yet (an orchestrator just started): worth
+    waiting for rather than refusing."""
 
     @property
     def open(self) -> bool:
@@ -141,8 +148,13 @@ class Router:
             members[prefill_only].append(view.name)
             if detector.saturated(view):
                 saturated[prefill_only].add(view.name)
+        warming: dict[bool, int] = {True: 0, False: 0}
+        for endpoint in self.store.warming_up():
+            if endpoint.name not in exclude:
+                warming[endpoint.role in PREFILL_POOL_ROLES] += 1
         decode, prefill = (
-            PoolState(len(members[key]), frozenset(saturated[key])) for key in (False, True)
+            PoolState(len(members[key]), frozenset(saturated[key]), warming[key])
+            for key in (False, True)
         )
         return Pools(decode, prefill)
 

@@ -29,13 +29,14 @@ WAITING = ("vllm:num_requests_waiting",)
 RUNNING = ("vllm:num_requests_running",)
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 CACHE_INFO = "vllm:cache_config_info"
+WAITING_BY_REASON = "vllm:num_requests_waiting_by_reason"
 
 
 class MetricsParseError(ValueError):
     """The /metrics text lacks what the scheduler needs."""
 
 
-_WANTED = (*WAITING, *RUNNING, *KV_USAGE, CACHE_INFO)
+_WANTED = (*WAITING, *RUNNING, *KV_USAGE, CACHE_INFO, WAITING_BY_REASON)
 
 
 def _wanted_lines(text: str) -> str:
@@ -48,11 +49,15 @@ def parse_engine_metrics(text: str, scraped_at: float) -> EngineMetrics:
     """The scheduler's view of one pod from its Prometheus text exposition."""
     values: dict[str, float] = {}
     block_size = num_gpu_blocks = None
+    waiting_for_capacity: float | None = None
     for family in text_string_to_metric_families(_wanted_lines(text)):
         for sample in family.samples:
             if sample.name == CACHE_INFO:
                 block_size = _int_label(sample.labels, "block_size")
                 num_gpu_blocks = _int_label(sample.labels, "num_gpu_blocks")
+            elif sample.name == WAITING_BY_REASON:
+                if sample.labels.get("reason") == "capacity":
+                    waiting_for_capacity = (waiting_for_capacity or 0.0) + sample.value
             elif sample.name in (*WAITING, *RUNNING, *KV_USAGE):
                 values[sample.name] = values.get(sample.name, 0.0) + sample.value
     missing = [names[0] for names in (WAITING, RUNNING, KV_USAGE) if _first(values, names) is None]
@@ -65,6 +70,7 @@ def parse_engine_metrics(text: str, scraped_at: float) -> EngineMetrics:
         scraped_at=scraped_at,
         block_size=block_size,
         num_gpu_blocks=num_gpu_blocks,
+        waiting_for_capacity=None if waiting_for_capacity is None else int(waiting_for_capacity),
     )
 
 

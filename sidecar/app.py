@@ -41,6 +41,7 @@ from orchestrator.proxy import (
     REQUEST_ID_HEADER,
     cancel_on_disconnect,
     downstream_headers,
+    json_object,
     relay_stream,
     strip_tandem_fields,
     upstream_failure,
@@ -95,21 +96,22 @@ class Sidecar:
         body = await request.body()
         targets = request.headers.get(PREFILLER_HEADER, "").strip()
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            payload = None
-        if isinstance(payload, dict) and (dropped := strip_tandem_fields(payload)):
+            payload = json_object(body)
+        except GatewayError as exc:
+            self.metrics.errors.labels("bad_body").inc()
+            exc.headers[REQUEST_ID_HEADER] = request_id
+            raise
+        if dropped := strip_tandem_fields(payload):
             # The sidecar sets kv_transfer_params itself, after its own prefill.
             body = json.dumps(payload).encode()
             for field in dropped:
                 self.metrics.client_fields_dropped.labels(field).inc()
                 logger.warning("client_field_dropped request_id=%s field=%s", request_id, field)
-        stream = isinstance(payload, dict) and bool(payload.get("stream"))
-        leg = _Leg(request.url.path, body, headers, stream)
+        leg = _Leg(request.url.path, body, headers, bool(payload.get("stream")))
         try:
-            if not targets or not isinstance(payload, dict):
-                # Nothing to prefill remotely (or nothing we can rewrite): vLLM answers as
-                # is, including its own error for a malformed body.
+            if not targets:
+                # Nothing to prefill remotely: vLLM answers as is, including its own error
+                # for a body it refuses.
                 response = await cancel_on_disconnect(request, self._decode(leg, request_id))
             else:
                 candidates = self._allowed(targets, request_id)
@@ -118,6 +120,7 @@ class Sidecar:
                 )
         except GatewayError as exc:
             exc.headers.update(leg.report)
+            exc.headers[REQUEST_ID_HEADER] = request_id
             raise
         self.metrics.requests.labels(leg.mode).inc()
         response.headers.update(leg.report)

@@ -7,11 +7,16 @@ bound until it has passed, as vLLM's is not while its engine loads.
 Fault injection is tandem's own: vLLM has nothing like it, and the injected errors include
 statuses and types a vLLM server never answers (429 `RateLimitError`, 502, 504), standing for
 what a proxy or a failing pod in front of the client would give.
+
+One fault is switched while the pod runs, for chaos tests: SIGUSR1 stalls `/metrics` (its
+answers hang until the next SIGUSR1), as a pod whose scrapes stop arriving while it serves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+import signal
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -71,16 +76,23 @@ class FaultDecision:
     delay_s: float = 0.0
 
 
+METRICS_STALL_SIGNAL = signal.SIGUSR1
+"""Toggles the metrics stall of a running pod."""
+
+
 @dataclass(slots=True)
 class FaultInjector:
     """Draws a `FaultDecision` per inference request from a seeded generator."""
 
     config: FaultConfig
     num_requests: int = 0
+    metrics_flowing: asyncio.Event = field(default_factory=asyncio.Event)
+    """Cleared while `/metrics` is stalled (toggled by METRICS_STALL_SIGNAL)."""
     _rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.config.seed)
+        self.metrics_flowing.set()
 
     def decide(self) -> FaultDecision:
         self.num_requests += 1
@@ -93,3 +105,9 @@ class FaultInjector:
         if self.config.error_rate and self._rng.random() < self.config.error_rate:
             status = self._rng.choice(self.config.error_codes)
         return FaultDecision(error_status=status, delay_s=self.config.added_latency_s)
+
+    def toggle_metrics_stall(self) -> None:
+        if self.metrics_flowing.is_set():
+            self.metrics_flowing.clear()
+        else:
+            self.metrics_flowing.set()

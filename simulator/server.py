@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from simulator.config import VLLM_VERSION, SimPodConfig
 from simulator.engine import Engine
 from simulator.errors import OpenAIError, install_error_handlers, require_json
-from simulator.faults import FAULT_ERRORS, FaultInjector
+from simulator.faults import FAULT_ERRORS, METRICS_STALL_SIGNAL, FaultInjector
 from simulator.http_metrics import HttpMetricsMiddleware
 from simulator.kv_connector import ProducerIdentity
 from simulator.metrics import build_registry
@@ -156,13 +156,15 @@ def create_app(
         )
         await side_channel.start()
         runner.start()
+        faults = FaultInjector(config.faults)
         app.state.pod = PodState(
             config=config,
             runner=runner,
             serving=OpenAIServing(config, runner, load_tokenizer(config.tokenizer)),
             registry=registry,
-            faults=FaultInjector(config.faults),
+            faults=faults,
         )
+        stall_signal = _on_signal(METRICS_STALL_SIGNAL, faults.toggle_metrics_stall)
         logger.info(
             "pod_started role=%s model=%s profile=%s port=%d side_channel=%s:%d engine_id=%s",
             config.role, config.model_name, config.profile, config.port,
@@ -171,6 +173,8 @@ def create_app(
         try:
             yield
         finally:
+            if stall_signal:
+                asyncio.get_running_loop().remove_signal_handler(METRICS_STALL_SIGNAL)
             await runner.stop()
             await side_channel.stop()
 
@@ -334,9 +338,22 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(pod(request).registry), media_type=CONTENT_TYPE_LATEST)
+        state = pod(request)
+        await state.faults.metrics_flowing.wait()  # an injected stall: answer once lifted
+        return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _on_signal(signum: signal.Signals, handler: Callable[[], None]) -> bool:
+    """Call `handler` on `signum`, where this loop may take signals (the main thread's);
+    returns whether it was installed."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signum, handler)
+    except (RuntimeError, ValueError):
+        return False
+    logger.info("fault_signal signal=%s", signum.name)
+    return True
 
 
 _CLIENT_CLOSED = 499

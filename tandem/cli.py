@@ -19,6 +19,7 @@ from prefill.pod import aggregated_pod, prefill_pod
 from simulator.config import SimPodConfig
 from simulator.faults import FaultConfig
 from simulator.profiles import PROFILES
+from tandem import fuzz_command
 
 logger = logging.getLogger("tandem")
 
@@ -499,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_parser(subparsers)
     _add_microbench_parser(subparsers)
     plan_cli.add_parser(subparsers)
+    fuzz_command.add_parser(subparsers)
     return parser
 
 

@@ -28,6 +28,7 @@ from typing import Literal
 import httpx
 
 from decode.pod import decode_pod
+from orchestrator.config import AdmissionConfig
 from prefill.launch import VllmLaunch
 from prefill.pod import aggregated_pod, prefill_pod
 from tandem import real_engine, tiny_model
@@ -62,6 +63,10 @@ class ClusterSpec:
     """`sim`: simulated pods; `vllm`: real vLLM (CPU build) serving the tiny local model."""
     model_dir: Path | None = None
     """The model real pods serve (default: the tiny model, built into the cache)."""
+    admission_max_wait_s: float | None = None
+    """Admission control's longest wait, in model seconds (default: the orchestrator's)."""
+    sidecar_args: tuple[str, ...] = ()
+    """Extra arguments for every sidecar (`tandem sidecar`'s, e.g. --prefill-timeout)."""
 
     def __post_init__(self) -> None:
         if self.aggregated and (self.prefill or self.decode):
@@ -162,6 +167,7 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
         sidecar_argv = _tandem(
             *pod.sidecar_argv()[1:], "--host", spec.host,
             "--prefill-endpoints", ",".join(prefill_addresses), "--log-level", "warning",
+            *spec.sidecar_args,
         )  # fmt: skip
         plan.components.append(
             Component(name, "sidecar", sidecar_argv, pod.sidecar_port, "/health", "decode",
@@ -171,11 +177,14 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
             {"name": name, "host": spec.host, "port": pod.sidecar_port, "role": "decode"}
         )
         port, side_channel = port + 2, side_channel + 1
+    max_wait_s = spec.admission_max_wait_s or AdmissionConfig().max_wait_s
     plan.orchestrator_config = {
         "scheduler": spec.scheduler,
         "endpoints": endpoints,
         "gateway": {"host": spec.host, "port": spec.port},
         "scrape": {"interval_s": LOCAL_SCRAPE_INTERVAL_S},
+        # The orchestrator waits in wall time; the pods' time runs time_scale times slower.
+        "admission": {"max_wait_s": max_wait_s * spec.time_scale},
         "seed": spec.seed,
     }
     return plan
@@ -232,7 +241,7 @@ class LocalCluster:
 
     def _start_all(self, components: Sequence[Component], timeout_s: float) -> None:
         for component in components:
-            log = (self.run_dir / f"{component.name}.log").open("wb")
+            log = (self.run_dir / f"{component.name}.log").open("ab")
             process = subprocess.Popen(
                 component.argv,
                 env={**os.environ, **dict(component.env)},
@@ -284,8 +293,29 @@ class LocalCluster:
 
     def kill(self, name: str) -> None:
         """SIGKILL one component with everything it started, as a container crash would."""
-        process = next(p for c, p in self.processes if c.name == name)
+        _kill_group(self._process(name))
+
+    def signal(self, name: str, signum: signal.Signals) -> None:
+        """Send one component's process group a signal (SIGSTOP freezes it as a hung node
+        would, SIGCONT thaws it)."""
+        os.killpg(self._process(name).pid, signum)
+
+    def restart(self, name: str, timeout_s: float = 60.0, grace_s: float = 30.0) -> None:
+        """Stop one component (SIGTERM, then SIGKILL after `grace_s`) and start it again, as
+        a rolling update or a restarted container would; returns once it is healthy."""
+        index, component = next((i, c) for i, (c, _) in enumerate(self.processes) if c.name == name)
+        process = self.processes.pop(index)[1]
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("component_killed name=%s", name)
         _kill_group(process)
+        self._start_all([component], timeout_s)
+
+    def _process(self, name: str) -> subprocess.Popen[bytes]:
+        return next(p for c, p in self.processes if c.name == name)
 
     def all_components(self) -> list[Component]:
         return [component for component, _ in self.processes]

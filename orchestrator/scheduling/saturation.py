@@ -3,7 +3,8 @@
 An endpoint is saturated when one more request would only wait, on the pod or behind it:
 
 - the engine's own queue or KV cache is full, by its last fresh scrape
-  (`queueDepthThreshold`: `vllm:num_requests_waiting` at or above it; `kvCacheUtilThreshold`:
+  (`queueDepthThreshold`: `vllm:num_requests_waiting` at or above it, counting only those
+  waiting for room where the engine says why they wait; `kvCacheUtilThreshold`:
   `vllm:kv_cache_usage_perc` at or above it): the Gateway API Inference Extension's
   saturation detector and its defaults, 5 and 0.8 (kubernetes-sigs/
   gateway-api-inference-extension: site-src/guides/epp-configuration/config-text.md). Stale
@@ -70,6 +71,8 @@ class SaturationDetector:
 
 def _engine_full(config: SaturationDetectorConfig, metrics: EngineMetrics) -> bool:
     queue, kv = config.queueDepthThreshold, config.kvCacheUtilThreshold
-    return (queue is not None and metrics.waiting >= queue) or (
-        kv is not None and metrics.kv_usage >= kv
+    # A decode pod's requests whose KV is still on its way wait too, but not for room.
+    waiting = (
+        metrics.waiting if metrics.waiting_for_capacity is None else metrics.waiting_for_capacity
     )
+    return (queue is not None and waiting >= queue) or (kv is not None and metrics.kv_usage >= kv)

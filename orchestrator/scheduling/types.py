@@ -55,6 +55,9 @@ class EngineMetrics:
     scraped_at: float
     block_size: int | None = None  # vllm:cache_config_info{block_size}
     num_gpu_blocks: int | None = None  # vllm:cache_config_info{num_gpu_blocks}
+    waiting_for_capacity: int | None = None
+    """vllm:num_requests_waiting_by_reason{reason="capacity"}, where the engine reports it:
+    the waiting requests that lack room, not those waiting for their KV to arrive."""
 
 
 @dataclass(frozen=True, slots=True)

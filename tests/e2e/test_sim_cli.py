@@ -13,6 +13,7 @@ from openai import OpenAI
 
 from simulator.profiles import PROFILES
 from tests.support.processes import REPO_ROOT, TANDEM, sim_process
+from tests.support.servers import wait_until
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -85,3 +86,28 @@ def test_decode_pod_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert [model.id for model in models.data] == [MODEL]
     assert returncode in (0, -signal.SIGTERM), log.read_text()
     assert port_is_free(port)
+
+
+def test_sigusr1_stalls_metrics_until_the_next_one_while_the_pod_serves(tmp_path: Path) -> None:
+    log = tmp_path / "sim.log"
+    with sim_process(log, "--time-scale", "0.05") as (process, port):
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(timeout=10) as client:
+            before = client.get(f"{url}/metrics").status_code
+            process.send_signal(signal.SIGUSR1)
+
+            def stalled() -> bool:  # the signal is handled asynchronously
+                try:
+                    client.get(f"{url}/metrics", timeout=0.5)
+                except httpx.ReadTimeout:
+                    return True
+                return False
+
+            assert wait_until(stalled, timeout_s=10), log.read_text()
+            serving = client.post(
+                f"{url}/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2}
+            ).status_code
+            process.send_signal(signal.SIGUSR1)
+            after = client.get(f"{url}/metrics", timeout=5).status_code
+
+    assert (before, serving, after) == (200, 200, 200)

@@ -106,3 +106,27 @@ def test_bodies_the_parser_cannot_take_get_a_400(gateway_url: str, route: str, c
     error: dict[str, Any] = response.json()["error"]
     assert error["type"] == "BadRequestError"
     assert "not valid JSON" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"prompt": "\xff\xfe", "max_tokens": 2}', b"[1, 2]", b"{", b""],
+    ids=["invalid-utf-8", "not-an-object", "truncated", "empty"],
+)  # fmt: skip
+def test_the_sidecar_refuses_a_body_that_is_not_a_json_object(
+    backend: tuple[Recorder, int], body: bytes
+) -> None:
+    recorder, port = backend
+    seen = len(recorder.bodies)
+    with running_sidecar(port) as sidecar:
+        response = httpx.post(
+            f"{sidecar.url}/v1/completions",
+            content=body,
+            headers={"content-type": "application/json", "x-request-id": "bad-body"},
+            timeout=30,
+        )
+        counters = sidecar.own_samples()
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "BadRequestError"
+    assert response.headers["x-request-id"] == "bad-body"
+    assert counters["tandem_sidecar_errors_total{reason=bad_body}"] == 1
+    assert len(recorder.bodies) == seen  # nothing reached vLLM

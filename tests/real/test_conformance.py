@@ -12,7 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.scraper import CACHE_INFO, KV_USAGE, RUNNING, WAITING, parse_engine_metrics
+from orchestrator.scraper import (
+    CACHE_INFO,
+    KV_USAGE,
+    RUNNING,
+    WAITING,
+    WAITING_BY_REASON,
+    parse_engine_metrics,
+)
 from simulator.config import SimPodConfig
 from tandem import tiny_model
 from tandem.real_engine import CPU_BLOCK_SIZE
@@ -20,8 +27,9 @@ from tests.real.conftest import REQUEST_TIMEOUT_S, RealCluster
 from tests.support.pd import MODEL, complete, sse_events, words
 from tests.support.servers import pod_config, running_pod
 
-READ_BY_TANDEM = (*WAITING, *RUNNING, KV_USAGE[0], CACHE_INFO, "vllm:prefix_cache_hits",
-                  "vllm:prefix_cache_queries", "vllm:prompt_tokens_by_source")  # fmt: skip
+READ_BY_TANDEM = (*WAITING, *RUNNING, KV_USAGE[0], CACHE_INFO, WAITING_BY_REASON,
+                  "vllm:prefix_cache_hits", "vllm:prefix_cache_queries",
+                  "vllm:prompt_tokens_by_source")  # fmt: skip
 """Families the scraper, the scorers and the benchmark read (older names aside)."""
 
 
@@ -84,6 +92,7 @@ def test_real_pods_expose_what_tandem_reads(pd_cluster: RealCluster, pod: str) -
     assert metrics.block_size == CPU_BLOCK_SIZE
     assert metrics.num_gpu_blocks is not None
     assert metrics.num_gpu_blocks > 0
+    assert metrics.waiting_for_capacity == 0
 
 
 def test_simulated_pod_exposes_no_vllm_family_the_engine_lacks(

@@ -203,6 +203,11 @@ async def test_fresh_engine_metrics_past_the_thresholds_saturate_stale_ones_do_n
     gate = admission(saturation={"maxRequestsPerEndpoint": None, "queueDepthThreshold": 5})
     gate.router.store.record_scrape("decode-0", EngineMetrics(5, 10, 0.5, NOW))
     assert gate.router.pools(NOW).decode.saturated == frozenset({"decode-0"})
+    # Requests waiting for their KV to arrive are not waiting for room.
+    gate.router.store.record_scrape(
+        "decode-0", EngineMetrics(6, 10, 0.5, NOW, waiting_for_capacity=1)
+    )
+    assert gate.router.pools(NOW).decode.saturated == frozenset()
     stale = NOW - 2 * gate.router.config.scrape.staleness_s
     gate.router.store.record_scrape("decode-0", EngineMetrics(5, 10, 0.5, stale))
     assert gate.router.pools(NOW).decode.saturated == frozenset()
@@ -226,3 +231,29 @@ def test_an_unknown_priority_is_a_400_that_lists_the_choices() -> None:
         priority_of({"x-tandem-priority": "urgent"})
     assert bad.value.status == 400
     assert "critical, standard, sheddable" in bad.value.message
+
+
+async def test_a_request_waits_for_the_first_scrape_of_a_just_discovered_pool() -> None:
+    gate = admission()
+    for state_name in ("decode-0", "prefill-0"):
+        state = gate.router.store.state(state_name)
+        assert state is not None
+        state.metrics, state.healthy = None, False  # discovered, never scraped
+    waiting = asyncio.create_task(gate.admit(request(SHORT, "early")))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    gate.router.store.record_scrape("decode-0", EngineMetrics(0, 0, 0.0, NOW))
+    gate.router.on_scrape(gate.router.store.endpoints()[1], None, None)  # a scrape came in
+    placed = await asyncio.wait_for(waiting, 1)
+    assert placed.result.decode.best.name == "decode-0"
+
+
+async def test_a_pool_whose_first_scrape_failed_is_a_503_not_a_wait() -> None:
+    gate = admission()
+    state = gate.router.store.state("decode-0")
+    assert state is not None
+    state.metrics, state.healthy = None, False
+    gate.router.store.record_scrape_failure("decode-0", "ConnectError", definitive=True)
+    with pytest.raises(GatewayError) as none:
+        await gate.admit(request(SHORT, "a"))
+    assert refusal(none.value) == (503, "no_endpoints")

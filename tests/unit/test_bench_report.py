@@ -252,3 +252,32 @@ def test_a_tail_slo_is_reported_beside_the_mean_one(tmp_path: Path) -> None:
     assert "Under the tail SLO: 0.00 req/s." in text
     write_results(tmp_path / "results.json", results)
     assert load_results(tmp_path / "results.json").runs[0].tail_goodput == 0.0
+
+
+def test_refusals_and_admitted_attainment_are_reported_where_there_were_any(
+    tmp_path: Path,
+) -> None:
+    stages, records = [], []
+    for stage, rate in LADDER:
+        stage_records = _records(stage, rate, 0.2)
+        stage_records[0].status, stage_records[0].reject_reason = 429, "queue_timeout"
+        records += stage_records
+        stages.append(summarize_stage(stage, rate, 2.0, stage_records, 1.0, 0.05, None, False))
+    run = RunResult.from_stages(
+        cluster="pd-4-4", shape={"prefill": 4, "decode": 4}, policy="tandem-admission",
+        gpus=8, stages=stages, records=records,
+    )  # fmt: skip
+    results = BenchResults(
+        workload="w", model="m", time_scale=1.0, target=None,
+        slo=SloTargets(ttft_ms=1000, itl_ms=50), runs=[run],
+    )  # fmt: skip
+    write_markdown(tmp_path / "report.md", results)
+    text = (tmp_path / "report.md").read_text()
+    write_results(tmp_path / "results.json", results)
+    loaded = load_results(tmp_path / "results.json").runs[0].stages
+
+    assert "| refused | admitted SLO attainment |" in text
+    assert "| 90.0 % | 1 | 100.0 % |" in text  # stage 0: 10 requests, 1 refused
+    assert [s.rejected for s in loaded] == [1, 1]
+    assert loaded[0].admitted_slo_attainment == 1.0
+    assert records[0].reject_reason == "queue_timeout"

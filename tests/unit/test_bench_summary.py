@@ -308,3 +308,25 @@ def test_completion_window_runs_from_first_send_to_last_completion() -> None:
     records.append(_record(9, success=False))
     assert completion_window_s(records) == pytest.approx(5.0)
     assert completion_window_s([_record(0, success=False)]) is None
+
+
+def test_refused_requests_count_against_attainment_but_not_admitted_attainment() -> None:
+    refused = _record(2, success=False)
+    refused.status, refused.reject_reason = 429, "queue_timeout"
+    late = _record(1, ttft_s=2.0)
+    summary = summarize_stage(
+        0, 1.0, 10.0, [_record(0), late, refused], SLO_TTFT_S, SLO_ITL_S,
+        hit_rate=None, cpu_saturated=False,
+    )  # fmt: skip
+    assert summary.rejected == 1
+    assert summary.slo_attainment == pytest.approx(1 / 3)
+    assert summary.admitted_slo_attainment == pytest.approx(1 / 2)
+
+
+def test_admitted_attainment_is_none_when_every_request_was_refused() -> None:
+    refused = _record(0, success=False)
+    refused.reject_reason = "shed"
+    summary = summarize_stage(
+        0, 1.0, 10.0, [refused], SLO_TTFT_S, SLO_ITL_S, hit_rate=None, cpu_saturated=False
+    )
+    assert (summary.rejected, summary.admitted_slo_attainment) == (1, None)

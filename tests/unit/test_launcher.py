@@ -133,3 +133,19 @@ def test_the_model_cache_follows_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("TANDEM_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
     assert tiny_model.default_cache_dir() == Path("/xdg/tandem")
+
+
+@pytest.mark.parametrize(("model_wait_s", "wall_wait_s"), [(None, 20.0), (0.4, 4.0)])
+def test_the_admission_wait_is_set_in_model_time(
+    model_wait_s: float | None, wall_wait_s: float
+) -> None:
+    spec = ClusterSpec(time_scale=10.0, admission_max_wait_s=model_wait_s)
+    config = plan_cluster(spec).orchestrator_config
+    assert config["admission"] == {"max_wait_s": pytest.approx(wall_wait_s)}
+
+
+def test_sidecar_arguments_reach_every_sidecar() -> None:
+    spec = ClusterSpec(decode=2, sidecar_args=("--prefill-timeout", "5"))
+    sidecars = [c for c in plan_cluster(spec).components if c.kind == "sidecar"]
+    assert len(sidecars) == 2
+    assert all(flag(c.argv, "--prefill-timeout") == "5" for c in sidecars)

@@ -28,6 +28,7 @@ from orchestrator.scheduling.plugins.profile_handlers import (
 )
 from orchestrator.scheduling.plugins.queue_scorer import QueueScorer
 from orchestrator.scheduling.prefix_index import PrefixIndex
+from orchestrator.scheduling.saturation import SaturationDetectorConfig
 from orchestrator.scheduling.types import PDDecision
 from tests.unit.scheduling.support import make_request, make_view, pd_config, scheduler_from
 
@@ -384,3 +385,19 @@ def test_tandem_variants_differ_from_tandem_yaml_only_in_the_decider_s_parameter
         return document
 
     assert without_decider_parameters(variant) == without_decider_parameters("tandem.yaml")
+
+
+def test_tandem_admission_is_tandem_tail_itl_with_a_saturation_detector() -> None:
+    admission = yaml.safe_load((CONFIG_DIR / "tandem-admission.yaml").read_text())
+    detector = admission.pop("saturationDetector")
+    assert admission == yaml.safe_load((CONFIG_DIR / "tandem-tail-itl.yaml").read_text())
+    assert scheduler_from({**admission, "saturationDetector": detector}).saturation == (
+        SaturationDetectorConfig.model_validate(detector)
+    )
+
+
+def test_saturation_detector_parameters_are_checked_by_name() -> None:
+    with pytest.raises(SchedulerConfigError, match=r"saturationDetector\.queueDepthThreshold"):
+        scheduler_from({**base(), "saturationDetector": {"queueDepthThreshold": 0}})
+    with pytest.raises(SchedulerConfigError, match=r"saturationDetector\.maxInFlight"):
+        scheduler_from({**base(), "saturationDetector": {"maxInFlight": 3}})
