@@ -186,9 +186,56 @@ def _encode(value: Any) -> bytes:
     return json.dumps(value, allow_nan=True).encode()
 
 
+# Requests a pod serves, so that cases reach the streaming, disaggregation and KV paths too;
+# one hostile field at most (a client's kv_transfer_params, an unknown field).
+_SERVED_OPTIONS = {
+    "stream": st.booleans(),
+    "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+    "temperature": st.floats(0, 2),
+    "ignore_eos": st.booleans(),
+    "request_id": st.text(st.characters(min_codepoint=48, max_codepoint=122), max_size=12),
+}
+_SERVED_BASE = {"model": st.just(MODEL), "max_tokens": st.integers(1, 16)}
+_HOSTILE = st.one_of(
+    st.fixed_dictionaries({}),
+    st.fixed_dictionaries({"kv_transfer_params": _KV_PARAMS}),
+    st.fixed_dictionaries({"unknown_field": _JSON}),
+)
+_SERVED_PROMPT = st.one_of(
+    st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=3_000),
+    st.lists(st.integers(0, 1000), min_size=1, max_size=2_000),
+)
+_SERVED_COMPLETION = st.builds(
+    lambda body, hostile: {**body, **hostile},
+    st.fixed_dictionaries({**_SERVED_BASE, "prompt": _SERVED_PROMPT}, optional=_SERVED_OPTIONS),
+    _HOSTILE,
+)
+_SERVED_CHAT = st.builds(
+    lambda body, hostile: {**body, **hostile},
+    st.fixed_dictionaries(
+        {
+            **_SERVED_BASE,
+            "messages": st.lists(
+                st.fixed_dictionaries(
+                    {"role": st.sampled_from(["system", "user", "assistant"]),
+                     "content": st.text(max_size=2_000)}
+                ),
+                min_size=1, max_size=3,
+            ),
+        },
+        optional=_SERVED_OPTIONS,
+    ),
+    _HOSTILE,
+)  # fmt: skip
+
+
 def _body(route: str) -> st.SearchStrategy[bytes]:
-    shaped = _CHAT if route.endswith("chat/completions") else _COMPLETION
-    return st.one_of(shaped.map(_encode), shaped.map(_encode), _JSON.map(_encode), _RAW)
+    chat = route.endswith("chat/completions")
+    shaped, served = (_CHAT, _SERVED_CHAT) if chat else (_COMPLETION, _SERVED_COMPLETION)
+    return st.one_of(
+        served.map(_encode), served.map(_encode), shaped.map(_encode), shaped.map(_encode),
+        _JSON.map(_encode), _RAW,
+    )  # fmt: skip
 
 
 def _headers(prefill_targets: st.SearchStrategy[str]) -> st.SearchStrategy[dict[str, str]]:
@@ -197,13 +244,17 @@ def _headers(prefill_targets: st.SearchStrategy[str]) -> st.SearchStrategy[dict[
         str.strip
     )
     return st.fixed_dictionaries(
-        {},
-        optional={
+        # Mostly what clients send, so that cases get past the first check.
+        {
             "content-type": st.sampled_from(
-                ["application/json", "text/plain", "application/x-www-form-urlencoded", ""]
-            ),
+                ["application/json"] * 12
+                + ["text/plain", "application/x-www-form-urlencoded", "", "application/JSON"]
+            )
+        },
+        optional={
             "x-request-id": printable,
-            "x-tandem-priority": st.sampled_from(["critical", "standard", "sheddable", "low"])
+            "x-tandem-priority": st.sampled_from(["critical", "standard", "sheddable"] * 3)
+            | st.sampled_from(["low", "CRITICAL", ""])
             | printable,
             PREFILLER_HEADER: prefill_targets,
         },
@@ -220,7 +271,7 @@ def cases(targets: FuzzTargets) -> st.SearchStrategy[Case]:
     )
     allowed = [targets.prefill_address] if targets.prefill_address else []
     prefill_targets = st.one_of(
-        loopback_target, junk_target, *(st.just(a) for a in allowed),
+        loopback_target, junk_target, *(st.just(a) for a in allowed * 4),
         *(st.just(f"{a},{a}") for a in allowed),
     )  # fmt: skip
 

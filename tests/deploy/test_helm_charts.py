@@ -17,7 +17,12 @@ import yaml
 
 import orchestrator
 from decode.pod import decode_pod
-from orchestrator.config import load_orchestrator_config, parse_orchestrator_config
+from orchestrator.circuit_breaker import CircuitBreakerConfig
+from orchestrator.config import (
+    AdmissionConfig,
+    load_orchestrator_config,
+    parse_orchestrator_config,
+)
 from orchestrator.scheduling.config import build_scheduler
 from prefill.launch import Probe, VllmLaunch
 from prefill.pod import prefill_pod
@@ -487,6 +492,8 @@ def test_orchestrator_config_parses_and_discovers_the_model_pods(
     assert (config.scrape.interval_s, config.scrape.staleness_s) == (0.5, 2.0)
     assert (config.gateway.host, config.gateway.port) == ("0.0.0.0", 8000)
     assert config.gateway.max_in_flight_per_endpoint == 1024
+    assert config.circuit_breaker == CircuitBreakerConfig()
+    assert config.admission == AdmissionConfig()
     assert (config.grpc.enabled, config.grpc.host, config.grpc.port) == (True, "0.0.0.0", 9002)
 
 
