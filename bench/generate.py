@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.workload import RandomData, SharedPrefixData, Stage, Workload
-from simulator.tokenizer import SYNTHETIC_WORDS
+from kvcache.tokenizer import SYNTHETIC_WORDS
 
 _VOCABULARY = len(SYNTHETIC_WORDS)
 _SPACED = tuple(" " + word for word in SYNTHETIC_WORDS)

@@ -28,6 +28,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
+from kvcache.tokenizer import SYNTHETIC_WORDS
 from orchestrator.config import CONFIG_DIR, parse_orchestrator_config
 from orchestrator.endpoints import EndpointStore
 from orchestrator.ext_proc import add_ext_proc_servicer
@@ -41,7 +42,6 @@ from orchestrator.scheduling.types import (
     EngineMetrics,
     SchedulingRequest,
 )
-from simulator.tokenizer import SYNTHETIC_WORDS
 
 
 @dataclass(frozen=True, slots=True)

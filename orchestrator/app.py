@@ -24,6 +24,7 @@ from orchestrator.errors import install_error_handlers
 from orchestrator.gateway import Gateway
 from orchestrator.grpc_server import GrpcServer, start_grpc_server
 from orchestrator.kubernetes_discovery import KubernetesEndpoints
+from orchestrator.kv_events import KVEventSubscriptions
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.reload import ConfigReloader
 from orchestrator.router import Router, can_decode, encodes_sessions
@@ -94,13 +95,20 @@ def create_app(
             interval_s=config.scrape.interval_s, timeout_s=config.scrape.timeout_s,
             on_scrape=router.on_scrape,
         )  # fmt: skip
+        gateway.kv_events = KVEventSubscriptions(
+            lambda: router.scheduler.precise, router.metrics, clock
+        )
         gateway.tasks.append(
             asyncio.create_task(discovery(config, source).run(gateway.on_endpoints))
         )
         if config_path is not None:
+
+            def reload(changed: EndpointPickerConfig) -> None:
+                router.replace_scheduler(new_scheduler(changed))
+                gateway.follow_kv_events()
+
             reloader = ConfigReloader(
-                config_path, config,
-                lambda changed: router.replace_scheduler(new_scheduler(changed)),
+                config_path, config, reload,
                 on_result=lambda result: gateway.metrics.config_reloads.labels(result).inc(),
             )  # fmt: skip
             gateway.tasks.append(asyncio.create_task(reloader.run()))
@@ -120,6 +128,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await gateway.scraper.stop()
+            await gateway.kv_events.stop()
             await client.aclose()
 
     app = FastAPI(title="tandem orchestrator", lifespan=lifespan)

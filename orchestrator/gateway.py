@@ -26,6 +26,7 @@ from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointStore
 from orchestrator.errors import ClientDisconnected, GatewayError
 from orchestrator.inference_request import InferenceRequest, parse_inference_request
+from orchestrator.kv_events import KVEventSubscriptions
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.proxy import (
     ERROR_STAGE_HEADER,
@@ -71,6 +72,7 @@ class Gateway:
     """Inference requests go straight to the transport: the client's cookie, auth and
     redirect handling cost a third of the gateway's time and mean nothing to a proxy."""
     scraper: MetricsScraper | None = None
+    kv_events: KVEventSubscriptions | None = None
     models: tuple[float, dict[str, Any]] | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -90,6 +92,12 @@ class Gateway:
         self.router.on_endpoints(endpoints)
         if self.scraper is not None:
             self.scraper.sync()
+        self.follow_kv_events()
+
+    def follow_kv_events(self) -> None:
+        """Subscribe to the endpoints' KV events while the scheduler keeps a precise index."""
+        if self.kv_events is not None:
+            self.kv_events.sync(self.store.endpoints())
 
     # -- forwarding -----------------------------------------------------------------------
 

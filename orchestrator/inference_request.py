@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator.errors import GatewayError
 from orchestrator.proxy import json_object, strip_tandem_fields
-from orchestrator.scheduling.types import SchedulingRequest
+from orchestrator.scheduling.types import EnginePrompt, SchedulingRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +67,15 @@ def parse_inference_request(
     dropped = strip_tandem_fields(payload)
     if dropped:
         body = json.dumps(payload).encode()
+    engine_prompt: EnginePrompt | None
     if route == "chat":
         text = _message_text(payload.get("messages"))
         tokens = math.ceil(len(text) / chars_per_token)
+        engine_prompt = EnginePrompt(messages=tuple(payload["messages"]))
     else:
-        text, tokens = _prompt_text_and_tokens(payload.get("prompt"), chars_per_token)
+        prompt = payload.get("prompt")
+        text, tokens = _prompt_text_and_tokens(prompt, chars_per_token)
+        engine_prompt = _engine_prompt(prompt)
     model = payload.get("model")
     return InferenceRequest(
         body=body,
@@ -83,5 +87,17 @@ def parse_inference_request(
             num_prompt_tokens=tokens,
             headers=dict(headers),
             model=model if isinstance(model, str) else None,
+            engine_prompt=engine_prompt,
         ),
     )
+
+
+def _engine_prompt(prompt: Any) -> EnginePrompt | None:
+    """A completions prompt as the engine will tokenize it (the first of several)."""
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        prompt = prompt[0]
+    if isinstance(prompt, str):
+        return EnginePrompt(text=prompt)
+    if isinstance(prompt, list) and prompt and all(type(t) is int for t in prompt):
+        return EnginePrompt(token_ids=tuple(prompt))
+    return None

@@ -90,6 +90,39 @@ class GatewayMetrics:
             "tandem_in_flight_requests", "Requests in flight from this gateway, by endpoint.",
             ["endpoint"], registry=r,
         )  # fmt: skip
+        self.kv_event_batches = Counter(
+            "tandem_kv_event_batches", "KV event batches applied to the precise index.",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
+        self.kv_event_lag = Histogram(
+            "tandem_kv_event_lag_seconds",
+            "From a pod publishing a KV event batch (its timestamp) to the orchestrator "
+            "receiving it.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.kv_event_gaps = Counter(
+            "tandem_kv_event_gaps", "KV event batches missed (a skipped sequence number).",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
+        self.kv_event_replays = Counter(
+            "tandem_kv_event_replays",
+            "Replays of a pod's buffered KV events, by result (synced, history_lost, failed).",
+            ["endpoint", "result"], registry=r,
+        )  # fmt: skip
+        self.kv_events_resubscribes = Counter(
+            "tandem_kv_event_resubscribes",
+            "KV event streams dropped and subscribed again (unmendable gap, error).",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
+        self.precise_index_blocks = Gauge(
+            "tandem_precise_index_blocks", "Block hashes the precise prefix index holds.",
+            registry=r,
+        )  # fmt: skip
+        self.precise_index_synced = Gauge(
+            "tandem_precise_index_synced",
+            "1 while the endpoint's KV events are whole and the precise index is used for it.",
+            ["endpoint"], registry=r,
+        )  # fmt: skip
         self.ext_proc_streams = Counter(
             "tandem_ext_proc_streams",
             "Envoy ext_proc streams (one per request through Envoy), by outcome.",
@@ -103,7 +136,8 @@ class GatewayMetrics:
     def forget_endpoint(self, name: str) -> None:
         series = (
             self.metrics_age, self.endpoint_healthy, self.in_flight, self.breaker_state,
-            self.breaker_opened, self.scrape_errors,
+            self.breaker_opened, self.scrape_errors, self.precise_index_synced,
+            self.kv_event_batches, self.kv_event_gaps, self.kv_events_resubscribes,
         )  # fmt: skip
         for family in series:
             with contextlib.suppress(KeyError):

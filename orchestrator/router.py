@@ -121,6 +121,12 @@ class Router:
 
     def refresh_gauges(self) -> None:
         now = self.clock()
+        precise = self.scheduler.precise
+        if precise is not None:
+            self.metrics.precise_index_blocks.set(precise.index.num_hashes)
+            for name in precise.index.endpoints():
+                synced = precise.index.authoritative(name, now)
+                self.metrics.precise_index_synced.labels(name).set(1 if synced else 0)
         for endpoint in self.store.endpoints():
             state = self.store.state(endpoint.name)
             if state is None:

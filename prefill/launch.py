@@ -19,13 +19,22 @@ import json
 import shlex
 from dataclasses import dataclass, field
 
+from kvcache.events import DEFAULT_EVENTS_PORT, KVEventsConfig
 from simulator.config import PodRole, SimPodConfig
 from simulator.kv_connector import DEFAULT_KV_LEASE_DURATION_S, KVLoadFailurePolicy, KVRole
 from simulator.profiles import get_profile
 
 NIXL_SIDE_CHANNEL_PORT = 5600
+KV_EVENTS_PORT = DEFAULT_EVENTS_PORT
+KV_EVENTS_REPLAY_PORT = 5558
+"""Where each pod publishes its KV cache events (vLLM's default endpoint, tcp://*:5557) and
+answers replays of its last batches, for the orchestrator's precise prefix index."""
 POD_IP_ENV = "POD_IP"
 """Env var the pod spec fills from `status.podIP` (the downward API)."""
+
+
+_KV_EVENTS_FIELDS = {"enable_kv_cache_events", "publisher", "endpoint", "replay_endpoint"}
+"""The `--kv-events-config` keys set here; the rest keep vLLM's defaults."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +65,9 @@ class VllmLaunch:
     block_size: int = 16
     max_model_len: int | None = None
     ucx_tls: str = "all"
+    kv_events_port: int | None = KV_EVENTS_PORT
+    """None: the pod publishes no KV events."""
+    kv_events_replay_port: int | None = KV_EVENTS_REPLAY_PORT
     extra_args: tuple[str, ...] = field(default=())
     model_override: str | None = None
     """The model to serve instead of the profile's (a deployment's own model)."""
@@ -98,6 +110,18 @@ class VllmLaunch:
             config["kv_buffer_device"] = self.kv_buffer_device
         return config
 
+    def kv_events_config(self) -> KVEventsConfig | None:
+        """vLLM's `--kv-events-config` for this pod: publish on all interfaces."""
+        if self.kv_events_port is None:
+            return None
+        replay = self.kv_events_replay_port
+        return KVEventsConfig(
+            enable_kv_cache_events=True,
+            publisher="zmq",
+            endpoint=f"tcp://*:{self.kv_events_port}",
+            replay_endpoint=None if replay is None else f"tcp://*:{replay}",
+        )
+
     def argv(self) -> list[str]:
         """The `vllm serve` command line."""
         if self.python is None:
@@ -130,7 +154,18 @@ class VllmLaunch:
         kv_config = self.kv_transfer_config()
         if kv_config is not None:
             args += ["--kv-transfer-config", json.dumps(kv_config, separators=(",", ":"))]
+        events = self.kv_events_argument()
+        if events is not None:
+            args += ["--kv-events-config", events]
         return args + list(self.extra_args)
+
+    def kv_events_argument(self) -> str | None:
+        """The `--kv-events-config` JSON, or None when the pod publishes no events."""
+        events = self.kv_events_config()
+        if events is None:
+            return None
+        document = events.model_dump(include=_KV_EVENTS_FIELDS, exclude_none=True)
+        return json.dumps(document, separators=(",", ":"))
 
     def env(self) -> dict[str, str]:
         """Environment for the vLLM container (NIXL side channel, UCX transports)."""
@@ -177,4 +212,5 @@ class VllmLaunch:
             kv_role=self.kv_role,
             kv_lease_duration=self.kv_lease_duration,
             kv_load_failure_policy=self.kv_load_failure_policy,
+            kv_events_config=self.kv_events_config(),
         )

@@ -3,74 +3,26 @@
 * A block holds `block_size` tokens. Block 0 is vLLM's reserved null block and never handed
   out, so usable capacity is `num_gpu_blocks - 1` and ids start at 1.
 * A full block is identified by a hash chained from its parent block's hash and its own token
-  ids (`hash_block_tokens`). A block whose hash is registered can be reused by any later
-  request with the same prefix.
+  ids (`kvcache.hashing`). A block whose hash is registered can be reused by any later
+  request with the same prefix; two requests that computed the same block at once both
+  register theirs, and the hash stays cached until the last copy is evicted.
 * Blocks whose reference count drops to zero go to the back of a free queue but keep their
   hash: they stay reusable until the pool needs space, and then the front of the queue (least
   recently freed) is evicted first. A request frees its blocks tail first, so a prefix's
   later blocks are evicted before its earlier ones (vLLM does the same).
+* With `kv_events`, registering and evicting blocks records vLLM's KV cache events
+  (`BlockStored` per registration, `BlockRemoved` per evicted copy, `AllBlocksCleared` on a
+  reset), which the engine takes after each step.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import pickle
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-BlockHash = bytes
-
-# vLLM's default (`sha256`): SHA-256 of the pickled tuple, chained from NONE_HASH, which is
-# the hash of the seed "vllm-none-hash" when PYTHONHASHSEED is unset
-# (vllm-project/vllm: vllm/v1/core/kv_cache_utils.py, vllm/utils/hashing.py).
-NONE_HASH: BlockHash = hashlib.sha256(
-    pickle.dumps("vllm-none-hash", protocol=pickle.HIGHEST_PROTOCOL)
-).digest()
-
-
-def hash_block_tokens(parent: BlockHash | None, token_ids: Sequence[int]) -> BlockHash:
-    """Hash of one full block: H((parent or NONE_HASH, tuple(token_ids), None))."""
-    return _hash_block(parent if parent is not None else NONE_HASH, tuple(token_ids))
-
-
-@functools.lru_cache(maxsize=1 << 18)
-def _hash_block(parent: BlockHash, token_ids: tuple[int, ...]) -> BlockHash:
-    # Remembered: shared prefixes (system prompts) are hashed once per pod process, not once
-    # per request; 2^18 entries is about 60 MB.
-    key = (parent, token_ids, None)
-    return hashlib.sha256(pickle.dumps(key, protocol=pickle.HIGHEST_PROTOCOL)).digest()
-
-
-_RUN_BLOCKS = 64
-"""Prompt blocks hashed, and remembered, together (`_hash_run`)."""
-
-
-def hash_prompt_blocks(token_ids: Sequence[int], block_size: int) -> list[BlockHash]:
-    """Chained hashes of every full block of `token_ids` (a trailing partial block has none)."""
-    hashes: list[BlockHash] = []
-    full = len(token_ids) // block_size * block_size
-    span = block_size * _RUN_BLOCKS
-    for start in range(0, full, span):
-        parent = hashes[-1] if hashes else NONE_HASH
-        run = tuple(token_ids[start : min(start + span, full)])
-        hashes += _hash_run(parent, run, block_size)
-    return hashes
-
-
-@functools.lru_cache(maxsize=4096)
-def _hash_run(
-    parent: BlockHash, token_ids: tuple[int, ...], block_size: int
-) -> tuple[BlockHash, ...]:
-    # Remembered by runs of 64 blocks: a prompt's shared prefix (a system prompt), or a
-    # whole prompt sent again, costs one lookup per run instead of one per block; 4,096 runs
-    # of 1,024 tokens are about 50 MB.
-    hashes: list[BlockHash] = []
-    for start in range(0, len(token_ids), block_size):
-        parent = _hash_block(parent, token_ids[start : start + block_size])
-        hashes.append(parent)
-    return tuple(hashes)
+from kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from kvcache.hashing import BlockHash, external_hash
 
 
 @dataclass(slots=True, eq=False)
@@ -88,9 +40,13 @@ class BlockPool:
 
     num_gpu_blocks: int
     enable_prefix_caching: bool = True
+    kv_events: bool = False
+    """Record vLLM's KV cache events for `take_events`."""
     _blocks: list[KVBlock] = field(init=False)
     _free: OrderedDict[int, KVBlock] = field(init=False)
-    _cached: dict[BlockHash, KVBlock] = field(init=False)
+    _cached: dict[BlockHash, dict[int, KVBlock]] = field(init=False)
+    """Each cached hash, with the blocks holding it (the first one serves hits)."""
+    _events: list[KVEvent] = field(init=False, default_factory=list)
     num_evictions: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -129,10 +85,10 @@ class BlockPool:
         if not self.enable_prefix_caching:
             return hits
         for block_hash in block_hashes:
-            cached = self._cached.get(block_hash)
-            if cached is None:
+            copies = self._cached.get(block_hash)
+            if not copies:
                 break
-            hits.append(cached)
+            hits.append(next(iter(copies.values())))
         return hits
 
     def touch(self, blocks: Iterable[KVBlock]) -> None:
@@ -163,27 +119,62 @@ class BlockPool:
             if block.ref_cnt == 0:
                 self._free[block.block_id] = block
 
-    def cache(self, block: KVBlock, block_hash: BlockHash) -> None:
-        """Register a full, computed block under its hash (first writer wins)."""
-        if not self.enable_prefix_caching or block.block_hash is not None:
+    def register(
+        self,
+        blocks: Sequence[KVBlock],
+        hashes: Sequence[BlockHash],
+        parent: BlockHash | None,
+        token_ids: Sequence[int],
+        block_size: int,
+    ) -> None:
+        """Register full, computed blocks of one request under their hashes (`parent`: the
+        hash of the block before the first, None at the prompt's start; `token_ids`: the
+        blocks' tokens, concatenated), as vLLM's `cache_full_blocks` does."""
+        if not self.enable_prefix_caching or not blocks:
             return
-        if block_hash in self._cached:
-            return
-        block.block_hash = block_hash
-        self._cached[block_hash] = block
+        for block, block_hash in zip(blocks, hashes, strict=True):
+            if block.block_hash is not None:
+                self._drop_hash(block)
+            block.block_hash = block_hash
+            self._cached.setdefault(block_hash, {})[block.block_id] = block
+        if self.kv_events:
+            self._events.append(
+                BlockStored(
+                    block_hashes=tuple(external_hash(h) for h in hashes),
+                    parent_block_hash=None if parent is None else external_hash(parent),
+                    token_ids=tuple(token_ids),
+                    block_size=block_size,
+                )
+            )
+
+    def take_events(self) -> list[KVEvent]:
+        """The KV cache events recorded since the last call, in order."""
+        events, self._events = self._events, []
+        return events
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached hash; refused (False) while any block is in use."""
         if self.num_free_blocks != self.capacity:
             return False
-        for block in self._cached.values():
-            block.block_hash = None
+        for copies in self._cached.values():
+            for block in copies.values():
+                block.block_hash = None
         self._cached.clear()
+        if self.kv_events:
+            self._events.append(AllBlocksCleared())
         return True
 
     def _evict(self, block: KVBlock) -> None:
-        if block.block_hash is None:
-            return
-        del self._cached[block.block_hash]
+        if block.block_hash is not None:
+            self._drop_hash(block)
+            self.num_evictions += 1
+
+    def _drop_hash(self, block: KVBlock) -> None:
+        assert block.block_hash is not None
+        copies = self._cached[block.block_hash]
+        del copies[block.block_id]
+        if not copies:
+            del self._cached[block.block_hash]
+        if self.kv_events:
+            self._events.append(BlockRemoved((external_hash(block.block_hash),)))
         block.block_hash = None
-        self.num_evictions += 1

@@ -7,12 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kvcache.events import KVEventsConfig
+from kvcache.tokenizer import NUM_WORDS
 from simulator.engine import EngineConfig
 from simulator.faults import FaultConfig
 from simulator.kv_connector import DEFAULT_KV_LEASE_DURATION_S, KVLoadFailurePolicy, KVRole
 from simulator.profiles import EngineProfile, get_profile
 from simulator.scheduler import BatchingConfig
-from simulator.tokenizer import NUM_WORDS
 
 PodRole = Literal["prefill", "decode", "both"]
 
@@ -56,6 +57,8 @@ class SimPodConfig(BaseModel):
     """Tokens a request generates before the simulated model emits EOS (unless ignore_eos)."""
     tokenizer: str | None = None
     """Path to a Hugging Face tokenizer.json; the synthetic tokenizer when unset."""
+    kv_events_config: KVEventsConfig | None = None
+    """vLLM's `--kv-events-config`: publish KV cache events over ZMQ."""
     faults: FaultConfig = Field(default_factory=FaultConfig)
 
     @model_validator(mode="after")
@@ -89,4 +92,5 @@ class SimPodConfig(BaseModel):
             kv_lease_duration=self.kv_lease_duration,
             kv_load_failure_policy=self.kv_load_failure_policy,
             sample_vocab_size=NUM_WORDS,
+            kv_events=self.kv_events_config is not None and self.kv_events_config.publishes,
         )

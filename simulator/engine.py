@@ -14,7 +14,9 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from simulator.block_pool import BlockPool, hash_prompt_blocks
+from kvcache.events import KVEvent
+from kvcache.hashing import hash_prompt_blocks
+from simulator.block_pool import BlockPool
 from simulator.costmodel import PrefillChunk, StepShape, decode_step_seconds, step_seconds
 from simulator.kv_connector import (
     DEFAULT_KV_LEASE_DURATION_S,
@@ -56,6 +58,8 @@ class EngineConfig:
     kv_load_failure_policy: KVLoadFailurePolicy = "fail"
     sample_vocab_size: int = 1000
     """Generated tokens are drawn from ids [0, sample_vocab_size)."""
+    kv_events: bool = False
+    """Record vLLM's KV cache events (`take_kv_events`)."""
 
     @property
     def block_size(self) -> int:
@@ -113,7 +117,9 @@ class Engine:
     def __init__(self, config: EngineConfig, identity: ProducerIdentity) -> None:
         self.config = config
         self.identity = identity
-        self.pool = BlockPool(config.num_gpu_blocks, config.enable_prefix_caching)
+        self.pool = BlockPool(
+            config.num_gpu_blocks, config.enable_prefix_caching, kv_events=config.kv_events
+        )
         self.scheduler = BatchScheduler(config.batching, self.pool)
         self.held = HeldKV(config.kv_lease_duration)
         self.stats = EngineStats(max_model_len=config.max_model_len)
@@ -405,6 +411,7 @@ class Engine:
         tokens = self._samples(request, len(request.output_token_ids), count)
         request.output_token_ids.extend(tokens)
         request.num_computed_tokens += count
+        self._register_full_blocks(request)
         times = run.ends[done:upto]
         if done == 0:
             assert request.last_token_time is not None
@@ -528,8 +535,7 @@ class Engine:
     def _apply(self, chunk: ScheduledChunk, end: float) -> RequestOutput | None:
         request = chunk.request
         request.num_computed_tokens += chunk.num_tokens
-        if chunk.context_tokens < request.num_prompt_tokens:  # a prompt chunk
-            self._register_full_blocks(request)
+        self._register_full_blocks(request)
         if not chunk.completes_prompt:
             return None
         token = self._sample(request)
@@ -649,12 +655,31 @@ class Engine:
             )
 
     def _register_full_blocks(self, request: EngineRequest) -> None:
-        full = min(request.num_computed_tokens, request.num_prompt_tokens) // self.config.block_size
-        if full <= request.num_registered_blocks:
-            return  # every decode step after the prompt
-        for index in range(request.num_registered_blocks, min(full, len(request.blocks))):
-            self.pool.cache(request.blocks[index], request.block_hashes[index])
-        request.num_registered_blocks = max(request.num_registered_blocks, full)
+        """Register the blocks that are now full and computed, the prompt's and then those
+        its output fills, as vLLM caches generated blocks too (one `BlockStored` a call)."""
+        size = self.config.block_size
+        full = min(request.num_computed_tokens // size, len(request.blocks))
+        first = request.num_registered_blocks
+        if full <= first:
+            return  # most decode steps
+        tokens = request.prompt_token_ids
+        if full * size > len(tokens):
+            tokens = tokens + request.output_token_ids
+        hashes = request.block_hashes
+        if len(hashes) < full:  # blocks of generated tokens: hashed as they fill
+            start = len(hashes)
+            hashes += hash_prompt_blocks(
+                tokens[start * size : full * size], size, hashes[-1] if hashes else None
+            )
+        self.pool.register(
+            request.blocks[first:full], hashes[first:full], hashes[first - 1] if first else None,
+            tokens[first * size : full * size], size,
+        )  # fmt: skip
+        request.num_registered_blocks = full
+
+    def take_kv_events(self) -> list[KVEvent]:
+        """KV cache events of the steps since the last call (empty unless enabled)."""
+        return self.pool.take_events()
 
     def _sample(self, request: EngineRequest) -> int:
         return self._sample_at(request, len(request.output_token_ids))

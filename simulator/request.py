@@ -6,7 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulator.block_pool import BlockHash, KVBlock
+from kvcache.hashing import BlockHash
+from simulator.block_pool import KVBlock
 from simulator.kv_connector import RemotePrefill
 
 

@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from kvcache.events import KVEvent
 from simulator.engine import Engine
 from simulator.kv_connector import KVReadError, RemoteLoad, RemotePrefill
 from simulator.profiles import EngineProfile
@@ -56,9 +57,11 @@ class EngineRunner:
         clock: ModelClock,
         transport: KVTransport,
         on_dead: Callable[[], None] | None = None,
+        on_kv_events: Callable[[list[KVEvent]], None] | None = None,
     ) -> None:
         self.engine = engine
         self._on_dead = on_dead
+        self._on_kv_events = on_kv_events
         self.profile = profile
         self.clock = clock
         self.transport = transport
@@ -167,6 +170,8 @@ class EngineRunner:
                     self._spawn(self._remote_load(load))
                 await self.clock.sleep_until(result.end)
                 last_end = result.end
+                if self._on_kv_events is not None:
+                    self._on_kv_events(self.engine.take_kv_events())
                 for output in result.outputs:
                     self._deliver(output)
                 await asyncio.sleep(0)  # let handlers run between back-to-back steps

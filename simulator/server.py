@@ -21,12 +21,14 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kvcache.tokenizer import load_tokenizer, render_chat
 from simulator.config import VLLM_VERSION, SimPodConfig
 from simulator.engine import Engine
 from simulator.errors import OpenAIError, install_error_handlers, require_json
 from simulator.faults import FAULT_ERRORS, METRICS_STALL_SIGNAL, FaultInjector
 from simulator.http_metrics import HttpMetricsMiddleware
 from simulator.kv_connector import ProducerIdentity
+from simulator.kv_events import KVEventPublisher
 from simulator.metrics import build_registry
 from simulator.protocol import (
     ChatCompletionRequest,
@@ -37,7 +39,6 @@ from simulator.protocol import (
 from simulator.runner import EngineRunner, ModelClock
 from simulator.serving import OpenAIServing, PreparedRequest, random_uuid
 from simulator.streaming import chat_stream, completion_stream
-from simulator.tokenizer import load_tokenizer, render_chat
 from simulator.transfer import KVTransport, SideChannelClient, SideChannelServer
 
 logger = logging.getLogger(__name__)
@@ -144,12 +145,17 @@ def create_app(
         # The port is bound once start-up is over: until then vLLM refuses connections.
         if config.faults.ready_delay_s:
             await asyncio.sleep(config.faults.ready_delay_s)
+        events = config.kv_events_config
+        publisher = KVEventPublisher(events) if events is not None and events.publishes else None
+        if publisher is not None:
+            publisher.start()
         runner = EngineRunner(
             engine,
             config.engine_profile,
             ModelClock(config.time_scale),
             transport or SideChannelClient(),
             on_dead=shutdown,
+            on_kv_events=publisher.publish if publisher is not None else None,
         )
         side_channel = SideChannelServer(
             config.side_channel_host, config.side_channel_port, runner.handle_side_channel
@@ -177,6 +183,8 @@ def create_app(
                 asyncio.get_running_loop().remove_signal_handler(METRICS_STALL_SIGNAL)
             await runner.stop()
             await side_channel.stop()
+            if publisher is not None:
+                await publisher.stop()
 
     app = FastAPI(title="tandem simulated vLLM", version=VLLM_VERSION, lifespan=lifespan)
     install_error_handlers(app)

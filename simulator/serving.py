@@ -17,12 +17,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvcache.tokenizer import Tokenizer, render_chat
 from simulator.config import VLLM_VERSION, SimPodConfig
 from simulator.errors import OpenAIError, invalid_parameter
 from simulator.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from simulator.request import EngineRequest, FinishReason, RequestOutput
 from simulator.runner import EngineRunner
-from simulator.tokenizer import Tokenizer, render_chat
 from simulator.validation import (
     GenerationLimits,
     check_logprobs_limit,

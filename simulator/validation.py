@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from kvcache.tokenizer import Tokenizer
 from simulator.errors import invalid_parameter, unnamed_parameter
 from simulator.protocol import CompletionRequest, SamplingFields
-from simulator.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True, slots=True)

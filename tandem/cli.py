@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -77,6 +78,12 @@ def _add_sim_parser(subparsers: Any) -> None:
     sim.add_argument("--natural-output-len", type=int)
     sim.add_argument("--tokenizer", help="path to a Hugging Face tokenizer.json")
     sim.add_argument(
+        "--kv-events-config",
+        help="vLLM's KV event publisher settings as JSON (default: the pool definition's, "
+        'publishing on tcp://*:5557 with replays on 5558); \'{"enable_kv_cache_events": '
+        "false}' turns it off",
+    )
+    sim.add_argument(
         "--enable-request-id-headers", action="store_true",
         help="echo X-Request-Id on every response, as vLLM's flag of the same name",
     )  # fmt: skip
@@ -124,6 +131,7 @@ def sim_config(args: argparse.Namespace) -> tuple[VllmLaunch, SimPodConfig]:
         "natural_output_len": args.natural_output_len,
         "tokenizer": args.tokenizer,
         "enable_request_id_headers": args.enable_request_id_headers or None,
+        "kv_events_config": json.loads(args.kv_events_config) if args.kv_events_config else None,
     }
     base.update({k: v for k, v in overrides.items() if v is not None})
     base["faults"] = FaultConfig(
@@ -156,8 +164,11 @@ def _with_overrides(
             extra += [flag, str(value)]
     if config.enable_request_id_headers:
         extra.append("--enable-request-id-headers")
+    if args.kv_events_config is not None:
+        extra += ["--kv-events-config", args.kv_events_config]
     return dataclasses.replace(
         launch,
+        kv_events_port=None if args.kv_events_config is not None else launch.kv_events_port,
         port=config.port,
         side_channel_port=config.side_channel_port,
         kv_lease_duration=config.kv_lease_duration,

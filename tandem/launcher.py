@@ -29,6 +29,10 @@ import httpx
 
 from decode.pod import decode_pod
 from orchestrator.config import AdmissionConfig
+from orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
+    KV_EVENTS_PORT_LABEL,
+    KV_EVENTS_REPLAY_PORT_LABEL,
+)
 from prefill.launch import VllmLaunch
 from prefill.pod import aggregated_pod, prefill_pod
 from tandem import real_engine, tiny_model
@@ -128,11 +132,13 @@ def _real_pod(name: str, launch: VllmLaunch, spec: ClusterSpec) -> Component:
 
 
 def _sim(name: str, launch: VllmLaunch, spec: ClusterSpec, side_channel_port: int) -> Component:
+    events = launch.kv_events_argument() or '{"enable_kv_cache_events": false}'
     argv = _tandem(
         "sim", "--role", launch.pool_role, "--profile", spec.profile,
         "--host", spec.host, "--port", str(launch.port),
         "--side-channel-port", str(side_channel_port), "--engine-id", name,
-        "--time-scale", str(spec.time_scale), "--log-level", "warning", *spec.pod_args,
+        "--time-scale", str(spec.time_scale), "--kv-events-config", events,
+        "--log-level", "warning", *spec.pod_args,
     )  # fmt: skip
     return Component(
         name, "simulated vLLM", argv, launch.port, "/health", launch.pool_role, "OpenAI API"
@@ -147,23 +153,27 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
     endpoints: list[dict[str, object]] = []
     prefill_addresses: list[str] = []
     for index in range(spec.aggregated):
-        launch = aggregated_pod(spec.profile, port=port)
+        launch = _with_events(aggregated_pod(spec.profile, port=port), spec, side_channel)
         plan.components.append(_pod(f"pod-{index}", launch, spec, side_channel))
-        endpoints.append({"name": f"pod-{index}", "host": spec.host, "port": port, "role": "both"})
+        endpoints.append(_endpoint(f"pod-{index}", spec.host, port, "both", launch))
         port, side_channel = port + 1, side_channel + 1
     for index in range(spec.prefill):
-        launch = prefill_pod(spec.profile, port=port, side_channel_port=side_channel)
+        launch = _with_events(
+            prefill_pod(spec.profile, port=port, side_channel_port=side_channel),
+            spec, side_channel,
+        )  # fmt: skip
         name = f"prefill-{index}"
         plan.components.append(_pod(name, launch, spec, side_channel))
-        endpoints.append({"name": name, "host": spec.host, "port": port, "role": "prefill"})
+        endpoints.append(_endpoint(name, spec.host, port, "prefill", launch))
         prefill_addresses.append(f"{spec.host}:{port}")
         port, side_channel = port + 1, side_channel + 1
     for index in range(spec.decode if not spec.aggregated else 0):
         pod = decode_pod(
             spec.profile, vllm_port=port, sidecar_port=port + 1, side_channel_port=side_channel
         )
+        vllm = _with_events(pod.vllm, spec, side_channel)
         name = f"decode-{index}"
-        plan.components.append(_pod(f"{name}-vllm", pod.vllm, spec, side_channel))
+        plan.components.append(_pod(f"{name}-vllm", vllm, spec, side_channel))
         sidecar_argv = _tandem(
             *pod.sidecar_argv()[1:], "--host", spec.host,
             "--prefill-endpoints", ",".join(prefill_addresses), "--log-level", "warning",
@@ -173,9 +183,7 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
             Component(name, "sidecar", sidecar_argv, pod.sidecar_port, "/health", "decode",
                       "sidecar → vLLM")
         )  # fmt: skip
-        endpoints.append(
-            {"name": name, "host": spec.host, "port": pod.sidecar_port, "role": "decode"}
-        )
+        endpoints.append(_endpoint(name, spec.host, pod.sidecar_port, "decode", vllm))
         port, side_channel = port + 2, side_channel + 1
     max_wait_s = spec.admission_max_wait_s or AdmissionConfig().max_wait_s
     plan.orchestrator_config = {
@@ -188,6 +196,24 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
         "seed": spec.seed,
     }
     return plan
+
+
+def _with_events(launch: VllmLaunch, spec: ClusterSpec, side_channel: int) -> VllmLaunch:
+    """The pod with KV event ports of its own (pods here share one host): two per pod,
+    upwards from base_port + 2000, in the order their side channels were given out."""
+    first = spec.base_port + 2000 + 2 * (side_channel - spec.base_port - 1000)
+    return replace(launch, kv_events_port=first, kv_events_replay_port=first + 1)
+
+
+def _endpoint(name: str, host: str, port: int, role: str, launch: VllmLaunch) -> dict[str, object]:
+    """A static endpoint of the orchestrator's config, labelled with where its vLLM
+    publishes KV events (the precise prefix index subscribes there)."""
+    labels: dict[str, str] = {}
+    if launch.kv_events_port is not None:
+        labels[KV_EVENTS_PORT_LABEL] = str(launch.kv_events_port)
+    if launch.kv_events_replay_port is not None:
+        labels[KV_EVENTS_REPLAY_PORT_LABEL] = str(launch.kv_events_replay_port)
+    return {"name": name, "host": host, "port": port, "role": role, "labels": labels}
 
 
 def _die_with_parent() -> None:

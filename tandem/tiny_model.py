@@ -22,7 +22,7 @@ import string
 import tempfile
 from pathlib import Path
 
-from simulator.tokenizer import SYNTHETIC_WORDS
+from kvcache.tokenizer import SYNTHETIC_WORDS
 
 MODEL_NAME = "tandem-tiny-llama"
 MODEL_VERSION = 1

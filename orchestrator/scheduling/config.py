@@ -28,6 +28,7 @@ from orchestrator.scheduling.framework import (
     Decider,
     Filter,
     Picker,
+    PreciseMatcher,
     PrefixIndexConfig,
     ProfileHandler,
     Scorer,
@@ -242,6 +243,9 @@ def build_scheduler(
     producers = [p for p in plugins.values() if isinstance(p, PrefixIndexConfig)]
     if len(producers) > 1:
         raise SchedulerConfigError("plugins: more than one approx-prefix-cache-producer")
+    precise = [p for p in plugins.values() if isinstance(p, PreciseMatcher)]
+    if len(precise) > 1:
+        raise SchedulerConfigError("plugins: more than one precise-prefix-cache-producer")
     if producers:
         index, auto_tune = producers[0].build_index(prefix_seed), producers[0].auto_tune
     else:

@@ -22,8 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from orchestrator.scheduling.precise_index import PreciseIndex
 from orchestrator.scheduling.prefix_index import PrefixIndex
 from orchestrator.scheduling.types import (
+    Endpoint,
     EndpointView,
     PDDecision,
     ProfileResult,
@@ -31,6 +33,45 @@ from orchestrator.scheduling.types import (
     SchedulingResult,
     ScoredEndpoint,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    """How much of the prompt an endpoint holds: leading blocks of the index that knows it
+    best (the precise one where the endpoint's events are whole, else the approximate one)."""
+
+    blocks: int
+    total: int
+    block_size_tokens: int
+    precise: bool = False
+
+
+@runtime_checkable
+class PreciseMatcher(Protocol):
+    """A plugin that keeps a precise prefix index from the engines' KV events
+    (`precise-prefix-cache-producer`): cycles match with it, the scheduler enters routed
+    requests in it, and the orchestrator feeds it events."""
+
+    name: str
+    index: PreciseIndex
+
+    def block_hashes(self, request: SchedulingRequest, block_size: int) -> list[int] | None: ...
+
+    def default_block_size(self) -> int: ...
+
+    def speculate(
+        self, request: SchedulingRequest, endpoints: Sequence[str], matched: Mapping[str, int],
+        now: float,
+    ) -> None: ...  # fmt: skip
+
+    def inherit(self, previous: PreciseMatcher) -> None: ...
+
+    @property
+    def topic(self) -> bytes: ...
+
+    def events_endpoint(self, endpoint: Endpoint) -> str: ...
+
+    def replay_endpoint(self, endpoint: Endpoint) -> str | None: ...
 
 
 @dataclass(slots=True)
@@ -41,26 +82,66 @@ class Cycle:
     now: float
     rng: random.Random
     prefix_index: PrefixIndex
+    precise: PreciseMatcher | None = None
     _block_hashes: list[int] | None = field(default=None, init=False)
-    _matches: dict[str, int] = field(default_factory=dict, init=False)
+    _matches: dict[str, PrefixMatch] = field(default_factory=dict, init=False)
+    _precise_matches: dict[int, tuple[list[int], dict[str, int]] | None] = field(
+        default_factory=dict, init=False
+    )
+    """Per engine block size: the request's block hashes and every endpoint's match."""
 
     @property
     def block_hashes(self) -> list[int]:
-        """The request's prefix-block hashes, computed once per cycle."""
+        """The request's approximate-index block hashes, computed once per cycle."""
         if self._block_hashes is None:
             self._block_hashes = self.prefix_index.hashes(self.request.prompt)
         return self._block_hashes
 
+    def match(self, endpoint_name: str) -> PrefixMatch:
+        """How much of the prompt `endpoint_name` holds, computed once per cycle."""
+        found = self._matches.get(endpoint_name)
+        if found is None:
+            found = self._precise_match(endpoint_name) or PrefixMatch(
+                self.prefix_index.match(self.block_hashes, endpoint_name),
+                len(self.block_hashes),
+                self.prefix_index.block_size_tokens,
+            )
+            self._matches[endpoint_name] = found
+        return found
+
     def matched_blocks(self, endpoint_name: str) -> int:
-        """Leading prefix blocks the index believes `endpoint_name` holds."""
-        if endpoint_name not in self._matches:
-            self._matches[endpoint_name] = self.prefix_index.match(self.block_hashes, endpoint_name)
-        return self._matches[endpoint_name]
+        """Leading prompt blocks `endpoint_name` is believed to hold."""
+        return self.match(endpoint_name).blocks
 
     def matched_tokens(self, endpoint_name: str) -> int:
-        """Estimated prompt tokens already cached on `endpoint_name`."""
-        matched = self.matched_blocks(endpoint_name) * self.prefix_index.block_size_tokens
-        return min(matched, self.request.num_prompt_tokens)
+        """Prompt tokens believed cached on `endpoint_name`."""
+        found = self.match(endpoint_name)
+        return min(found.blocks * found.block_size_tokens, self.request.num_prompt_tokens)
+
+    def precise_matches(self) -> Mapping[str, int]:
+        """Blocks matched on the endpoints the precise index knows (for its speculative
+        entries), at their block size."""
+        return {name: m.blocks for name, m in self._matches.items() if m.precise}
+
+    def _precise_match(self, endpoint_name: str) -> PrefixMatch | None:
+        precise = self.precise
+        if precise is None or not precise.index.authoritative(endpoint_name, self.now):
+            return None
+        block_size = precise.index.block_size(endpoint_name) or precise.default_block_size()
+        if block_size not in self._precise_matches:
+            hashes = precise.block_hashes(self.request, block_size)
+            names = [
+                name for name in precise.index.endpoints()
+                if precise.index.authoritative(name, self.now)
+            ]  # fmt: skip
+            self._precise_matches[block_size] = (
+                None if hashes is None else (hashes, precise.index.match(hashes, names, self.now))
+            )
+        entry = self._precise_matches[block_size]
+        if entry is None:
+            return None
+        hashes, matched = entry
+        return PrefixMatch(matched.get(endpoint_name, 0), len(hashes), block_size, precise=True)
 
 
 @runtime_checkable

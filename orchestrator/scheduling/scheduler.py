@@ -6,7 +6,12 @@ import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 
-from orchestrator.scheduling.framework import Cycle, ProfileHandler, SessionRecorder
+from orchestrator.scheduling.framework import (
+    Cycle,
+    PreciseMatcher,
+    ProfileHandler,
+    SessionRecorder,
+)
 from orchestrator.scheduling.prefix_index import PrefixIndex
 from orchestrator.scheduling.profile import Profile
 from orchestrator.scheduling.saturation import SaturationDetectorConfig
@@ -39,6 +44,9 @@ class Scheduler:
         self.saturation = saturation
         self._rng = rng or random.Random()
         self._recorders = [p for p in self.plugins.values() if isinstance(p, SessionRecorder)]
+        precise = [p for p in self.plugins.values() if isinstance(p, PreciseMatcher)]
+        self.precise: PreciseMatcher | None = precise[0] if precise else None
+        """The KV-event index, when configured; its subscriptions follow the endpoints."""
 
     def schedule(
         self,
@@ -52,7 +60,7 @@ class Scheduler:
 
         With `record` (a request about to be sent) the picks are remembered as holding the
         prompt's prefix; without, it is a look at where the request would go."""
-        cycle = Cycle(request, now, self._rng, self.prefix_index)
+        cycle = Cycle(request, now, self._rng, self.prefix_index, self.precise)
         result = self.handler.run(cycle, self.profiles, endpoints)
         targets = result.prefill_targets
         prefills_on = targets[0].name if targets else result.decode.best.name
@@ -72,6 +80,8 @@ class Scheduler:
         """Take over what `previous` learnt about the pods' caches, when this scheduler's
         index hashes prompts the same way (a reloaded configuration that changed weights
         must not start from an empty index). Returns whether it did."""
+        if self.precise is not None and previous.precise is not None:
+            self.precise.inherit(previous.precise)
         if not self.prefix_index.hashes_like(previous.prefix_index):
             return False
         self.prefix_index = previous.prefix_index
@@ -79,12 +89,18 @@ class Scheduler:
 
     def forget_endpoint(self, endpoint_name: str) -> None:
         self.prefix_index.forget(endpoint_name)
+        if self.precise is not None:
+            self.precise.index.remove_endpoint(endpoint_name)
 
     def _record(self, cycle: Cycle, result: SchedulingResult) -> None:
         """The chosen endpoints will hold the prompt's prefix (llm-d's PreRequest)."""
         decode = result.decode.best.name
         for recorder in self._recorders:
             recorder.remember(cycle.request.headers, result)
+        if self.precise is not None:
+            targets = result.prefill_targets
+            holders = [decode, targets[0].name] if targets else [decode]
+            self.precise.speculate(cycle.request, holders, cycle.precise_matches(), cycle.now)
         hashes = cycle.block_hashes
         if not hashes:
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 ROLE_LABEL = "llm-d.ai/role"
 
@@ -79,6 +80,16 @@ class EndpointView:
 
 
 @dataclass(frozen=True, slots=True)
+class EnginePrompt:
+    """What the engine will tokenize, as the client sent it: one of a text, token ids or
+    chat messages (the first prompt of a request that has several)."""
+
+    text: str | None = None
+    token_ids: tuple[int, ...] | None = None
+    messages: tuple[Mapping[str, Any], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulingRequest:
     """What the scheduler knows about a request."""
 
@@ -89,6 +100,8 @@ class SchedulingRequest:
     """An estimate unless token ids came with the request."""
     headers: Mapping[str, str] = field(default_factory=dict)
     model: str | None = None
+    engine_prompt: EnginePrompt | None = None
+    """For indexes that name blocks as the engine does (`precise-prefix-cache-producer`)."""
 
 
 @dataclass(frozen=True, slots=True)

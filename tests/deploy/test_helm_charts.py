@@ -75,6 +75,7 @@ def serving_labels(role: Role) -> dict[str, str]:
 def launch_from_values(role: Role, values: Mapping[str, Any]) -> VllmLaunch:
     """The pool's vLLM server as the code defines it, built from the chart's values."""
     kv = values["kv"]
+    events = values["kvEvents"]
     served = values["servedModelName"] or None
     profile = values["simulatedProfile"]
     if role == "prefill":
@@ -100,6 +101,8 @@ def launch_from_values(role: Role, values: Mapping[str, Any]) -> VllmLaunch:
         max_model_len=values.get("maxModelLen"),
         kv_lease_duration=kv["leaseDuration"],
         ucx_tls=kv["ucxTls"],
+        kv_events_port=events["port"] if events["enabled"] else None,
+        kv_events_replay_port=events["replayPort"],
         extra_args=tuple(values["extraArgs"]),
     )
 
@@ -293,6 +296,8 @@ def test_prefill_pod_ports(rendered: dict[tuple[str, str], Rendered], scenario: 
     assert r.container("vllm")["ports"] == [
         {"name": "http", "containerPort": 8000, "protocol": "TCP"},
         {"name": "nixl", "containerPort": 5600, "protocol": "TCP"},
+        {"name": "kv-events", "containerPort": 5557, "protocol": "TCP"},
+        {"name": "kv-replay", "containerPort": 5558, "protocol": "TCP"},
     ]
     assert "initContainers" not in r.pod_spec
     assert r.pod_spec["automountServiceAccountToken"] is False
@@ -310,6 +315,8 @@ def test_decode_pod_ports(rendered: dict[tuple[str, str], Rendered], scenario: s
     assert r.container("vllm")["ports"] == [
         {"name": "vllm-http", "containerPort": 8200, "protocol": "TCP"},
         {"name": "nixl", "containerPort": 5600, "protocol": "TCP"},
+        {"name": "kv-events", "containerPort": 5557, "protocol": "TCP"},
+        {"name": "kv-replay", "containerPort": 5558, "protocol": "TCP"},
     ]
 
 
@@ -375,6 +382,7 @@ def test_simulated_mode_runs_tandem_sim_without_gpus(
         "--engine-id", "$(POD_NAME)",
         "--kv-lease-duration", "30",
         "--kv-load-failure-policy", "fail",
+        "--kv-events-config", launch_from_values(role, r.values).kv_events_argument(),
     ]  # fmt: skip
     assert sim["env"] == [
         POD_NAME,

@@ -16,6 +16,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
+from kvcache.tokenizer import SYNTHETIC_WORDS
 from orchestrator.config import CONFIG_DIR, OrchestratorConfig, parse_orchestrator_config
 from orchestrator.endpoints import EndpointStore
 from orchestrator.errors import REJECT_REASON_HEADER
@@ -35,7 +36,6 @@ from orchestrator.scheduling.plugins.session_affinity_scorer import (
     encode_session_token,
 )
 from orchestrator.scheduling.types import Endpoint, EngineMetrics
-from simulator.tokenizer import SYNTHETIC_WORDS
 from tests.support.endpoints import pool
 from tests.support.schedulers import disaggregating_tandem
 

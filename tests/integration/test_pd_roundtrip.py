@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
+from kvcache.tokenizer import SYNTHETIC_WORDS
 from simulator.config import SimPodConfig
-from simulator.tokenizer import SYNTHETIC_WORDS
 from tests.support.servers import pod_config, running_pod, scrape, wait_until
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"

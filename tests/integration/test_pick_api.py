@@ -17,6 +17,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from kvcache.tokenizer import SYNTHETIC_WORDS
 from orchestrator.app import create_app
 from orchestrator.config import OrchestratorConfig, parse_orchestrator_config
 from orchestrator.endpoints import EndpointStore
@@ -26,7 +27,6 @@ from orchestrator.router import Router
 from orchestrator.scheduling.config import build_scheduler
 from orchestrator.scheduling.types import Endpoint, EngineMetrics
 from proto.tandem.v1 import pick_pb2, pick_pb2_grpc
-from simulator.tokenizer import SYNTHETIC_WORDS
 from tests.support.endpoints import pool
 from tests.support.fakes import Recorder, fake_model_server, recording_server
 from tests.support.processes import REPO_ROOT, TANDEM

@@ -17,10 +17,10 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import generate_latest
 
+from kvcache.tokenizer import SYNTHETIC_WORDS
 from sidecar.app import Sidecar, create_app
 from sidecar.config import SidecarConfig
 from simulator.config import SimPodConfig
-from simulator.tokenizer import SYNTHETIC_WORDS
 from tests.support.fakes import Recorder, fake_model_server
 from tests.support.servers import free_port, parse_samples, pod_config, running_pod, serve
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.block_pool import BlockPool, hash_prompt_blocks
+from kvcache.hashing import hash_prompt_blocks
+from simulator.block_pool import BlockPool
 from simulator.request import EngineRequest, RequestStatus
 from simulator.scheduler import BatchingConfig, BatchScheduler, Schedule
 

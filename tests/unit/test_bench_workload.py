@@ -9,7 +9,7 @@ import yaml
 
 from bench.generate import build_prompts, build_requests, schedule
 from bench.workload import WORKLOAD_DIR, SharedPrefixData, WorkloadError, load_workload
-from simulator.tokenizer import SyntheticTokenizer
+from kvcache.tokenizer import SyntheticTokenizer
 
 SHIPPED = sorted(p.stem for p in WORKLOAD_DIR.glob("*.yaml"))
 SHARED_WORKLOADS = Path(__file__).resolve().parents[3] / "shared" / "workloads"
@@ -152,7 +152,7 @@ def test_prompt_token_ids_are_what_the_synthetic_tokenizer_makes_of_the_text() -
     import random
 
     from bench.generate import _word_ids
-    from simulator.tokenizer import SYNTHETIC_WORDS
+    from kvcache.tokenizer import SYNTHETIC_WORDS
 
     workload = load_workload("shared-prefix-small")
     prompts = build_prompts(workload)

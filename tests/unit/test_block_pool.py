@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.block_pool import (
-    BlockPool,
-    KVBlock,
-    hash_block_tokens,
-    hash_prompt_blocks,
-)
+from kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored
+from kvcache.hashing import external_hash, hash_block_tokens, hash_prompt_blocks
+from simulator.block_pool import BlockPool, KVBlock
 
 BLOCK_SIZE = 4
 
@@ -19,8 +16,8 @@ def _cached_request(pool: BlockPool, token_ids: list[int]) -> list[KVBlock]:
     hashes = hash_prompt_blocks(token_ids, BLOCK_SIZE)
     blocks = pool.allocate(len(hashes))
     assert blocks is not None
-    for block, block_hash in zip(blocks, hashes, strict=True):
-        pool.cache(block, block_hash)
+    full = token_ids[: len(hashes) * BLOCK_SIZE]
+    pool.register(blocks, hashes, None, full, BLOCK_SIZE)
     return blocks
 
 
@@ -87,17 +84,61 @@ def test_prefix_caching_disabled_never_hits() -> None:
     assert pool.num_cached_blocks == 0
 
 
-def test_first_writer_wins_for_a_hash() -> None:
-    pool = BlockPool(num_gpu_blocks=8)
+def test_two_copies_of_a_block_keep_its_hash_cached_until_the_last_goes() -> None:
+    pool = BlockPool(num_gpu_blocks=3)
     block_hash = hash_block_tokens(None, [1, 2, 3, 4])
     allocated = pool.allocate(2)
     assert allocated is not None
     first, second = allocated
-    pool.cache(first, block_hash)
-    pool.cache(second, block_hash)
-
+    pool.register([first], [block_hash], None, [1, 2, 3, 4], BLOCK_SIZE)
+    pool.register([second], [block_hash], None, [1, 2, 3, 4], BLOCK_SIZE)
     assert pool.longest_cached_prefix([block_hash]) == [first]
-    assert second.block_hash is None
+
+    pool.free([first])
+    pool.free([second])
+    assert pool.allocate(1) == [first]  # evicts the first copy
+    assert pool.longest_cached_prefix([block_hash]) == [second]
+    assert pool.allocate(1) == [second]
+    assert pool.longest_cached_prefix([block_hash]) == []
+
+
+def test_registering_and_evicting_record_vllms_kv_events() -> None:
+    pool = BlockPool(num_gpu_blocks=3, kv_events=True)
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8]
+    hashes = hash_prompt_blocks(prompt, BLOCK_SIZE)
+    blocks = pool.allocate(1)
+    assert blocks is not None
+    pool.register(blocks, hashes[:1], None, prompt[:4], BLOCK_SIZE)
+    more = pool.allocate(1)
+    assert more is not None
+    pool.register(more, hashes[1:], hashes[0], prompt[4:], BLOCK_SIZE)
+    pool.free(blocks + more)
+    pool.allocate(2)  # evicts the request's blocks, tail first
+    assert pool.reset_prefix_cache() is False  # blocks in use
+    first, second = (external_hash(h) for h in hashes)
+
+    assert pool.take_events() == [
+        BlockStored((first,), None, (1, 2, 3, 4), BLOCK_SIZE),
+        BlockStored((second,), first, (5, 6, 7, 8), BLOCK_SIZE),
+        BlockRemoved((second,)),
+        BlockRemoved((first,)),
+    ]
+    assert pool.take_events() == []
+
+
+def test_a_reset_records_all_blocks_cleared() -> None:
+    pool = BlockPool(num_gpu_blocks=3, kv_events=True)
+    _cached_request(pool, [1, 2, 3, 4])
+    pool.free([pool.block(1)])
+    pool.take_events()
+    assert pool.reset_prefix_cache() is True
+    assert pool.take_events() == [AllBlocksCleared()]
+
+
+def test_without_kv_events_nothing_is_recorded() -> None:
+    pool = BlockPool(num_gpu_blocks=3)
+    _cached_request(pool, [1, 2, 3, 4])
+    assert pool.take_events() == []
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.tokenizer import SYNTHETIC_WORDS
+from kvcache.tokenizer import SYNTHETIC_WORDS
 from tandem import real_engine, tiny_model
 from tandem.launcher import ClusterSpec, Component, plan_cluster
 

@@ -9,7 +9,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
-from simulator.tokenizer import (
+from kvcache.tokenizer import (
     NUM_WORDS,
     SYNTHETIC_VOCAB_SIZE,
     SYNTHETIC_WORDS,

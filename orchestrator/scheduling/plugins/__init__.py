@@ -13,6 +13,9 @@ from orchestrator.scheduling.plugins.load_aware_pd_decider import LoadAwarePDDec
 from orchestrator.scheduling.plugins.load_aware_scorer import LoadAwareScorer
 from orchestrator.scheduling.plugins.max_score_picker import MaxScorePicker
 from orchestrator.scheduling.plugins.pd_deciders import AlwaysDisaggPDDecider, PrefixBasedPDDecider
+from orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
+    PrecisePrefixCacheProducer,
+)
 from orchestrator.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
 from orchestrator.scheduling.plugins.profile_handlers import (
     DisaggProfileHandler,
@@ -37,6 +40,7 @@ def builtin_registry() -> PluginRegistry:
         RandomPicker, WeightedRandomPicker, RoundRobinPicker, DisaggProfileHandler,
         SingleProfileHandler, PrefixBasedPDDecider, AlwaysDisaggPDDecider,
         ApproxPrefixCacheProducer, LoadAwarePDDecider, TokenLoadScorer, DecodeItlScorer,
+        PrecisePrefixCacheProducer,
     ):  # fmt: skip
         registry.register(plugin)
     registry.register(LabelSelectorFilter, "by-label-selector")

@@ -2,7 +2,8 @@
 
 score = (1 - w) x matched / total + w x min(1, matched_tokens / S)^2, with w =
 `matchLengthWeight` (0) and S = `matchLengthScaleTokens` (8192) (llm-d/llm-d-router:
-scorer/prefix). The prediction comes from the cycle's approximate prefix index.
+scorer/prefix), in the blocks of the index that knows the endpoint best: the precise one
+(`precise-prefix-cache-producer`) where its KV events are whole, else the approximate one.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ class PrefixCacheScorer(Plugin):
     parameters: PrefixCacheParameters
 
     def score(self, cycle: Cycle, endpoints: Sequence[EndpointView]) -> Mapping[str, float]:
-        total = len(cycle.block_hashes)
-        if total == 0:
-            return {view.name: 0.0 for view in endpoints}
         weight = self.parameters.matchLengthWeight
         scale = self.parameters.matchLengthScaleTokens
         scores: dict[str, float] = {}
         for view in endpoints:
-            matched = cycle.matched_blocks(view.name)
+            match = cycle.match(view.name)
+            if match.total == 0:
+                scores[view.name] = 0.0
+                continue
             length_term = min(1.0, cycle.matched_tokens(view.name) / scale) ** 2
-            scores[view.name] = (1 - weight) * matched / total + weight * length_term
+            scores[view.name] = (1 - weight) * match.blocks / match.total + weight * length_term
         return scores

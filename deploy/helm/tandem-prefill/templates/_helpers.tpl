@@ -80,8 +80,23 @@ written by hand: toJson would sort its keys.
 {{- if $v.maxModelLen -}}
 {{- $args = concat $args (list "--max-model-len" (toString (int $v.maxModelLen))) -}}
 {{- end -}}
-{{- $args = concat $args (list "--kv-transfer-config" $kvConfig) $v.extraArgs -}}
+{{- $args = concat $args (list "--kv-transfer-config" $kvConfig) -}}
+{{- with (include "tandem-prefill.kvEventsConfig" .) -}}
+{{- $args = concat $args (list "--kv-events-config" .) -}}
+{{- end -}}
+{{- $args = concat $args $v.extraArgs -}}
 {{- toYaml $args -}}
+{{- end -}}
+
+{{/*
+vLLM's --kv-events-config (prefill/launch.py VllmLaunch.kv_events_config): the pod publishes
+its KV cache events for the orchestrator's precise prefix index; empty when disabled.
+*/}}
+{{- define "tandem-prefill.kvEventsConfig" -}}
+{{- $e := .Values.kvEvents -}}
+{{- if $e.enabled -}}
+{{- printf "{\"enable_kv_cache_events\":true,\"publisher\":\"zmq\",\"endpoint\":\"tcp://*:%d\",\"replay_endpoint\":\"tcp://*:%d\"}" (int $e.port) (int $e.replayPort) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The simulated pod's arguments after `tandem sim`. */}}
@@ -96,7 +111,8 @@ written by hand: toJson would sort its keys.
   "--served-model-name" (include "tandem-prefill.servedModelName" .)
   "--engine-id" "$(POD_NAME)"
   "--kv-lease-duration" (toString (int $v.kv.leaseDuration))
-  "--kv-load-failure-policy" $v.kv.loadFailurePolicy -}}
+  "--kv-load-failure-policy" $v.kv.loadFailurePolicy
+  "--kv-events-config" (include "tandem-prefill.kvEventsConfig" . | default "{\"enable_kv_cache_events\":false}") -}}
 {{- if $v.maxModelLen -}}
 {{- $args = concat $args (list "--max-model-len" (toString (int $v.maxModelLen))) -}}
 {{- end -}}

@@ -1,4 +1,5 @@
-"""Tokenizers for the simulated pod: a deterministic synthetic one, or a real `tokenizer.json`.
+"""The tokenizers of the models tandem serves: a deterministic synthetic one (the simulated
+pod's model) or a real `tokenizer.json`, and the chat rendering the simulated pod applies.
 
 The synthetic rule, so a prompt's token count can be known without running anything:
 
