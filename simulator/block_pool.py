@@ -9,7 +9,8 @@
 * Blocks whose reference count drops to zero go to the back of a free queue but keep their
   hash: they stay reusable until the pool needs space, and then the front of the queue (least
   recently freed) is evicted first. A request frees its blocks tail first, so a prefix's
-  later blocks are evicted before its earlier ones (vLLM does the same).
+  later blocks are evicted before its earlier ones (vLLM does the same). A freed block with
+  no hash (a partly filled last block) goes to the front instead: nothing can hit it.
 * With `kv_events`, registering and evicting blocks records vLLM's KV cache events
   (`BlockStored` per registration, `BlockRemoved` per evicted copy, `AllBlocksCleared` on a
   reset), which the engine takes after each step.
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -91,6 +93,12 @@ class BlockPool:
             hits.append(next(iter(copies.values())))
         return hits
 
+    def front_holds_cached(self, count: int) -> bool:
+        """Whether any of the next `count` blocks `allocate` would hand out holds a hash."""
+        return any(
+            block.block_hash is not None for block in itertools.islice(self._free.values(), count)
+        )
+
     def touch(self, blocks: Iterable[KVBlock]) -> None:
         """Take a reference on (possibly free) cached blocks so they cannot be evicted."""
         for block in blocks:
@@ -111,13 +119,23 @@ class BlockPool:
         return allocated
 
     def free(self, blocks: Sequence[KVBlock]) -> None:
-        """Drop one reference per block, tail first; unreferenced blocks join the free queue."""
+        """Drop one reference per block, tail first. Unreferenced cached blocks join the back
+        of the free queue (least recently freed evicted first); unreferenced blocks with no
+        hash, which no request can hit, go to the front, to be reused first (vLLM 0.32's
+        `free_blocks`)."""
+        uncached: list[KVBlock] = []
         for block in reversed(blocks):
             block.ref_cnt -= 1
             if block.ref_cnt < 0:
                 raise RuntimeError(f"KV block {block.block_id} freed more often than taken")
             if block.ref_cnt == 0:
-                self._free[block.block_id] = block
+                if block.block_hash is None:
+                    uncached.append(block)
+                else:
+                    self._free[block.block_id] = block
+        for block in reversed(uncached):
+            self._free[block.block_id] = block
+            self._free.move_to_end(block.block_id, last=False)
 
     def register(
         self,

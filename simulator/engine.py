@@ -339,6 +339,7 @@ class Engine:
         held = [len(r.blocks) for r in running]
         steps = min(steps, max(limits))  # none left after the last finish
         steps = self._steps_with_free_blocks(computed, held, limits, steps)
+        steps = self._steps_before_freed_blocks_matter(computed, held, limits, steps)
         if steps <= 0:
             return None
         run = DecodeRun(
@@ -389,14 +390,22 @@ class Engine:
         """Apply the run's first `steps` steps to its requests (or to the requests at the
         given indices only): each takes one token per step it is in, as `step` would give
         it, and a finisher ends with its last. One output per request that got tokens, with
-        the time each token was sampled."""
+        the time each token was sampled. Finishers free their blocks after every request's
+        steps are applied, as a step frees them after it grew everyone's."""
         outputs: list[tuple[RequestOutput, list[float]]] = []
+        finishing: list[tuple[int, RequestOutput, list[float]]] = []
         indices = range(len(run.requests)) if requests is None else requests
         for index in indices:
             done, upto = run.applied[index], min(steps, run.limits[index])
             if upto <= done:
                 continue
-            outputs.append(self._apply_run_steps(run, index, done, upto))
+            output, times = self._apply_run_steps(run, index, done, upto)
+            if run.finishing[index] and upto == run.limits[index]:
+                finishing.append((index, output, times))
+            else:
+                outputs.append((output, times))
+        for index, output, times in finishing:
+            outputs.append((self._finish_run_request(run, index, output, times[-1]), times))
         if requests is None:
             self._record_run_steps(run, steps)
         return outputs
@@ -418,21 +427,24 @@ class Engine:
             self.stats.inter_token_latency.observe(times[0] - request.last_token_time)
         request.last_token_time = times[-1]
         run.applied[index] = upto
-        if not (run.finishing[index] and upto == run.limits[index]):
-            return RequestOutput(request.request_id, tokens), times
+        return RequestOutput(request.request_id, tokens), times
+
+    def _finish_run_request(
+        self, run: DecodeRun, index: int, output: RequestOutput, end: float
+    ) -> RequestOutput:
+        request = run.requests[index]
         reason = self._finish_reason(request)
         assert reason is not None
         self.scheduler.running.remove(request)
-        final = self._finish(request, reason, times[-1])
-        output = RequestOutput(
+        final = self._finish(request, reason, end)
+        return RequestOutput(
             request.request_id,
-            tokens,
+            output.new_token_ids,
             reason,
             num_prompt_tokens=final.num_prompt_tokens,
             num_cached_tokens=final.num_cached_tokens,
             kv_transfer_params=final.kv_transfer_params,
         )
-        return output, times
 
     def _record_run_steps(self, run: DecodeRun, steps: int) -> None:
         """Step-wide statistics of the run's steps up to `steps` (per-request ones are
@@ -510,6 +522,31 @@ class Engine:
             else:
                 high = middle - 1
         return low
+
+    def _steps_before_freed_blocks_matter(
+        self, computed: Sequence[int], held: Sequence[int], limits: Sequence[int], steps: int
+    ) -> int:
+        """The most steps, up to `steps`, over which applying the run request by request
+        takes the same blocks as stepping would. A finisher frees its unfilled last block to
+        the front of the free queue, where the next block any request grows into comes from;
+        applied lazily, that grow may already have taken another block, which matters when
+        the blocks it could take hold cached hashes (one is evicted, the other not). So the
+        run ends with the first such finish when requests grow after it into a front that
+        holds cached blocks."""
+        block_size = self.config.block_size
+
+        def growth(count: int) -> int:
+            return sum(
+                _new_blocks(c, h, min(count, limit), block_size)
+                for c, h, limit in zip(computed, held, limits, strict=True)
+            )
+
+        finishes = sorted(limit for limit in limits if limit < steps)
+        if not finishes or growth(steps) == growth(finishes[0]):
+            return steps
+        if not self.pool.front_holds_cached(growth(steps)):
+            return steps  # grows take blocks without hashes, whichever they are
+        return finishes[0]
 
     def _is_decode(self, chunk: ScheduledChunk) -> bool:
         return chunk.num_tokens == 1 and chunk.context_tokens >= chunk.request.num_prompt_tokens

@@ -330,3 +330,18 @@ def test_a_long_prompt_hashes_as_one_chain_of_blocks() -> None:
 
     assert hash_prompt_blocks(token_ids, BLOCK_SIZE) == expected
     assert hash_prompt_blocks(token_ids[: BLOCK_SIZE * 70], BLOCK_SIZE) == expected[:70]
+
+
+def test_a_freed_block_without_a_hash_is_reused_first_cached_ones_last() -> None:
+    pool = BlockPool(num_gpu_blocks=6)  # 5 usable
+    prompt = [1, 2, 3, 4, 5, 6]  # one full block, one partial
+    blocks = pool.allocate(2)
+    assert blocks is not None
+    full, partial = blocks
+    pool.register([full], hash_prompt_blocks(prompt, BLOCK_SIZE), None, prompt[:4], BLOCK_SIZE)
+    pool.free(blocks)
+    # Never-used blocks 3, 4, 5 stay ahead of the cached one; the partial block jumps ahead.
+    assert pool.allocate(1) == [partial]
+    assert pool.front_holds_cached(3) is False
+    assert pool.front_holds_cached(4) is True
+    assert [b.block_id for b in (pool.allocate(4) or [])] == [3, 4, 5, full.block_id]
