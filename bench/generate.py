@@ -5,11 +5,12 @@ cluster sees the same request sequence. Prompts are built from the synthetic tok
 vocabulary (one token per word, see `simulator/tokenizer.py`), so prompt lengths are exact
 on simulated pods.
 
-* `shared_prefix`: each request belongs to a group (uniformly one of `num_groups`) and is
-  that group's system prompt — identical text for the whole group — followed by a question
-  of its own, so at most system_prompt_len / (system_prompt_len + question_len) of the prompt
-  tokens can be cache hits (the ceiling the workloads README states). `prompts_per_group`
-  only sets the group weights (all equal here).
+* `shared_prefix`: each request belongs to a group (one of `num_groups`, uniformly or, with
+  `zipf_s`, with Zipf-skewed popularity) and is that group's system prompt — identical text
+  for the whole group — followed by a question of its own, so at most system_prompt_len /
+  (system_prompt_len + question_len) of the prompt tokens can be cache hits (the ceiling the
+  workloads README states; `hit_rate_ceilings` also counts each group's first request as
+  a miss). `prompts_per_group` only sizes the prompt pool below.
 * `random`: every request's prompt is unique.
 
 With a prompt pool (`build_requests(..., prompt_pool=True)`) requests instead cycle, in a
@@ -22,9 +23,11 @@ seed, so even the 16-GPU ladder (17k requests of 7,200 tokens) needs no gigabyte
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,13 +192,14 @@ def build_requests(
     `prompt_pool` the next prompt of the pool's shuffled cycle (the same arrival times)."""
     rng = random.Random(f"{workload.data.seed}:arrivals")
     groups = len(prompts.system_prompts)
+    draw_group = _group_draw(workload, rng)
     pool = _prompt_pool(workload) if prompt_pool else None
     requests: list[BenchRequest] = []
     start = 0.0
     for stage_index, stage in stages:
         for arrival in _arrivals(rng, stage, start, workload.load.type):
             # Drawn in either mode, so that arrival times do not depend on the mode.
-            group = rng.randrange(groups) if groups else None
+            group = draw_group() if groups else None
             slot = None
             if pool is not None:
                 slot = pool[len(requests) % len(pool)]
@@ -213,6 +217,38 @@ def build_requests(
             )
         start += stage.duration
     return requests
+
+
+def _group_draw(workload: Workload, rng: random.Random) -> Callable[[], int]:
+    """Draws a request's group: uniformly, or Zipf-weighted (group k+1 weighs 1/(k+1)^s)."""
+    data = workload.data
+    if not isinstance(data, SharedPrefixData):
+        return lambda: 0
+    if data.zipf_s is None:
+        return lambda: rng.randrange(data.num_groups)
+    cumulative = list(
+        itertools.accumulate(1.0 / (k + 1) ** data.zipf_s for k in range(data.num_groups))
+    )
+    total = cumulative[-1]
+    return lambda: min(bisect.bisect(cumulative, rng.random() * total), data.num_groups - 1)
+
+
+def hit_rate_ceilings(prompts: PromptSet, requests: Sequence[BenchRequest]) -> dict[int, float]:
+    """Per stage, the most prompt tokens any cache could serve: each group's system prompt,
+    from the group's second request in the run on (a cache of unbounded size, perfect
+    routing). Stages of workloads without shared prefixes have none."""
+    seen: set[int] = set()
+    hits: dict[int, int] = {}
+    totals: dict[int, int] = {}
+    for request in sorted(requests, key=lambda r: r.arrival_s):
+        totals[request.stage] = totals.get(request.stage, 0) + prompts.tokens(request)
+        if request.group is not None:
+            if request.group in seen:
+                hits[request.stage] = hits.get(request.stage, 0) + prompts.system_prompt_tokens
+            seen.add(request.group)
+    if not seen:
+        return {}
+    return {stage: hits.get(stage, 0) / total for stage, total in totals.items() if total}
 
 
 def _prompt_pool(workload: Workload) -> list[int]:

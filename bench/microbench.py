@@ -4,6 +4,7 @@
     tandem microbench gateway     # added latency of the gateway hop at 50 requests/s
     tandem microbench sidecar     # added latency of the sidecar hop at 50 requests/s
     tandem microbench ext-proc    # Envoy endpoint-picker decisions/s and decision latency
+    tandem microbench precise-index  # pick time with the KV-event index; its memory
 
 Each writes a JSON file with the raw figures; none is asserted in tests.
 """
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,18 +30,22 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
-from kvcache.tokenizer import SYNTHETIC_WORDS
+from kvcache.events import BlockStored, EventBatch
+from kvcache.hashing import external_hash, hash_prompt_blocks
+from kvcache.tokenizer import SYNTHETIC_WORDS, SyntheticTokenizer
 from orchestrator.config import CONFIG_DIR, parse_orchestrator_config
 from orchestrator.endpoints import EndpointStore
 from orchestrator.ext_proc import add_ext_proc_servicer
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.router import Router
 from orchestrator.scheduling.config import build_scheduler, load_config_file
+from orchestrator.scheduling.precise_index import PreciseIndex
 from orchestrator.scheduling.types import (
     ROLE_LABEL,
     Endpoint,
     EndpointView,
     EngineMetrics,
+    EnginePrompt,
     SchedulingRequest,
 )
 
@@ -91,6 +97,74 @@ def scheduler_pick_time(
         "prompt_chars_per_token_estimate": chars_per_token,
         "pick_time": asdict(LatencySummary.of(timings[requests // 10 :])),  # skip warm-up
     }
+
+
+def precise_index_figures(
+    *, endpoints: int = 16, prompt_tokens: int = 7200, requests: int = 2000, seed: int = 1,
+    memory_blocks: int = 1_000_000,
+) -> dict[str, object]:  # fmt: skip
+    """Pick time with `tandem-precise.yaml` (tokenizing and hashing each prompt as the engine
+    does, matching the KV-event index, entering it speculatively), for the shared-prefix
+    shape of `scheduler_pick_time` with every pod holding some groups' system prompts; and
+    the index's memory per million block hashes held."""
+    rng = random.Random(seed)
+    scheduler = build_scheduler(
+        load_config_file(CONFIG_DIR / "tandem-precise.yaml"), rng=random.Random(seed)
+    )
+    precise = scheduler.precise
+    assert precise is not None
+    views = _pool_views(endpoints, rng)
+    system = [_text(6000, rng) for _ in range(150)]
+    tokenizer = SyntheticTokenizer()
+    for view in views:  # each pod holds a tenth of the groups' prompts, as its events said
+        held = rng.sample(range(150), 15)
+        hashes = [h for g in held for h in _engine_hashes(tokenizer.encode(system[g]))]
+        precise.index.apply(
+            view.name, 0, EventBatch(0.0, (BlockStored(tuple(hashes), None, (), 16),)), now=0.0
+        )
+    timings: list[float] = []
+    for index in range(requests):
+        prompt = system[rng.randrange(150)] + _text(prompt_tokens - 6000, rng)
+        request = SchedulingRequest(
+            f"r{index}", prompt, prompt_tokens, engine_prompt=EnginePrompt(text=prompt)
+        )
+        started = time.perf_counter()
+        scheduler.schedule(request, views, now=0.0)
+        timings.append(time.perf_counter() - started)
+    return {
+        "endpoints": endpoints,
+        "prompt_tokens": prompt_tokens,
+        "pick_time": asdict(LatencySummary.of(timings[requests // 10 :])),
+        "index_bytes_per_million_blocks": _index_bytes(memory_blocks, endpoints, rng)
+        * 1_000_000
+        // memory_blocks,
+    }
+
+
+def _engine_hashes(token_ids: list[int]) -> list[int]:
+    return [external_hash(h) for h in hash_prompt_blocks(token_ids, 16)]
+
+
+def _index_bytes(blocks: int, endpoints: int, rng: random.Random) -> int:
+    """Memory an index takes to hold `blocks` distinct hashes over `endpoints` pods, each
+    hash on one pod and a tenth of them on a second too (a prefix both computed)."""
+    index = PreciseIndex()
+    names = [f"pod-{i}" for i in range(endpoints)]
+    for name in names:
+        index.add_endpoint(name)
+    per = blocks // endpoints
+    hashes = [rng.getrandbits(64) for _ in range(per * endpoints)]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for position, name in enumerate(names):
+        mine = hashes[position * per : (position + 1) * per]
+        shared = hashes[((position + 1) % endpoints) * per :][: per // 10]
+        stored = BlockStored(tuple(mine + shared), None, (), 16)
+        index.apply(name, 0, EventBatch(0.0, (stored,)), now=0.0)
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert index.num_hashes == per * endpoints
+    return used
 
 
 def _pool_views(endpoints: int, rng: random.Random) -> list[EndpointView]:

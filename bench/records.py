@@ -89,3 +89,6 @@ class StageSummary:
     admitted_slo_attainment: float | None = None
     """SLO attainment of the requests that were not refused: what admission control keeps;
     None when every request was refused."""
+    hit_rate_ceiling: float | None = None
+    """The most `hit_rate` could be (`bench.generate.hit_rate_ceilings`); None without
+    shared prefixes."""

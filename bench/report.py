@@ -223,7 +223,7 @@ def _run_table(run: RunResult) -> str:
         "SLO attainment",
         *(["tail SLO attainment"] if run.tail_goodput is not None else []),
         *(["refused", "admitted SLO attainment"] if refusals else []),
-        "hit rate",
+        "hit rate (ceiling)",
         "lag p99 (s)",
         "machine-limited",
     ]
@@ -240,7 +240,8 @@ def _run_table(run: RunResult) -> str:
             _percent(s.slo_attainment),
             *([_percent(s.tail_slo_attainment)] if run.tail_goodput is not None else []),
             *([str(s.rejected), _percent(s.admitted_slo_attainment)] if refusals else []),
-            _percent(s.hit_rate),
+            _percent(s.hit_rate)
+            + (f" ({_percent(s.hit_rate_ceiling)})" if s.hit_rate_ceiling is not None else ""),
             f"{s.generator_lag_p99_s:.3f}",
             "**yes**" if s.machine_limited else "no",
         ]

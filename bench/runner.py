@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.client import CpuSampler, run_load
-from bench.generate import BenchRequest, PromptSet, build_prompts, build_requests, schedule
+from bench.generate import (
+    BenchRequest,
+    PromptSet,
+    build_prompts,
+    build_requests,
+    hit_rate_ceilings,
+    schedule,
+)
 from bench.records import RequestRecord, StageSummary
 from bench.report import (
     BenchResults,
@@ -27,7 +35,7 @@ from bench.report import (
     write_plots,
     write_results,
 )
-from bench.summary import summarize_stage
+from bench.summary import histogram_quantiles, summarize_stage
 from bench.workload import ClusterShape, Stage, Workload, WorkloadError
 from tandem.launcher import ClusterSpec, LocalCluster
 
@@ -87,8 +95,10 @@ def summarize_run(
     stages: Sequence[tuple[int, Stage]],
     workload: Workload,
     cpu: CpuSampler | None,
+    ceilings: Mapping[int, float] | None = None,
 ) -> list[StageSummary]:
-    """Per-stage summaries; `cpu` (absent in virtual time) flags machine-limited stages."""
+    """Per-stage summaries; `cpu` (absent in virtual time) flags machine-limited stages;
+    `ceilings` are the stages' hit-rate ceilings."""
     summaries = []
     start = 0.0
     for index, stage in stages:
@@ -107,6 +117,7 @@ def summarize_run(
                     slo_itl_p99_s=workload.slo.itl_p99_s,
                     hit_rate=hit_rate(in_stage),
                     cpu_saturated=busy is not None and busy >= CPU_SATURATED,
+                    hit_rate_ceiling=(ceilings or {}).get(index),
                 )
             )
         start = end
@@ -138,12 +149,30 @@ def _run_one(
     return records, cpu
 
 
+def orchestrator_notes(url: str) -> list[str]:
+    """What the run's orchestrator measured of itself that the report should say: the lag
+    of the KV events its precise index followed, when it followed any."""
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return []
+    lag = histogram_quantiles(text, "tandem_kv_event_lag_seconds", (0.5, 0.99))
+    if lag is None:
+        return []
+    return [
+        f"KV events reached the precise index {lag[0] * 1000:.1f} ms (p50) and "
+        f"{lag[1] * 1000:.1f} ms (p99) after their pods published them (wall time, "
+        "upper bucket bounds)"
+    ]
+
+
 def run_bench(options: BenchOptions) -> BenchResults:
     """Run every (cluster, policy) pair on the same requests and write the results."""
     workload = options.workload
     prompts = build_prompts(workload)
     stages = schedule(workload, quick=options.quick)
     requests = build_requests(workload, prompts, stages)
+    ceilings = hit_rate_ceilings(prompts, requests)
     runs: list[RunResult] = []
     if workload.engine_profiles and not options.target:
         raise WorkloadError(
@@ -158,6 +187,7 @@ def run_bench(options: BenchOptions) -> BenchResults:
         )
         for cluster_name, policy in pairs:
             label = f"{cluster_name} / {policy}"
+            notes: list[str] = []
             if options.target:
                 records, cpu = _run_one(
                     options.target.rstrip("/"),
@@ -178,9 +208,10 @@ def run_bench(options: BenchOptions) -> BenchResults:
                     records, cpu = _run_one(
                         cluster.url, None, requests, prompts, options, progress, label
                     )
+                    notes = orchestrator_notes(cluster.url)
                 shape = cluster_shape.model_dump(exclude_defaults=True)
                 gpus = workload.gpus_of(cluster_shape)
-            summaries = summarize_run(records, stages, workload, cpu)
+            summaries = summarize_run(records, stages, workload, cpu, ceilings)
             runs.append(
                 RunResult.from_stages(
                     cluster=cluster_name,
@@ -189,6 +220,7 @@ def run_bench(options: BenchOptions) -> BenchResults:
                     gpus=gpus,
                     stages=summaries,
                     records=records,
+                    notes=notes,
                 )
             )
     results = BenchResults(

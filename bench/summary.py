@@ -68,6 +68,28 @@ def tail_itl_s(record: RequestRecord, quantile: float = 0.99) -> float:
     return _quantile(np.sort(np.asarray(record.itl_s, dtype=np.float64)), quantile)
 
 
+def histogram_quantiles(
+    text: str, family: str, quantiles: Sequence[float]
+) -> tuple[float, ...] | None:
+    """Quantiles of a Prometheus histogram in an exposition (summed over its series), each
+    the upper bound of the bucket it falls in; None without observations."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[float, float] = {}
+    for metric in text_string_to_metric_families(text):
+        if metric.name != family:
+            continue
+        for sample in metric.samples:
+            if sample.name == f"{family}_bucket":
+                bound = float(sample.labels["le"])
+                counts[bound] = counts.get(bound, 0.0) + sample.value
+    total = counts.get(math.inf, 0.0)
+    if not total:
+        return None
+    bounds = sorted(counts)
+    return tuple(next(bound for bound in bounds if counts[bound] >= q * total) for q in quantiles)
+
+
 def summarize_stage(
     stage: int,
     rate: float,
@@ -79,6 +101,7 @@ def summarize_stage(
     cpu_saturated: bool,
     lag_limit_s: float = DEFAULT_LAG_LIMIT_S,
     slo_itl_p99_s: float | None = None,
+    hit_rate_ceiling: float | None = None,
 ) -> StageSummary:
     """One stage's figures from the records of the requests it scheduled.
 
@@ -130,6 +153,7 @@ def summarize_stage(
         tail_slo_attainment=tail_attainment,
         rejected=rejected,
         admitted_slo_attainment=good / admitted if admitted else None,
+        hit_rate_ceiling=hit_rate_ceiling,
     )
 
 

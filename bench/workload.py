@@ -3,7 +3,7 @@
     name, model, engine_profile, gpus
     clusters: {name: {both: N} | {prefill: P, decode: D}}
     data: {type: shared_prefix, num_groups, prompts_per_group, system_prompt_len,
-           question_len, output_len, seed}
+           question_len, output_len, seed, zipf_s?}
         | {type: random, num_prompts, input_len, output_len, seed}
     engine_profiles?: {prefill|decode|both: profile}   (per-pool override; tandem plan only)
     load: {type: poisson | constant, warmup?: {rate, duration}, stages: [{rate, duration}, ...]}
@@ -65,6 +65,9 @@ class SharedPrefixData(_Strict):
     question_len: int = Field(ge=1)
     output_len: int = Field(ge=1)
     seed: int = 0
+    zipf_s: float | None = Field(None, gt=0)
+    """Group popularity: unset, every group equally likely; set, group k (from 1) drawn
+    with weight 1 / k^s (Zipf), so a few system prompts carry most of the traffic."""
 
 
 class RandomData(_Strict):

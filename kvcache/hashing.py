@@ -83,3 +83,27 @@ def _hash_run(
         parent = _hash_block(parent, token_ids[start : start + block_size])
         hashes.append(parent)
     return tuple(hashes)
+
+
+def external_prompt_hashes(
+    token_ids: Sequence[int], block_size: int, parent: BlockHash | None = None
+) -> list[int]:
+    """`hash_prompt_blocks`, as KV events name the blocks (`external_hash`); remembered by
+    runs, like the digests."""
+    hashes: list[int] = []
+    full = len(token_ids) // block_size * block_size
+    span = block_size * _RUN_BLOCKS
+    last = parent if parent is not None else NONE_HASH
+    for start in range(0, full, span):
+        run = tuple(token_ids[start : min(start + span, full)])
+        external, last = _external_run(last, run, block_size)
+        hashes += external
+    return hashes
+
+
+@functools.lru_cache(maxsize=4096)
+def _external_run(
+    parent: BlockHash, token_ids: tuple[int, ...], block_size: int
+) -> tuple[tuple[int, ...], BlockHash]:
+    digests = _hash_run(parent, token_ids, block_size)
+    return tuple(external_hash(d) for d in digests), digests[-1]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +39,8 @@ def _make_words() -> tuple[str, ...]:
 
 SYNTHETIC_WORDS: tuple[str, ...] = _make_words()
 _PIECE = re.compile(r"\s*(?:[A-Za-z0-9]{1,12}|[^\sA-Za-z0-9])|\s+$")
+CHUNK_CHARS = 2048
+"""Chunks of a long prompt tokenized (and remembered) apart by `encode_chunked`."""
 
 
 class Tokenizer(Protocol):
@@ -65,7 +67,25 @@ class SyntheticTokenizer:
         return SYNTHETIC_VOCAB_SIZE
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return [self._piece_id(piece) for piece in _PIECE.findall(text)]
+        known = self._word_ids.get
+        ids = [known(piece, -1) for piece in _PIECE.findall(text)]
+        if -1 in ids:  # pieces outside the word list (rare in benchmark prompts)
+            pieces = _PIECE.findall(text)
+            ids = [i if i >= 0 else self._piece_id(pieces[k]) for k, i in enumerate(ids)]
+        return ids
+
+    def encode_chunked(self, text: str, chunk: Callable[[str], tuple[int, ...]]) -> list[int]:
+        """`encode(text)` from the ids of its chunks (`chunk` may remember them): the text
+        is cut, after at least `CHUNK_CHARS` characters, where a space follows a
+        non-space, which no piece spans (a piece is leading whitespace and a word, or one
+        other character), so the ids are the same."""
+        ids: list[int] = []
+        start = 0
+        while start < len(text):
+            end = _cut(text, start + CHUNK_CHARS)
+            ids += chunk(text[start:end])
+            start = end
+        return ids
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return "".join(self.token_strings(token_ids))
@@ -102,6 +122,19 @@ class HuggingFaceTokenizer:
 
     def token_strings(self, token_ids: Sequence[int]) -> list[str]:
         return [str(self._tokenizer.id_to_token(i)) for i in token_ids]
+
+
+def _cut(text: str, at: int) -> int:
+    """The first position from `at` where whitespace follows a non-space (or the end)."""
+    position = at
+    while position < len(text):
+        position = text.find(" ", position)
+        if position < 0:
+            return len(text)
+        if not text[position - 1].isspace():
+            return position
+        position += 1
+    return len(text)
 
 
 def load_tokenizer(path: str | Path | None) -> Tokenizer:

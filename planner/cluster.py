@@ -12,7 +12,9 @@ the live path adds around them:
   the local decode request);
 * **KV transfer**: the profile's time for the uncached tokens (bytes per token x tokens /
   bandwidth + latency), as the live simulated pods wait; NIXL lease heartbeats every
-  lease/6 as the live consumer sends them.
+  lease/6 as the live consumer sends them;
+* **KV events** (with `precise-prefix-cache-producer`): each pod's step's events reach the
+  precise index `kv_event_lag_s` later, in order.
 
 Each request produces the same `RequestRecord` the live load generator writes, so `tandem
 plan` and `tandem bench` summarize identically.
@@ -30,6 +32,7 @@ from bench.generate import BenchRequest, PromptSet
 from bench.records import RequestRecord
 from bench.workload import ClusterShape
 from decode.pod import decode_pod
+from kvcache.events import EventBatch, KVEvent
 from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointStore
 from orchestrator.errors import GatewayError
@@ -64,6 +67,9 @@ class PathModel:
     staleness_s: float = 2.0
     expiry_tick_s: float = 1.0
     """How often idle pods drop expired KV leases (the live pod's expiry loop)."""
+    kv_event_lag_s: float = 0.002
+    """From a pod's step to its KV events in the precise index (ZMQ and the orchestrator's
+    loop; `tandem_kv_event_lag_seconds` measures the live figure)."""
 
     def scaled(self, time_scale: float) -> PathModel:
         """The path of a live run at `time_scale` (wall costs shrink in model time)."""
@@ -73,6 +79,7 @@ class PathModel:
             scrape_interval_s=self.scrape_interval_s / time_scale,
             staleness_s=self.staleness_s / time_scale,
             expiry_tick_s=self.expiry_tick_s,
+            kv_event_lag_s=self.kv_event_lag_s / time_scale,
         )
 
 
@@ -119,6 +126,8 @@ class VirtualCluster:
     """When the client saw the last request end."""
     _pooled_prompts: dict[tuple[int, int], tuple[bytes, list[int]]] = field(default_factory=dict)
     """Body and ids of the prompts a pooled harness repeats, by (slot, max tokens)."""
+    _kv_seq: dict[str, int] = field(default_factory=dict)
+    """Each pod's last KV event batch number."""
 
     @classmethod
     def build(
@@ -150,9 +159,16 @@ class VirtualCluster:
             encodes_sessions=encodes_sessions(router_scheduler),
         )
         cluster = cls(loop, router, {}, path, prompts, model, on_done)
+        precise = router_scheduler.precise
         for name, role, launch in pod_launches(shape, profile):
-            pod = VirtualPod.build(name, role, launch.simulated(), loop, cluster._remote_load)
+            pod_config = launch.simulated()
+            if precise is None:  # nobody reads them: spare the events
+                pod_config = pod_config.model_copy(update={"kv_events_config": None})
+            pod = VirtualPod.build(name, role, pod_config, loop, cluster._remote_load)
             pod.fast_forward = fast_forward
+            if precise is not None:
+                pod.on_kv_events = cluster._kv_events
+                precise.index.resync(name, [], 0.0)  # followed from its first event
             cluster.pods[name] = pod
         router.on_endpoints(
             [
@@ -250,6 +266,18 @@ class VirtualCluster:
         endpoint = self.router.store.state(pod.name)
         if endpoint is not None:
             self.router.on_scrape(endpoint.endpoint, metrics, None)
+
+    def _kv_events(self, pod: VirtualPod, events: list[KVEvent]) -> None:
+        """A pod's step stored or evicted blocks: the precise index learns it a little
+        later, in order."""
+        seq = self._kv_seq[pod.name] = self._kv_seq.get(pod.name, -1) + 1
+        batch = EventBatch(self.loop.now, tuple(events))
+        self.loop.after(self.path.kv_event_lag_s, self._kv_event_arrived, pod.name, seq, batch)
+
+    def _kv_event_arrived(self, name: str, seq: int, batch: EventBatch) -> None:
+        precise = self.router.scheduler.precise
+        if precise is not None:
+            precise.index.apply(name, seq, batch, self.loop.now)
 
     def _scrape_loop(self, pod: VirtualPod, epoch: int) -> None:
         self._scrape(pod)

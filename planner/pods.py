@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from kvcache.events import KVEvent
 from planner.events import EventLoop
 from simulator.config import SimPodConfig
 from simulator.engine import DecodeRun, Engine
@@ -72,6 +73,9 @@ class VirtualPod:
     """Virtual seconds spent in steps (utilization = busy_s / elapsed)."""
     fast_forward: bool = True
     """Take steady decode runs as one event (False: one event per step, for comparison)."""
+    on_kv_events: Callable[[VirtualPod, list[KVEvent]], None] | None = None
+    """Receives the KV events of each step (or applied decode steps), as the live pod
+    publishes them."""
     steady_steps: int = 0
     """Steps applied as part of steady decode runs."""
     _streams: dict[str, _Stream] = field(default_factory=dict)
@@ -200,6 +204,7 @@ class VirtualPod:
         self._last_end = run.ends[count - 1]
         for output, times in self.engine.apply_decode_run(run, count):
             self.deliver(output, times)
+        self._publish_kv_events()
 
     def _stop_steady(self) -> None:
         if self._steady is not None:
@@ -218,6 +223,7 @@ class VirtualPod:
         run = steady.run
         for output, times in self.engine.apply_decode_run(run, step + 1, run.finishers[step]):
             self.deliver(output, times)
+        self._publish_kv_events()
 
     def _steady_ended(self, epoch: int) -> None:
         steady = self._steady
@@ -246,9 +252,16 @@ class VirtualPod:
             self.on_remote_load(self, load)
         self.loop.at(result.end, self._step_ended, result)
 
+    def _publish_kv_events(self) -> None:
+        if self.on_kv_events is not None:
+            events = self.engine.take_kv_events()
+            if events:
+                self.on_kv_events(self, events)
+
     def _step_ended(self, result: StepResult) -> None:
         self._last_end = result.end
         self.busy_s += result.end - result.start
+        self._publish_kv_events()
         for output in result.outputs:
             self.deliver(output, (result.end,))
         self._stepping = False

@@ -296,7 +296,9 @@ def _add_microbench_parser(subparsers: Any) -> None:
         "microbench",
         help="measure the orchestrator's own cost (scheduling time, gateway latency)",
     )
-    parser.add_argument("which", choices=("scheduler", "gateway", "sidecar", "ext-proc"))
+    parser.add_argument(
+        "which", choices=("scheduler", "gateway", "sidecar", "ext-proc", "precise-index")
+    )
     parser.add_argument("--output", default="results", help="folder for the JSON result")
     parser.add_argument(
         "--requests", type=int, default=2000, help="requests to time (scheduler, ext-proc)"
@@ -311,7 +313,12 @@ def _run_microbench(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from bench.microbench import ext_proc_decision_time, hop_added_latency, scheduler_pick_time
+    from bench.microbench import (
+        ext_proc_decision_time,
+        hop_added_latency,
+        precise_index_figures,
+        scheduler_pick_time,
+    )
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -320,6 +327,8 @@ def _run_microbench(args: argparse.Namespace) -> int:
         result = scheduler_pick_time(requests=args.requests)
     elif args.which == "ext-proc":
         result = ext_proc_decision_time(requests=args.requests, concurrency=args.concurrency)
+    elif args.which == "precise-index":
+        result = precise_index_figures(requests=args.requests)
     else:
         result = hop_added_latency(args.which, workdir=output)
     path = output / f"microbench-{args.which}.json"

@@ -8,6 +8,7 @@ from bench.records import Percentiles, RequestRecord, StageSummary
 from bench.summary import (
     completion_window_s,
     goodput,
+    histogram_quantiles,
     hit_rate_from_counters,
     percentiles,
     summarize_stage,
@@ -330,3 +331,22 @@ def test_admitted_attainment_is_none_when_every_request_was_refused() -> None:
         0, 1.0, 10.0, [refused], SLO_TTFT_S, SLO_ITL_S, hit_rate=None, cpu_saturated=False
     )
     assert (summary.rejected, summary.admitted_slo_attainment) == (1, None)
+
+
+def test_histogram_quantiles_are_the_upper_bounds_of_their_buckets() -> None:
+    exposition = (
+        "# TYPE lag_seconds histogram\n"
+        'lag_seconds_bucket{endpoint="a",le="0.001"} 5.0\n'
+        'lag_seconds_bucket{endpoint="a",le="0.01"} 9.0\n'
+        'lag_seconds_bucket{endpoint="a",le="+Inf"} 10.0\n'
+        'lag_seconds_bucket{endpoint="b",le="0.001"} 5.0\n'
+        'lag_seconds_bucket{endpoint="b",le="0.01"} 9.0\n'
+        'lag_seconds_bucket{endpoint="b",le="+Inf"} 10.0\n'
+        'lag_seconds_count{endpoint="a"} 10.0\n'
+        'lag_seconds_sum{endpoint="a"} 0.5\n'
+    )
+
+    assert histogram_quantiles(exposition, "lag_seconds", (0.5, 0.9, 0.99)) == (
+        0.001, 0.01, float("inf"),
+    )  # fmt: skip
+    assert histogram_quantiles(exposition, "other_seconds", (0.5,)) is None

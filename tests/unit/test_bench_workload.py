@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bench.generate import build_prompts, build_requests, schedule
+from bench.generate import (
+    BenchRequest,
+    PromptSet,
+    build_prompts,
+    build_requests,
+    hit_rate_ceilings,
+    schedule,
+)
 from bench.workload import WORKLOAD_DIR, SharedPrefixData, WorkloadError, load_workload
 from kvcache.tokenizer import SyntheticTokenizer
 
@@ -227,3 +235,35 @@ def test_constant_load_spaces_arrivals_evenly() -> None:
 
     assert len(requests) == 45 * 120
     assert [r.arrival_s for r in requests[:3]] == pytest.approx([0.0, 1 / 45, 2 / 45])
+
+
+def test_zipf_popularity_skews_the_groups() -> None:
+    base = load_workload("kv-pressure-small")
+    assert isinstance(base.data, SharedPrefixData)
+    assert base.data.zipf_s == 1.0
+    uniform = base.model_copy(update={"data": base.data.model_copy(update={"zipf_s": None})})
+    stages = schedule(base)
+    skewed = build_requests(base, build_prompts(base), stages)
+    flat = build_requests(uniform, build_prompts(uniform), stages)
+
+    counts = Counter(r.group for r in skewed)
+    top = sum(n for _, n in counts.most_common(10))
+    # Weights 1/k: the 10 most popular of 1,000 groups carry H(10)/H(1000) ≈ 39 % of requests.
+    assert 0.33 < top / len(skewed) < 0.45
+    assert counts[0] == max(counts.values())
+    assert max(Counter(r.group for r in flat).values()) < counts[0] / 5
+
+
+def test_the_hit_rate_ceiling_counts_each_group_s_first_request_as_a_miss() -> None:
+    prompts = PromptSet(seed=0, system_prompts=("a", "b"), own_tokens=25, system_prompt_tokens=75)
+    requests = [
+        BenchRequest("r0", 0, 0.0, 0, 1, group=0),  # first of group 0: a miss
+        BenchRequest("r1", 0, 1.0, 1, 1, group=0),  # 75 of 100 tokens
+        BenchRequest("r2", 1, 2.0, 2, 1, group=1),  # first of group 1: a miss
+        BenchRequest("r3", 1, 3.0, 3, 1, group=0),  # 75 of 100
+        BenchRequest("r4", 1, 4.0, 4, 1, group=1),  # 75 of 100
+    ]
+
+    assert hit_rate_ceilings(prompts, requests) == {0: 75 / 200, 1: 150 / 300}
+    random_prompts = PromptSet(seed=0, system_prompts=(), own_tokens=10)
+    assert hit_rate_ceilings(random_prompts, [BenchRequest("r", 0, 0.0, 0, 1)]) == {}

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored
-from kvcache.hashing import external_hash, hash_block_tokens, hash_prompt_blocks
+from kvcache.hashing import (
+    external_hash,
+    external_prompt_hashes,
+    hash_block_tokens,
+    hash_prompt_blocks,
+)
 from simulator.block_pool import BlockPool, KVBlock
 
 BLOCK_SIZE = 4
@@ -44,6 +49,17 @@ def test_block_hashes_are_chained_from_the_parent() -> None:
     # Same tokens in the second block, different parent: a different hash.
     assert first[1] != other_parent[1]
     assert hash_block_tokens(None, [5, 6, 7, 8]) != first[1]
+
+
+@pytest.mark.parametrize("length", [0, 3, 4, 9, 4 * 40, 4 * 70 + 3])
+def test_external_prompt_hashes_are_the_events_names_of_the_prompt_blocks(length: int) -> None:
+    # Runs of blocks are remembered: a second prompt sharing a prefix reuses them, and the
+    # answer is the same as hashing each block.
+    tokens = [(i * 7) % 50 for i in range(length)]
+    parent = hash_block_tokens(None, [1, 2, 3, 4])
+    for ids, start in ((tokens, None), ([*tokens[:200], 5, 5, 5, 5], None), (tokens, parent)):
+        expected = [external_hash(h) for h in hash_prompt_blocks(ids, BLOCK_SIZE, start)]
+        assert external_prompt_hashes(ids, BLOCK_SIZE, start) == expected
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from bench.generate import BenchRequest, build_prompts, build_requests, schedule
 from bench.records import Percentiles, RequestRecord, StageSummary
 from bench.results import RunResult
 from bench.workload import ClusterShape, Workload, load_workload
+from kvcache.hashing import external_hash
 from orchestrator.router import Router
 from orchestrator.scheduling.config import load_config_file
 from orchestrator.scheduling.plugins import builtin_registry
@@ -565,3 +566,27 @@ def test_a_cluster_must_fill_the_workload_s_gpus(tmp_path: Path) -> None:
             "load: {type: poisson, stages: [{rate: 2, duration: 2}]}\n"
             "slo: {ttft_ms: 1000, itl_ms: 20}\n",
         )  # fmt: skip
+
+
+def test_the_precise_index_follows_the_virtual_pods_events() -> None:
+    # The virtual pods publish their KV events as the live ones do; after the run the precise
+    # index holds exactly the blocks each pod's cache holds, and the prefixes were routed to
+    # where they were.
+    workload = load_workload(str(TINY))
+    prompts = build_prompts(workload)
+    requests = build_requests(workload, prompts, schedule(workload))
+    cluster = virtual_cluster(workload, "aggregated-2", workload.engine_profile, "tandem-precise")
+
+    records = cluster.run(requests)
+    cluster.loop.run(until=cluster.loop.now + 0.1)  # the last step's events are on their way
+
+    precise = cluster.router.scheduler.precise
+    assert precise is not None
+    assert precise.index.num_hashes > 0
+    for name, pod in cluster.pods.items():
+        held = {external_hash(h) for h in pod.engine.pool._cached}
+        assert precise.index.held(name) == held
+        assert precise.index.authoritative(name, cluster.loop.now)
+    assert all(r.success for r in records)
+    groups_seen = len({r.group for r in requests})
+    assert sum((r.cached_tokens or 0) > 0 for r in records) >= len(records) - 2 * groups_seen

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
@@ -124,3 +126,24 @@ def test_render_chat_ends_with_the_assistant_turn() -> None:
         "<|im_start|>user\nhi<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.sampled_from([*SYNTHETIC_WORDS[:50], "x" * 20, "!", "\n", "  ", " \n ", "42", "é"]),
+        max_size=3000,
+    ),
+    st.sampled_from(["", " ", "  ", "\n"]),
+)
+def test_chunked_encoding_gives_the_ids_of_the_whole_text(parts: list[str], sep: str) -> None:
+    tokenizer = SyntheticTokenizer()
+    text = " " + sep.join(parts) + " "
+    chunks: list[str] = []
+
+    def chunk(piece: str) -> tuple[int, ...]:
+        chunks.append(piece)
+        return tuple(tokenizer.encode(piece))
+
+    assert tokenizer.encode_chunked(text, chunk) == tokenizer.encode(text)
+    assert "".join(chunks) == text

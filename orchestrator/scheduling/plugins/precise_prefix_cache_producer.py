@@ -33,8 +33,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from kvcache.hashing import DEFAULT_HASH_SEED, external_hash, hash_prompt_blocks, none_hash
-from kvcache.tokenizer import Tokenizer, load_tokenizer, render_chat
+from kvcache.hashing import DEFAULT_HASH_SEED, external_prompt_hashes, none_hash
+from kvcache.tokenizer import SyntheticTokenizer, Tokenizer, load_tokenizer, render_chat
 from orchestrator.scheduling.framework import PreciseMatcher
 from orchestrator.scheduling.precise_index import PreciseIndex
 from orchestrator.scheduling.registry import Plugin, PluginParameters
@@ -144,6 +144,7 @@ class PrecisePrefixCacheProducer(Plugin):
         seed = p.tokenProcessorConfig.hashSeed or DEFAULT_HASH_SEED
         self._root = none_hash(seed)
         self._tokenized: OrderedDict[tuple[object, ...], tuple[int, ...]] = OrderedDict()
+        self._chunks: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._hashed: OrderedDict[tuple[object, ...], list[int]] = OrderedDict()
 
     # -- where the events are -------------------------------------------------------------
@@ -172,13 +173,15 @@ class PrecisePrefixCacheProducer(Plugin):
     def block_hashes(self, request: SchedulingRequest, block_size: int) -> list[int] | None:
         """The request's prompt blocks as the engine names them, or None when its prompt
         cannot be tokenized as the engine does (chat without a known template)."""
-        tokens = self._tokens(request.engine_prompt)
-        if tokens is None:
+        prompt = request.engine_prompt
+        tokens = self._tokens(prompt)
+        if tokens is None or prompt is None:
             return None
-        key = (tokens, block_size)
+        # Keyed by what the client sent: a text's hash is computed once and kept.
+        key = (prompt.text if prompt.text is not None else tokens, block_size)
         hashes = self._hashed.get(key)
         if hashes is None:
-            hashes = [external_hash(h) for h in hash_prompt_blocks(tokens, block_size, self._root)]
+            hashes = external_prompt_hashes(tokens, block_size, self._root)
             _remember(self._hashed, key, hashes)
         else:
             self._hashed.move_to_end(key)
@@ -199,10 +202,21 @@ class PrecisePrefixCacheProducer(Plugin):
             return None
         tokens = self._tokenized.get(key)
         if tokens is None:
-            tokens = tuple(self._tokenizer.encode(text))
+            tokenizer = self._tokenizer
+            if isinstance(tokenizer, SyntheticTokenizer):  # chunks of shared prefixes repeat
+                tokens = tuple(tokenizer.encode_chunked(text, self._chunk_tokens))
+            else:
+                tokens = tuple(tokenizer.encode(text))
             _remember(self._tokenized, key, tokens)
         else:
             self._tokenized.move_to_end(key)
+        return tokens
+
+    def _chunk_tokens(self, chunk: str) -> tuple[int, ...]:
+        tokens = self._chunks.get(chunk)
+        if tokens is None:
+            tokens = tuple(self._tokenizer.encode(chunk))
+            _remember(self._chunks, chunk, tokens)
         return tokens
 
     def default_block_size(self) -> int:
@@ -219,8 +233,10 @@ class PrecisePrefixCacheProducer(Plugin):
             block_size = self.index.block_size(name) or self.default_block_size()
             hashes = self.block_hashes(request, block_size)
             if hashes:
-                expect = matched.get(name, 0) < len(hashes)
-                self.index.speculate(name, hashes, now, expect_events=expect)
+                # The matched head is already held there: only the rest is new.
+                held = matched.get(name, 0)
+                expect = held < len(hashes)
+                self.index.speculate(name, hashes[held:], now, expect_events=expect)
 
 
 def _remember(cache: OrderedDict[_K, _V], key: _K, value: _V) -> None:

@@ -401,3 +401,22 @@ def test_saturation_detector_parameters_are_checked_by_name() -> None:
         scheduler_from({**base(), "saturationDetector": {"queueDepthThreshold": 0}})
     with pytest.raises(SchedulerConfigError, match=r"saturationDetector\.maxInFlight"):
         scheduler_from({**base(), "saturationDetector": {"maxInFlight": 3}})
+
+
+def test_tandem_precise_is_tandem_yaml_with_the_precise_index() -> None:
+    precise = yaml.safe_load((CONFIG_DIR / "tandem-precise.yaml").read_text())
+    plugins = [p for p in precise["plugins"] if p["type"] != "precise-prefix-cache-producer"]
+    assert {**precise, "plugins": plugins} == yaml.safe_load(
+        (CONFIG_DIR / "tandem.yaml").read_text()
+    )
+    assert scheduler_from(precise).precise is not None
+
+
+def test_one_precise_index_at_most() -> None:
+    document = copy.deepcopy(base())
+    document["plugins"] += [
+        {"type": "precise-prefix-cache-producer", "name": "a"},
+        {"type": "precise-prefix-cache-producer", "name": "b"},
+    ]
+    with pytest.raises(SchedulerConfigError, match="more than one precise-prefix-cache-producer"):
+        scheduler_from(document)
