@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.generate import BenchRequest, PromptSet
+from bench.generate import BenchRequest, PromptSet, next_turns
 from bench.records import RequestRecord
 
 REJECT_REASON_HEADER = "x-tandem-reject-reason"
@@ -126,7 +126,8 @@ async def run_load(
     on_done: Callable[[RequestRecord], None] | None = None,
     cpu: CpuSampler | None = None,
 ) -> list[RequestRecord]:
-    """Send every request at its arrival time (scaled to wall time); return their records."""
+    """Send every request at its arrival time (scaled to wall time), a conversation's later
+    turns each a think time after the turn before has ended; return their records."""
     start = time.perf_counter()
 
     def model_clock() -> float:
@@ -150,22 +151,39 @@ async def run_load(
                 await asyncio.sleep(0.5)
 
         watcher = asyncio.create_task(watch_cpu())
-        tasks = []
-        for request in requests:
-            delay = request.arrival_s * time_scale - (time.perf_counter() - start)
-            if delay > 0:
-                await asyncio.sleep(delay)
+        following = next_turns(requests)
+
+        def record_of(request: BenchRequest, scheduled_s: float) -> RequestRecord:
             record = RequestRecord(
                 request_id=request.request_id,
                 stage=request.stage,
-                scheduled_s=request.arrival_s,
+                scheduled_s=scheduled_s,
                 sent_s=model_clock(),
                 prompt_tokens=prompts.tokens(request),
                 max_tokens=request.max_tokens,
                 group=request.group,
             )
             records.append(record)
-            tasks.append(asyncio.create_task(send(request, record)))
+            return record
+
+        async def converse(request: BenchRequest) -> None:
+            """A request, then the turns that follow it, each a think time after the
+            answer before it ended (whether it succeeded or not: the history is fixed)."""
+            await send(request, record_of(request, request.arrival_s))
+            while (turn := following.get(request.index)) is not None:
+                due = model_clock() + turn.think_s
+                await asyncio.sleep(turn.think_s * time_scale)
+                await send(turn, record_of(turn, due))
+                request = turn
+
+        tasks = []
+        for request in requests:
+            if request.follows is not None:
+                continue  # sent by its conversation
+            delay = request.arrival_s * time_scale - (time.perf_counter() - start)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(converse(request)))
         await asyncio.gather(*tasks)
         watcher.cancel()
     return records

@@ -12,6 +12,13 @@ on simulated pods.
   workloads README states; `hit_rate_ceilings` also counts each group's first request as
   a miss). `prompts_per_group` only sizes the prompt pool below.
 * `random`: every request's prompt is unique.
+* `multi_turn`: conversations. Each Poisson arrival starts one, whose `turns` requests are
+  chained: turn t+1 (`follows` = turn t's index) is sent `think_s` after turn t's answer
+  ended, by the client in `tandem bench` and by the virtual cluster in `tandem plan`. Turn
+  t's prompt is the shared system prompt, the earlier turns' questions and answers, then
+  its own question. The answers in the history are the conversation's own text, not what
+  the pod generated, so every policy gets identical prompts; a cache can therefore serve a
+  turn its previous turn's prompt, not the previous answer's blocks (`hit_rate_ceilings`).
 
 With a prompt pool (`build_requests(..., prompt_pool=True)`) requests instead cycle, in a
 seeded shuffled order, through a fixed set of prompts — `num_groups` x `prompts_per_group`
@@ -32,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.workload import RandomData, SharedPrefixData, Stage, Workload
+from bench.workload import MultiTurnData, RandomData, SharedPrefixData, Stage, Workload
 from kvcache.tokenizer import SYNTHETIC_WORDS
 
 _VOCABULARY = len(SYNTHETIC_WORDS)
@@ -52,6 +59,13 @@ class BenchRequest:
     group: int | None = None
     prompt_slot: int | None = None
     """Which prompt of the workload's fixed pool it repeats; None: a question of its own."""
+    conversation: int | None = None
+    """The conversation it is a turn of (multi-turn workloads)."""
+    turn: int = 0
+    follows: int | None = None
+    """Index of the request whose answer this one waits for; None: sent at `arrival_s`."""
+    think_s: float = 0.0
+    """Model seconds between the end of `follows`'s answer and this request."""
 
 
 def _word_ids(rng: random.Random, num_tokens: int, *, advance: bool = True) -> list[int]:
@@ -133,12 +147,16 @@ class PromptSet:
     system_prompt_tokens: int = 0
     system_ids: tuple[tuple[int, ...], ...] = ()
     """Token ids of each system prompt."""
+    answer_tokens: int = 0
+    """Tokens of each answer in a conversation's history (multi-turn workloads)."""
 
     def text(self, request: BenchRequest) -> str:
         return self.text_and_ids(request)[0]
 
     def text_and_ids(self, request: BenchRequest) -> tuple[str, list[int]]:
         """The prompt and the ids the synthetic tokenizer gives it (one per word)."""
+        if request.conversation is not None:
+            return self._turn(request.conversation, request.turn)
         own_seed = (
             f"{self.seed}:request:{request.index}"
             if request.prompt_slot is None
@@ -150,9 +168,30 @@ class PromptSet:
             return own, ids
         return self.system_prompts[request.group] + own, [*self.system_ids[request.group], *ids]
 
+    def _turn(self, conversation: int, turn: int) -> tuple[str, list[int]]:
+        """System prompt, then each earlier turn's question and answer, then turn `turn`'s
+        question; every part drawn from its own seed."""
+        ids = list(self.system_ids[0])
+        for earlier in range(turn + 1):
+            base = f"{self.seed}:conversation:{conversation}:turn:{earlier}"
+            ids += _word_ids(random.Random(f"{base}:question"), self.own_tokens, advance=False)
+            if earlier < turn:
+                ids += _word_ids(random.Random(f"{base}:answer"), self.answer_tokens, advance=False)
+        return _words(ids), ids
+
     def tokens(self, request: BenchRequest) -> int:
+        if request.conversation is not None:
+            return self.shared_tokens(request) + self.own_tokens
         shared = self.system_prompt_tokens if request.group is not None else 0
         return shared + self.own_tokens
+
+    def shared_tokens(self, request: BenchRequest) -> int:
+        """Leading tokens the request's prompt shares with others: its group's system
+        prompt, or a turn's system prompt and whole history."""
+        if request.conversation is not None:
+            turn_tokens = self.own_tokens + self.answer_tokens
+            return self.system_prompt_tokens + request.turn * turn_tokens
+        return self.system_prompt_tokens if request.group is not None else 0
 
 
 def build_prompts(workload: Workload) -> PromptSet:
@@ -162,6 +201,12 @@ def build_prompts(workload: Workload) -> PromptSet:
         ids = tuple(tuple(_word_ids(rng, data.system_prompt_len)) for _ in range(data.num_groups))
         systems = tuple(_words(list(group)) for group in ids)
         return PromptSet(data.seed, systems, data.question_len, data.system_prompt_len, ids)
+    if isinstance(data, MultiTurnData):
+        system = tuple(_word_ids(rng, data.system_prompt_len))
+        return PromptSet(
+            data.seed, (_words(system),), data.user_len, data.system_prompt_len, (system,),
+            answer_tokens=data.output_len,
+        )  # fmt: skip
     assert isinstance(data, RandomData)
     return PromptSet(data.seed, (), data.input_len)
 
@@ -189,7 +234,15 @@ def build_requests(
     prompt_pool: bool = False,
 ) -> list[BenchRequest]:
     """Poisson arrivals per stage, one after the other; each request drawn a group, or with
-    `prompt_pool` the next prompt of the pool's shuffled cycle (the same arrival times)."""
+    `prompt_pool` the next prompt of the pool's shuffled cycle (the same arrival times). A
+    multi-turn workload's arrivals start conversations (`_conversations`)."""
+    if isinstance(workload.data, MultiTurnData):
+        if prompt_pool:
+            raise ValueError(
+                f"{workload.name}: a multi-turn workload has no fixed prompt pool; "
+                "use the tandem load harness"
+            )
+        return _conversations(workload, workload.data, stages)
     rng = random.Random(f"{workload.data.seed}:arrivals")
     groups = len(prompts.system_prompts)
     draw_group = _group_draw(workload, rng)
@@ -219,6 +272,48 @@ def build_requests(
     return requests
 
 
+def _conversations(
+    workload: Workload, data: MultiTurnData, stages: list[tuple[int, Stage]]
+) -> list[BenchRequest]:
+    """Each arrival starts a conversation whose turns follow one another; a turn's
+    `arrival_s` is its earliest possible send (the arrival plus the think times), listed
+    right after the turn before, so first turns stay in arrival order."""
+    rng = random.Random(f"{data.seed}:arrivals")
+    requests: list[BenchRequest] = []
+    start = 0.0
+    conversation = 0
+    for stage_index, stage in stages:
+        for arrival in _arrivals(rng, stage, start, workload.load.type):
+            thinks = random.Random(f"{data.seed}:conversation:{conversation}:think")
+            at = arrival
+            for turn in range(data.turns):
+                think = 0.0
+                if turn and data.think_time_s:
+                    think = thinks.expovariate(1 / data.think_time_s)
+                at += think
+                requests.append(
+                    BenchRequest(
+                        request_id=f"{workload.name}-{len(requests):06d}",
+                        stage=stage_index,
+                        arrival_s=at,
+                        index=len(requests),
+                        max_tokens=data.output_len,
+                        conversation=conversation,
+                        turn=turn,
+                        follows=len(requests) - 1 if turn else None,
+                        think_s=think,
+                    )
+                )
+            conversation += 1
+        start += stage.duration
+    return requests
+
+
+def next_turns(requests: Sequence[BenchRequest]) -> dict[int, BenchRequest]:
+    """Each request's index → the request that follows it (multi-turn workloads)."""
+    return {r.follows: r for r in requests if r.follows is not None}
+
+
 def _group_draw(workload: Workload, rng: random.Random) -> Callable[[], int]:
     """Draws a request's group: uniformly, or Zipf-weighted (group k+1 weighs 1/(k+1)^s)."""
     data = workload.data
@@ -234,15 +329,25 @@ def _group_draw(workload: Workload, rng: random.Random) -> Callable[[], int]:
 
 
 def hit_rate_ceilings(prompts: PromptSet, requests: Sequence[BenchRequest]) -> dict[int, float]:
-    """Per stage, the most prompt tokens any cache could serve: each group's system prompt,
-    from the group's second request in the run on (a cache of unbounded size, perfect
-    routing). Stages of workloads without shared prefixes have none."""
+    """Per stage, the most prompt tokens any cache could serve (a cache of unbounded size,
+    perfect routing): each group's system prompt, from the group's second request in the
+    run on; a conversation's turn, the previous turn's prompt (the first turn, the system
+    prompt from the run's second conversation on). Stages of workloads without shared
+    prefixes have none."""
     seen: set[int] = set()
     hits: dict[int, int] = {}
     totals: dict[int, int] = {}
+    by_index = {r.index: r for r in requests}
     for request in sorted(requests, key=lambda r: r.arrival_s):
         totals[request.stage] = totals.get(request.stage, 0) + prompts.tokens(request)
-        if request.group is not None:
+        if request.conversation is not None:
+            if request.follows is not None:
+                cached = prompts.tokens(by_index[request.follows])
+            else:
+                cached = prompts.system_prompt_tokens if seen else 0
+                seen.add(request.conversation)
+            hits[request.stage] = hits.get(request.stage, 0) + cached
+        elif request.group is not None:
             if request.group in seen:
                 hits[request.stage] = hits.get(request.stage, 0) + prompts.system_prompt_tokens
             seen.add(request.group)
@@ -256,6 +361,7 @@ def _prompt_pool(workload: Workload) -> list[int]:
     inference-perf shuffles its pre-generated prompts (kubernetes-sigs/inference-perf:
     inference_perf/datagen/shared_prefix_datagen.py, `load_lazy_data` takes index % count)."""
     data = workload.data
+    assert not isinstance(data, MultiTurnData)  # build_requests refuses it
     size = (
         data.num_groups * data.prompts_per_group
         if isinstance(data, SharedPrefixData)

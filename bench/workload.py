@@ -5,6 +5,7 @@
     data: {type: shared_prefix, num_groups, prompts_per_group, system_prompt_len,
            question_len, output_len, seed, zipf_s?}
         | {type: random, num_prompts, input_len, output_len, seed}
+        | {type: multi_turn, system_prompt_len, user_len, output_len, turns, think_time_s, seed}
     engine_profiles?: {prefill|decode|both: profile}   (per-pool override; tandem plan only)
     load: {type: poisson | constant, warmup?: {rate, duration}, stages: [{rate, duration}, ...]}
     slo: {ttft_ms, itl_ms, itl_p99_ms?}
@@ -78,6 +79,23 @@ class RandomData(_Strict):
     seed: int = 0
 
 
+class MultiTurnData(_Strict):
+    """Chat conversations: a load stage's rate is conversations started per second; each
+    runs `turns` requests, one after the other, the next sent a think time after the answer
+    to the one before has ended. A turn's prompt is the system prompt (shared by every
+    conversation), then each earlier turn's question and answer, then its own question, so
+    prompts grow by `user_len + output_len` a turn."""
+
+    type: Literal["multi_turn"]
+    system_prompt_len: int = Field(ge=0)
+    user_len: int = Field(ge=1)
+    output_len: int = Field(ge=1)
+    turns: int = Field(ge=1)
+    think_time_s: float = Field(ge=0)
+    """Mean pause between an answer and the next question (model seconds, exponential)."""
+    seed: int = 0
+
+
 class Stage(_Strict):
     rate: float = Field(gt=0)
     duration: float = Field(gt=0)
@@ -126,7 +144,7 @@ class Workload(_Strict):
     parallelism than decode pods, as llm-d's P/D guide deploys them)."""
     gpus: int = Field(ge=1)
     clusters: dict[str, ClusterShape] = Field(min_length=1)
-    data: Annotated[SharedPrefixData | RandomData, Field(discriminator="type")]
+    data: Annotated[SharedPrefixData | RandomData | MultiTurnData, Field(discriminator="type")]
     load: Load
     slo: Slo
     admission: Admission | None = None

@@ -28,7 +28,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bench.generate import BenchRequest, PromptSet
+from bench.generate import BenchRequest, PromptSet, next_turns
 from bench.records import RequestRecord
 from bench.workload import ClusterShape
 from decode.pod import decode_pod
@@ -124,6 +124,8 @@ class VirtualCluster:
     _epoch: int = 0
     _last_end_s: float = 0.0
     """When the client saw the last request end."""
+    _next_turns: dict[int, BenchRequest] = field(default_factory=dict)
+    """Conversations' later turns by the index of the request they follow."""
     _pooled_prompts: dict[tuple[int, int], tuple[bytes, list[int]]] = field(default_factory=dict)
     """Body and ids of the prompts a pooled harness repeats, by (slot, max tokens)."""
     _kv_seq: dict[str, int] = field(default_factory=dict)
@@ -232,8 +234,10 @@ class VirtualCluster:
         all ended, and fail what is still open `drain_limit_s` after the last arrival."""
         self._pending += len(requests)
         self._start_periodic()
+        self._next_turns.update(next_turns(requests))
         for request in requests:
-            self.loop.at(request.arrival_s + offset_s, self._arrive, request, offset_s)
+            if request.follows is None:  # a later turn is sent when the one before ends
+                self.loop.at(request.arrival_s + offset_s, self._arrive, request, offset_s)
         last = max((r.arrival_s for r in requests), default=0.0) + offset_s
         # Stop when the last request ends: periodic work still queued then (a heartbeat due
         # seconds later) must not hold back the next stage's first arrivals.
@@ -312,7 +316,7 @@ class VirtualCluster:
         record = RequestRecord(
             request_id=request.request_id,
             stage=request.stage,
-            scheduled_s=request.arrival_s + offset_s,
+            scheduled_s=request.arrival_s + offset_s if request.follows is None else now,
             sent_s=now,
             prompt_tokens=self.prompts.tokens(request),
             max_tokens=request.max_tokens,
@@ -428,6 +432,9 @@ class VirtualCluster:
         ended = record.sent_s + record.e2e_s if record.e2e_s is not None else self.loop.now
         self._last_end_s = max(self._last_end_s, ended)
         self._pending -= 1
+        turn = self._next_turns.pop(flight.bench.index, None)
+        if turn is not None:  # the conversation goes on after a think time
+            self.loop.at(max(ended, self.loop.now) + turn.think_s, self._arrive, turn)
         if self.on_done is not None:
             self.on_done(flight.record)
 

@@ -17,6 +17,7 @@ from bench.generate import (
     PromptSet,
     build_prompts,
     build_requests,
+    hit_rate_ceilings,
     schedule,
     stage_starts,
 )
@@ -249,6 +250,7 @@ def run_plan(
     prompts = build_prompts(workload)
     stages = schedule(workload, quick=options.quick)
     requests = _requests(options, prompts)
+    ceilings = hit_rate_ceilings(prompts, requests)
     jobs = [
         _Job(name, shape, label, config)
         for name, shape in shapes(options).items()
@@ -287,7 +289,7 @@ def run_plan(
                 shape=job.shape.model_dump(exclude_defaults=True),
                 policy=job.label,
                 gpus=workload.gpus_of(job.shape),
-                stages=summarize_run(outcome.records, stages, workload, None),
+                stages=summarize_run(outcome.records, stages, workload, None, ceilings),
                 records=outcome.records,
                 notes=[outcome.note, f"simulated in {outcome.seconds:.1f} s of wall time"],
             )

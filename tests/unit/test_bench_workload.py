@@ -16,7 +16,13 @@ from bench.generate import (
     hit_rate_ceilings,
     schedule,
 )
-from bench.workload import WORKLOAD_DIR, SharedPrefixData, WorkloadError, load_workload
+from bench.workload import (
+    WORKLOAD_DIR,
+    SharedPrefixData,
+    Workload,
+    WorkloadError,
+    load_workload,
+)
 from kvcache.tokenizer import SyntheticTokenizer
 
 SHIPPED = sorted(p.stem for p in WORKLOAD_DIR.glob("*.yaml"))
@@ -267,3 +273,73 @@ def test_the_hit_rate_ceiling_counts_each_group_s_first_request_as_a_miss() -> N
     assert hit_rate_ceilings(prompts, requests) == {0: 75 / 200, 1: 150 / 300}
     random_prompts = PromptSet(seed=0, system_prompts=(), own_tokens=10)
     assert hit_rate_ceilings(random_prompts, [BenchRequest("r", 0, 0.0, 0, 1)]) == {}
+
+
+CHAT = """\
+name: chat
+model: m
+engine_profile: llama-3.1-8b-h100-tp1
+gpus: 1
+clusters: {one: {both: 1}}
+data: {type: multi_turn, system_prompt_len: 40, user_len: 6, output_len: 10, turns: 3,
+       think_time_s: 2, seed: 3}
+load: {type: poisson, stages: [{rate: 2, duration: 3}, {rate: 4, duration: 2}]}
+slo: {ttft_ms: 1000, itl_ms: 50}
+"""
+
+
+def chat_workload(tmp_path: Path, text: str = CHAT) -> Workload:
+    path = tmp_path / "chat.yaml"
+    path.write_text(text)
+    return load_workload(str(path))
+
+
+def test_a_conversation_s_turns_follow_each_other_and_its_prompt_grows(tmp_path: Path) -> None:
+    workload = chat_workload(tmp_path)
+    prompts = build_prompts(workload)
+    requests = build_requests(workload, prompts, schedule(workload))
+
+    firsts = [r for r in requests if r.follows is None]
+    assert [r.turn for r in firsts] == [0] * len(firsts)
+    assert [r.arrival_s for r in firsts] == sorted(r.arrival_s for r in firsts)
+    assert len(requests) == 3 * len(firsts)
+    tokenizer = SyntheticTokenizer()
+    for request in requests:
+        text, ids = prompts.text_and_ids(request)
+        assert tokenizer.encode(text) == ids
+        assert len(ids) == prompts.tokens(request) == 40 + request.turn * 16 + 6
+        if request.follows is None:
+            assert request.think_s == 0
+            continue
+        before = requests[request.follows]
+        assert (before.conversation, before.turn + 1) == (request.conversation, request.turn)
+        assert before.stage == request.stage  # a conversation counts in the stage it began
+        assert request.think_s > 0
+        assert request.arrival_s == pytest.approx(before.arrival_s + request.think_s)
+        # The turn repeats the previous prompt, adds its answer and a new question.
+        assert ids[: prompts.tokens(before)] == prompts.text_and_ids(before)[1]
+        assert ids[: prompts.shared_tokens(request)] == ids[: 40 + request.turn * 16]
+    # Every conversation opens with the same system prompt, and asks its own questions.
+    first_ids = [prompts.text_and_ids(r)[1] for r in firsts[:2]]
+    assert first_ids[0][:40] == first_ids[1][:40]
+    assert first_ids[0][40:] != first_ids[1][40:]
+    assert requests == build_requests(workload, build_prompts(workload), schedule(workload))
+
+
+def test_a_turn_s_ceiling_is_its_previous_prompt(tmp_path: Path) -> None:
+    workload = chat_workload(tmp_path)
+    prompts = build_prompts(workload)
+    requests = [
+        BenchRequest("a0", 0, 0.0, 0, 10, conversation=0),
+        BenchRequest("a1", 0, 1.0, 1, 10, conversation=0, turn=1, follows=0, think_s=1.0),
+        BenchRequest("b0", 1, 1.5, 2, 10, conversation=1),
+    ]
+
+    # a0: nothing cached yet (46 tokens); a1: a0's prompt (46 of 62); b0: the system prompt.
+    assert hit_rate_ceilings(prompts, requests) == {0: 46 / (46 + 62), 1: 40 / 46}
+
+
+def test_a_multi_turn_workload_has_no_prompt_pool(tmp_path: Path) -> None:
+    workload = chat_workload(tmp_path)
+    with pytest.raises(ValueError, match="no fixed prompt pool"):
+        build_requests(workload, build_prompts(workload), schedule(workload), prompt_pool=True)

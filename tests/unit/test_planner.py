@@ -288,6 +288,10 @@ def test_tandem_plan_writes_results_and_recommends(
     assert "# tandem plan: tiny" in (folder / "report.md").read_text()
     runs = json.loads((folder / "results.json").read_text())["runs"]
     assert all(any(n.startswith("simulated in ") for n in run["notes"]) for run in runs)
+    # The shared-prefix workload's stages carry their hit-rate ceilings, as `tandem bench` has them.
+    ceilings = [stage["hit_rate_ceiling"] for run in runs for stage in run["stages"]]
+    assert all(0 < c < 1 for c in ceilings)
+    assert all(s["hit_rate"] <= s["hit_rate_ceiling"] for run in runs for s in run["stages"])
 
 
 def test_the_inference_perf_harness_isolates_stages_and_repeats_prompts(tmp_path: Path) -> None:
@@ -590,3 +594,38 @@ def test_the_precise_index_follows_the_virtual_pods_events() -> None:
     assert all(r.success for r in records)
     groups_seen = len({r.group for r in requests})
     assert sum((r.cached_tokens or 0) > 0 for r in records) >= len(records) - 2 * groups_seen
+
+
+def test_a_conversation_s_next_turn_waits_for_the_answer_and_the_think_time(
+    tmp_path: Path,
+) -> None:
+    workload = write_workload(
+        tmp_path, "llama-3.1-8b-h100-tp1",
+        "gpus: 2\nclusters: {aggregated-2: {both: 2}}\n"
+        "data: {type: multi_turn, system_prompt_len: 500, user_len: 50, output_len: 40,"
+        " turns: 4, think_time_s: 1, seed: 2}\n"
+        "load: {type: poisson, stages: [{rate: 2, duration: 4}]}\n"
+        "slo: {ttft_ms: 1000, itl_ms: 50}\n",
+    )  # fmt: skip
+    prompts = build_prompts(workload)
+    requests = build_requests(workload, prompts, schedule(workload))
+    cluster = virtual_cluster(workload, "aggregated-2", workload.engine_profile, "tandem-precise")
+
+    records = {r.request_id: r for r in cluster.run(requests)}
+
+    assert len(records) == len(requests)
+    assert all(r.success for r in records.values())
+    for request in requests:
+        record = records[request.request_id]
+        if request.follows is None:
+            assert record.sent_s == pytest.approx(request.arrival_s)
+            continue
+        before = records[requests[request.follows].request_id]
+        assert before.e2e_s is not None
+        ended = before.sent_s + before.e2e_s
+        assert record.sent_s == pytest.approx(ended + request.think_s)
+        assert record.scheduled_s == pytest.approx(record.sent_s)
+        # The pod that served the previous turn still holds its prompt: all but the last,
+        # partial block is a hit.
+        assert record.cached_tokens is not None
+        assert record.cached_tokens >= prompts.tokens(requests[request.follows]) - 16
