@@ -61,12 +61,21 @@ class SyntheticTokenizer:
 
     def __init__(self) -> None:
         self._word_ids = {" " + word: index for index, word in enumerate(SYNTHETIC_WORDS)}
+        self._bare_ids = {word: index for index, word in enumerate(SYNTHETIC_WORDS)}
 
     @property
     def vocab_size(self) -> int:
         return SYNTHETIC_VOCAB_SIZE
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if text.startswith(" "):
+            # Most prompts are " word word ...": every piece a known word after one space
+            # (words are at most 8 letters, so the rule cuts exactly there). A split is
+            # several times faster than the pattern; anything else takes the pattern.
+            bare = self._bare_ids.get
+            ids = [bare(word, -1) for word in text[1:].split(" ")]
+            if -1 not in ids:
+                return ids
         known = self._word_ids.get
         ids = [known(piece, -1) for piece in _PIECE.findall(text)]
         if -1 in ids:  # pieces outside the word list (rare in benchmark prompts)

@@ -12,6 +12,7 @@ from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
 from kvcache.tokenizer import (
+    _PIECE,
     NUM_WORDS,
     SYNTHETIC_VOCAB_SIZE,
     SYNTHETIC_WORDS,
@@ -147,3 +148,21 @@ def test_chunked_encoding_gives_the_ids_of_the_whole_text(parts: list[str], sep:
 
     assert tokenizer.encode_chunked(text, chunk) == tokenizer.encode(text)
     assert "".join(chunks) == text
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.sampled_from([*SYNTHETIC_WORDS[:50], "", "x" * 20, "!", "\n", "42", "é", "ab,"]),
+        max_size=200,
+    ),
+    st.sampled_from(["", " ", "  ", "\n", " \t"]),
+)
+def test_plain_word_texts_and_others_tokenize_as_the_rule_says(
+    parts: list[str], head: str
+) -> None:
+    # `encode` has a fast path for " word word ..." texts; the ids are the rule's either way.
+    tokenizer = SyntheticTokenizer()
+    text = head + " ".join(parts)
+    ids = [tokenizer._piece_id(piece) for piece in _PIECE.findall(text)]
+    assert tokenizer.encode(text) == ids

@@ -217,6 +217,8 @@ class PrecisePrefixCacheProducer(Plugin):
         if tokens is None:
             tokens = tuple(self._tokenizer.encode(chunk))
             _remember(self._chunks, chunk, tokens)
+        else:  # least recently used goes first: shared prefixes stay, one-off tails leave
+            self._chunks.move_to_end(chunk)
         return tokens
 
     def default_block_size(self) -> int:
