@@ -9,7 +9,7 @@ on simulated pods.
   `zipf_s`, with Zipf-skewed popularity) and is that group's system prompt — identical text
   for the whole group — followed by a question of its own, so at most system_prompt_len /
   (system_prompt_len + question_len) of the prompt tokens can be cache hits (the ceiling the
-  workloads README states; `hit_rate_ceilings` also counts each group's first request as
+  workloads README states; `bench.ceilings` also counts each group's first request as
   a miss). `prompts_per_group` only sizes the prompt pool below.
 * `random`: every request's prompt is unique.
 * `multi_turn`: conversations. Each Poisson arrival starts one, whose `turns` requests are
@@ -18,7 +18,7 @@ on simulated pods.
   t's prompt is the shared system prompt, the earlier turns' questions and answers, then
   its own question. The answers in the history are the conversation's own text, not what
   the pod generated, so every policy gets identical prompts; a cache can therefore serve a
-  turn its previous turn's prompt, not the previous answer's blocks (`hit_rate_ceilings`).
+  turn its previous turn's prompt, not the previous answer's blocks (`bench.ceilings`).
 
 With a prompt pool (`build_requests(..., prompt_pool=True)`) requests instead cycle, in a
 seeded shuffled order, through a fixed set of prompts — `num_groups` x `prompts_per_group`
@@ -326,34 +326,6 @@ def _group_draw(workload: Workload, rng: random.Random) -> Callable[[], int]:
     )
     total = cumulative[-1]
     return lambda: min(bisect.bisect(cumulative, rng.random() * total), data.num_groups - 1)
-
-
-def hit_rate_ceilings(prompts: PromptSet, requests: Sequence[BenchRequest]) -> dict[int, float]:
-    """Per stage, the most prompt tokens any cache could serve (a cache of unbounded size,
-    perfect routing): each group's system prompt, from the group's second request in the
-    run on; a conversation's turn, the previous turn's prompt (the first turn, the system
-    prompt from the run's second conversation on). Stages of workloads without shared
-    prefixes have none."""
-    seen: set[int] = set()
-    hits: dict[int, int] = {}
-    totals: dict[int, int] = {}
-    by_index = {r.index: r for r in requests}
-    for request in sorted(requests, key=lambda r: r.arrival_s):
-        totals[request.stage] = totals.get(request.stage, 0) + prompts.tokens(request)
-        if request.conversation is not None:
-            if request.follows is not None:
-                cached = prompts.tokens(by_index[request.follows])
-            else:
-                cached = prompts.system_prompt_tokens if seen else 0
-                seen.add(request.conversation)
-            hits[request.stage] = hits.get(request.stage, 0) + cached
-        elif request.group is not None:
-            if request.group in seen:
-                hits[request.stage] = hits.get(request.stage, 0) + prompts.system_prompt_tokens
-            seen.add(request.group)
-    if not seen:
-        return {}
-    return {stage: hits.get(stage, 0) / total for stage, total in totals.items() if total}
 
 
 def _prompt_pool(workload: Workload) -> list[int]:

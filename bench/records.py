@@ -90,5 +90,7 @@ class StageSummary:
     """SLO attainment of the requests that were not refused: what admission control keeps;
     None when every request was refused."""
     hit_rate_ceiling: float | None = None
-    """The most `hit_rate` could be (`bench.generate.hit_rate_ceilings`); None without
+    """The most `hit_rate` could be with an unbounded cache (`bench.ceilings`); None without
     shared prefixes."""
+    hit_rate_kv_bound: float | None = None
+    """What `hit_rate` could be with the cluster's KV capacity (`bench.ceilings`)."""

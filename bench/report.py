@@ -223,7 +223,7 @@ def _run_table(run: RunResult) -> str:
         "SLO attainment",
         *(["tail SLO attainment"] if run.tail_goodput is not None else []),
         *(["refused", "admitted SLO attainment"] if refusals else []),
-        "hit rate (ceiling)",
+        "hit rate (ceiling; KV bound)",
         "lag p99 (s)",
         "machine-limited",
     ]
@@ -240,8 +240,7 @@ def _run_table(run: RunResult) -> str:
             _percent(s.slo_attainment),
             *([_percent(s.tail_slo_attainment)] if run.tail_goodput is not None else []),
             *([str(s.rejected), _percent(s.admitted_slo_attainment)] if refusals else []),
-            _percent(s.hit_rate)
-            + (f" ({_percent(s.hit_rate_ceiling)})" if s.hit_rate_ceiling is not None else ""),
+            _hit_rate(s),
             f"{s.generator_lag_p99_s:.3f}",
             "**yes**" if s.machine_limited else "no",
         ]
@@ -252,6 +251,16 @@ def _run_table(run: RunResult) -> str:
     if run.tail_goodput is not None:
         summary += f" Under the tail SLO: {run.tail_goodput:.2f} req/s."
     return f"{title}\n\n{summary}\n\n" + _table(header, rows)
+
+
+def _hit_rate(stage: StageSummary) -> str:
+    """The hit rate, then what it could be: unbounded, and with the cluster's KV."""
+    bounds = [
+        _percent(value)
+        for value in (stage.hit_rate_ceiling, stage.hit_rate_kv_bound)
+        if value is not None
+    ]
+    return _percent(stage.hit_rate) + (f" ({'; '.join(bounds)})" if bounds else "")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

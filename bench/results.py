@@ -29,9 +29,13 @@ is 0.
 - **Hit rate**: prompt tokens served from a prefix cache / all prompt tokens, on the pod that \
 ran each prefill (KV received over a transfer is not a cache hit): the sum of the responses' \
 `usage.prompt_tokens_details.cached_tokens` (which vLLM reports as the prefill side's hits) \
-over their prompt tokens. In parentheses, the stage's ceiling where prompts share prefixes: \
-each group's system prompt counted as served from its group's second request in the run on \
-(an unbounded cache and perfect routing).
+over their prompt tokens. In parentheses, where prompts share prefixes, the stage's ceiling \
+(an unbounded cache and perfect routing: each group's system prompt served from its group's \
+second request in the run on; a conversation's turn, its previous turn's prompt) and its KV \
+bound (the same prompts in arrival order through one LRU cache of whole blocks the size of \
+the cluster's KV, answers included: perfect routing with the real capacity).
+- **Rate** of a multi-turn workload's stage: conversations started per second; the stage's \
+requests are those conversations' turns.
 - **Tail SLO** (where the workload sets `slo.itl_p99_ms`): the SLO above and, besides, each \
 request's own P99 inter-token gap ≤ `slo.itl_p99_ms`; tail goodput is goodput under it.
 - **Throughput** of a stage: its successful requests (and their tokens) per second of the \

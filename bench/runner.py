@@ -17,13 +17,13 @@ from pathlib import Path
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bench.ceilings import hit_rate_ceilings, hit_rate_kv_bounds, kv_capacity
 from bench.client import CpuSampler, run_load
 from bench.generate import (
     BenchRequest,
     PromptSet,
     build_prompts,
     build_requests,
-    hit_rate_ceilings,
     schedule,
 )
 from bench.records import RequestRecord, StageSummary
@@ -96,9 +96,10 @@ def summarize_run(
     workload: Workload,
     cpu: CpuSampler | None,
     ceilings: Mapping[int, float] | None = None,
+    kv_bounds: Mapping[int, float] | None = None,
 ) -> list[StageSummary]:
     """Per-stage summaries; `cpu` (absent in virtual time) flags machine-limited stages;
-    `ceilings` are the stages' hit-rate ceilings."""
+    `ceilings` and `kv_bounds` are the stages' hit-rate ceilings and bounds (`bench.ceilings`)."""
     summaries = []
     start = 0.0
     for index, stage in stages:
@@ -118,6 +119,7 @@ def summarize_run(
                     hit_rate=hit_rate(in_stage),
                     cpu_saturated=busy is not None and busy >= CPU_SATURATED,
                     hit_rate_ceiling=(ceilings or {}).get(index),
+                    hit_rate_kv_bound=(kv_bounds or {}).get(index),
                 )
             )
         start = end
@@ -211,7 +213,14 @@ def run_bench(options: BenchOptions) -> BenchResults:
                     notes = orchestrator_notes(cluster.url)
                 shape = cluster_shape.model_dump(exclude_defaults=True)
                 gpus = workload.gpus_of(cluster_shape)
-            summaries = summarize_run(records, stages, workload, cpu, ceilings)
+            kv_bounds = (
+                None
+                if options.target
+                else hit_rate_kv_bounds(
+                    prompts, requests, kv_capacity(workload, workload.clusters[cluster_name])
+                )
+            )
+            summaries = summarize_run(records, stages, workload, cpu, ceilings, kv_bounds)
             runs.append(
                 RunResult.from_stages(
                     cluster=cluster_name,

@@ -102,6 +102,7 @@ def summarize_stage(
     lag_limit_s: float = DEFAULT_LAG_LIMIT_S,
     slo_itl_p99_s: float | None = None,
     hit_rate_ceiling: float | None = None,
+    hit_rate_kv_bound: float | None = None,
 ) -> StageSummary:
     """One stage's figures from the records of the requests it scheduled.
 
@@ -154,6 +155,7 @@ def summarize_stage(
         rejected=rejected,
         admitted_slo_attainment=good / admitted if admitted else None,
         hit_rate_ceiling=hit_rate_ceiling,
+        hit_rate_kv_bound=hit_rate_kv_bound,
     )
 
 

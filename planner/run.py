@@ -12,12 +12,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.ceilings import hit_rate_ceilings, hit_rate_kv_bounds, kv_capacity
 from bench.generate import (
     BenchRequest,
     PromptSet,
     build_prompts,
     build_requests,
-    hit_rate_ceilings,
     schedule,
     stage_starts,
 )
@@ -256,6 +256,8 @@ def run_plan(
         for name, shape in shapes(options).items()
         for label, config in variants(options, shape)
     ]
+    capacities = {kv_capacity(workload, job.shape) for job in jobs}
+    bounds = {c: hit_rate_kv_bounds(prompts, requests, c) for c in capacities}
     outcomes: dict[int, _Outcome] = {}
     if options.jobs > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=options.jobs) as pool:
@@ -289,7 +291,14 @@ def run_plan(
                 shape=job.shape.model_dump(exclude_defaults=True),
                 policy=job.label,
                 gpus=workload.gpus_of(job.shape),
-                stages=summarize_run(outcome.records, stages, workload, None, ceilings),
+                stages=summarize_run(
+                    outcome.records,
+                    stages,
+                    workload,
+                    None,
+                    ceilings,
+                    bounds[kv_capacity(workload, job.shape)],
+                ),
                 records=outcome.records,
                 notes=[outcome.note, f"simulated in {outcome.seconds:.1f} s of wall time"],
             )

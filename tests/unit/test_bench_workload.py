@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.ceilings import hit_rate_ceilings, hit_rate_kv_bounds
 from bench.generate import (
     BenchRequest,
     PromptSet,
     build_prompts,
     build_requests,
-    hit_rate_ceilings,
     schedule,
 )
 from bench.workload import (
@@ -343,3 +343,37 @@ def test_a_multi_turn_workload_has_no_prompt_pool(tmp_path: Path) -> None:
     workload = chat_workload(tmp_path)
     with pytest.raises(ValueError, match="no fixed prompt pool"):
         build_requests(workload, build_prompts(workload), schedule(workload), prompt_pool=True)
+
+
+def test_the_kv_bound_is_the_ceiling_when_everything_fits_and_falls_when_it_does_not() -> None:
+    workload = load_workload("kv-pressure-small")
+    prompts = build_prompts(workload)
+    requests = build_requests(workload, prompts, schedule(workload, quick=True))
+    ceilings = hit_rate_ceilings(prompts, requests)
+
+    unbounded = hit_rate_kv_bounds(prompts, requests, 10**9)
+    assert unbounded == pytest.approx(ceilings)  # 8,000-token system prompts: whole blocks
+    pool = hit_rate_kv_bounds(prompts, requests, 4 * 450_000)
+    small = hit_rate_kv_bounds(prompts, requests, 450_000)
+    assert all(small[s] <= pool[s] <= unbounded[s] for s in ceilings)
+    assert sum(small.values()) < sum(pool.values())
+    assert hit_rate_kv_bounds(prompts, requests, 8_000) == dict.fromkeys(ceilings, 0.0)
+
+
+def test_the_kv_bound_of_a_conversation_is_its_previous_prompt_s_whole_blocks(
+    tmp_path: Path,
+) -> None:
+    workload = chat_workload(tmp_path)
+    prompts = build_prompts(workload)
+    requests = [
+        BenchRequest("a0", 0, 0.0, 0, 10, conversation=0),
+        BenchRequest("a1", 0, 1.0, 1, 10, conversation=0, turn=1, follows=0, think_s=1.0),
+        BenchRequest("b0", 1, 1.5, 2, 10, conversation=1),
+    ]
+
+    # Blocks of 16: a1 finds a0's 2 whole blocks (of its 46 tokens); b0 the system prompt's
+    # 2 whole blocks (of 40 tokens), the third being partly a0's own question.
+    assert hit_rate_kv_bounds(prompts, requests, 10**6, block_size=16) == {
+        0: 32 / (46 + 62),
+        1: 32 / 46,
+    }

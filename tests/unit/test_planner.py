@@ -292,6 +292,12 @@ def test_tandem_plan_writes_results_and_recommends(
     ceilings = [stage["hit_rate_ceiling"] for run in runs for stage in run["stages"]]
     assert all(0 < c < 1 for c in ceilings)
     assert all(s["hit_rate"] <= s["hit_rate_ceiling"] for run in runs for s in run["stages"])
+    bounds = [stage["hit_rate_kv_bound"] for run in runs for stage in run["stages"]]
+    assert all(0 < b <= c for b, c in zip(bounds, ceilings, strict=True))
+    report = (folder / "report.md").read_text()
+    stage = runs[0]["stages"][0]
+    shown = f"({stage['hit_rate_ceiling'] * 100:.1f} %; {stage['hit_rate_kv_bound'] * 100:.1f} %)"
+    assert shown in report
 
 
 def test_the_inference_perf_harness_isolates_stages_and_repeats_prompts(tmp_path: Path) -> None:

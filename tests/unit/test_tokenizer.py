@@ -158,9 +158,7 @@ def test_chunked_encoding_gives_the_ids_of_the_whole_text(parts: list[str], sep:
     ),
     st.sampled_from(["", " ", "  ", "\n", " \t"]),
 )
-def test_plain_word_texts_and_others_tokenize_as_the_rule_says(
-    parts: list[str], head: str
-) -> None:
+def test_plain_word_texts_and_others_tokenize_as_the_rule_says(parts: list[str], head: str) -> None:
     # `encode` has a fast path for " word word ..." texts; the ids are the rule's either way.
     tokenizer = SyntheticTokenizer()
     text = head + " ".join(parts)
