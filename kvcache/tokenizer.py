@@ -21,7 +21,7 @@ import re
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 SYNTHETIC_VOCAB_SIZE = 32000
 NUM_WORDS = 1000
@@ -72,10 +72,9 @@ class SyntheticTokenizer:
             # Most prompts are " word word ...": every piece a known word after one space
             # (words are at most 8 letters, so the rule cuts exactly there). A split is
             # several times faster than the pattern; anything else takes the pattern.
-            bare = self._bare_ids.get
-            ids = [bare(word, -1) for word in text[1:].split(" ")]
-            if -1 not in ids:
-                return ids
+            words: list[int | None] = list(map(self._bare_ids.get, text[1:].split(" ")))
+            if None not in words:
+                return cast(list[int], words)
         known = self._word_ids.get
         ids = [known(piece, -1) for piece in _PIECE.findall(text)]
         if -1 in ids:  # pieces outside the word list (rare in benchmark prompts)

@@ -82,6 +82,8 @@ class PreciseIndex:
     """(hash, bit) → copies held, only where more than one."""
     _speculative: dict[int, dict[int, float]] = field(default_factory=dict)
     """hash → {bit: expiry}."""
+    _speculative_mask: dict[int, int] = field(default_factory=dict)
+    """hash → bitmask of the endpoints in `_speculative[hash]`: a match reads one int."""
     _expiries: deque[tuple[float, int, tuple[int, ...]]] = field(default_factory=deque)
 
     # -- endpoints ------------------------------------------------------------------------
@@ -286,8 +288,11 @@ class PreciseIndex:
             state.awaiting_since = now
         self._expire(now)
         expiry = now + self.speculative_ttl_s
+        flag = 1 << state.bit
+        masks = self._speculative_mask
         for block_hash in hashes:
             self._speculative.setdefault(block_hash, {})[state.bit] = expiry
+            masks[block_hash] = masks.get(block_hash, 0) | flag
         self._expiries.append((expiry, state.bit, tuple(hashes)))
 
     def match(self, hashes: Sequence[int], names: Iterable[str], now: float) -> dict[str, int]:
@@ -301,13 +306,10 @@ class PreciseIndex:
         for bit in bits.values():
             alive |= 1 << bit
         matched = 0
+        held = self._holders.get
+        speculated = self._speculative_mask.get
         for block_hash in hashes:
-            holders = self._holders.get(block_hash, 0)
-            speculative = self._speculative.get(block_hash)
-            if speculative:
-                for bit in speculative:
-                    holders |= 1 << bit
-            still = alive & holders
+            still = alive & (held(block_hash, 0) | speculated(block_hash, 0))
             if still != alive:
                 self._record_matches(result, bits, alive & ~still, matched)
                 alive = still
@@ -333,13 +335,16 @@ class PreciseIndex:
             for block_hash in hashes:
                 entry = self._speculative.get(block_hash)
                 if entry is not None and entry.get(bit) == expiry:
-                    del entry[bit]
-                    if not entry:
-                        del self._speculative[block_hash]
+                    self._unspeculate(block_hash, entry, bit)
 
     def _drop_speculative_bit(self, bit: int) -> None:
         for block_hash in [h for h, entry in self._speculative.items() if bit in entry]:
-            entry = self._speculative[block_hash]
-            del entry[bit]
-            if not entry:
-                del self._speculative[block_hash]
+            self._unspeculate(block_hash, self._speculative[block_hash], bit)
+
+    def _unspeculate(self, block_hash: int, entry: dict[int, float], bit: int) -> None:
+        del entry[bit]
+        if entry:
+            self._speculative_mask[block_hash] &= ~(1 << bit)
+        else:
+            del self._speculative[block_hash]
+            del self._speculative_mask[block_hash]
