@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from orchestrator.metrics import GatewayMetrics
 from orchestrator.router import Router
 from orchestrator.scheduling.config import build_scheduler, load_config_file
 from orchestrator.scheduling.precise_index import PreciseIndex
+from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.scheduling.types import (
     ROLE_LABEL,
     Endpoint,
@@ -84,19 +86,32 @@ def scheduler_pick_time(
     # 150 groups sharing a 6,000-token system prompt, as in the benchmark workload.
     system = [_text(6000, rng) for _ in range(150)]
     chars_per_token = 4.0
-    timings: list[float] = []
-    for index in range(requests):
-        prompt = system[rng.randrange(150)] + _text(prompt_tokens - 6000, rng)
-        request = SchedulingRequest(f"r{index}", prompt, prompt_tokens)
-        started = time.perf_counter()
-        scheduler.schedule(request, views, now=0.0)
-        timings.append(time.perf_counter() - started)
+    timings = _pick_times(
+        scheduler, views, system, rng, requests, prompt_tokens,
+        lambda name, prompt: SchedulingRequest(name, prompt, prompt_tokens),
+    )  # fmt: skip
     return {
         "endpoints": endpoints,
         "prompt_tokens": prompt_tokens,
         "prompt_chars_per_token_estimate": chars_per_token,
-        "pick_time": asdict(LatencySummary.of(timings[requests // 10 :])),  # skip warm-up
+        "pick_time": asdict(timings),
     }
+
+
+def _pick_times(
+    scheduler: Scheduler, views: list[EndpointView], system: list[str], rng: random.Random,
+    requests: int, prompt_tokens: int, make: Callable[[str, str], SchedulingRequest],
+) -> LatencySummary:  # fmt: skip
+    """`Scheduler.schedule` time for `requests` prompts, each a random group's system prompt
+    and a question of its own; the first tenth (warm-up) is left out."""
+    timings: list[float] = []
+    for index in range(requests):
+        prompt = system[rng.randrange(len(system))] + _text(prompt_tokens - 6000, rng)
+        request = make(f"r{index}", prompt)
+        started = time.perf_counter()
+        scheduler.schedule(request, views, now=0.0)
+        timings.append(time.perf_counter() - started)
+    return LatencySummary.of(timings[requests // 10 :])
 
 
 def precise_index_figures(
@@ -122,19 +137,16 @@ def precise_index_figures(
         precise.index.apply(
             view.name, 0, EventBatch(0.0, (BlockStored(tuple(hashes), None, (), 16),)), now=0.0
         )
-    timings: list[float] = []
-    for index in range(requests):
-        prompt = system[rng.randrange(150)] + _text(prompt_tokens - 6000, rng)
-        request = SchedulingRequest(
-            f"r{index}", prompt, prompt_tokens, engine_prompt=EnginePrompt(text=prompt)
-        )
-        started = time.perf_counter()
-        scheduler.schedule(request, views, now=0.0)
-        timings.append(time.perf_counter() - started)
+    timings = _pick_times(
+        scheduler, views, system, rng, requests, prompt_tokens,
+        lambda name, prompt: SchedulingRequest(
+            name, prompt, prompt_tokens, engine_prompt=EnginePrompt(text=prompt)
+        ),
+    )  # fmt: skip
     return {
         "endpoints": endpoints,
         "prompt_tokens": prompt_tokens,
-        "pick_time": asdict(LatencySummary.of(timings[requests // 10 :])),
+        "pick_time": asdict(timings),
         "index_bytes_per_million_blocks": _index_bytes(memory_blocks, endpoints, rng)
         * 1_000_000
         // memory_blocks,
