@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from bench.ceilings import hit_rate_ceilings, hit_rate_kv_bounds, kv_capacity
 from bench.client import CpuSampler, run_load
@@ -26,7 +26,8 @@ from bench.generate import (
     build_requests,
     schedule,
 )
-from bench.records import RequestRecord, StageSummary
+from bench.progress import progress_bars
+from bench.records import RequestRecord
 from bench.report import (
     BenchResults,
     RunResult,
@@ -35,14 +36,12 @@ from bench.report import (
     write_plots,
     write_results,
 )
-from bench.summary import histogram_quantiles, summarize_stage
-from bench.workload import ClusterShape, Stage, Workload, WorkloadError
-from tandem.launcher import ClusterSpec, LocalCluster
+from bench.summary import histogram_quantiles, summarize_run
+from bench.workload import ClusterShape, Workload, WorkloadError
+from cluster.local import LocalCluster
+from cluster.topology import ClusterSpec
 
 logger = logging.getLogger(__name__)
-
-CPU_SATURATED = 0.95
-"""Average busy share of all CPUs above which a stage is flagged as machine-limited."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +55,6 @@ class BenchOptions:
     target: str | None = None
     base_port: int = 18600
     seed: int = 0
-
-
-def progress_bars() -> Progress:
-    """One bar per run: what it is, how many of its requests ended, time taken."""
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-    )
 
 
 def _spec(
@@ -82,48 +74,6 @@ def _spec(
             workload.admission.max_wait_ms / 1000 if workload.admission is not None else None
         ),
     )
-
-
-def hit_rate(records: Sequence[RequestRecord]) -> float | None:
-    served = [r for r in records if r.success and r.cached_tokens is not None]
-    prompt = sum(r.prompt_tokens for r in served)
-    return sum(r.cached_tokens or 0 for r in served) / prompt if prompt else None
-
-
-def summarize_run(
-    records: Sequence[RequestRecord],
-    stages: Sequence[tuple[int, Stage]],
-    workload: Workload,
-    cpu: CpuSampler | None,
-    ceilings: Mapping[int, float] | None = None,
-    kv_bounds: Mapping[int, float] | None = None,
-) -> list[StageSummary]:
-    """Per-stage summaries; `cpu` (absent in virtual time) flags machine-limited stages;
-    `ceilings` and `kv_bounds` are the stages' hit-rate ceilings and bounds (`bench.ceilings`)."""
-    summaries = []
-    start = 0.0
-    for index, stage in stages:
-        end = start + stage.duration
-        if index >= 0:
-            in_stage = [r for r in records if r.stage == index]
-            busy = cpu.busy_between(start, end) if cpu is not None else None
-            summaries.append(
-                summarize_stage(
-                    stage=index,
-                    rate=stage.rate,
-                    duration_s=stage.duration,
-                    records=in_stage,
-                    slo_ttft_s=workload.slo.ttft_ms / 1000,
-                    slo_itl_s=workload.slo.itl_ms / 1000,
-                    slo_itl_p99_s=workload.slo.itl_p99_s,
-                    hit_rate=hit_rate(in_stage),
-                    cpu_saturated=busy is not None and busy >= CPU_SATURATED,
-                    hit_rate_ceiling=(ceilings or {}).get(index),
-                    hit_rate_kv_bound=(kv_bounds or {}).get(index),
-                )
-            )
-        start = end
-    return summaries
 
 
 def _run_one(

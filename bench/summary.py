@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from bench.records import Percentiles, RequestRecord, StageSummary
+from bench.workload import Stage, Workload
 
 DEFAULT_LAG_LIMIT_S = 1.0
 """Generator lag p99 (model seconds) above which a stage counts as machine-limited.
@@ -229,3 +231,55 @@ def _counter_delta(
         delta = value - before.get(series, 0.0)
         total += value if delta < 0 else delta
     return total
+
+
+CPU_SATURATED = 0.95
+"""Average busy share of all CPUs above which a stage is flagged as machine-limited."""
+
+
+class BusyShare(Protocol):
+    """What the CPU sampler of a live run tells: the machine's busy share over a span."""
+
+    def busy_between(self, start: float, end: float) -> float | None: ...
+
+
+def hit_rate(records: Sequence[RequestRecord]) -> float | None:
+    served = [r for r in records if r.success and r.cached_tokens is not None]
+    prompt = sum(r.prompt_tokens for r in served)
+    return sum(r.cached_tokens or 0 for r in served) / prompt if prompt else None
+
+
+def summarize_run(
+    records: Sequence[RequestRecord],
+    stages: Sequence[tuple[int, Stage]],
+    workload: Workload,
+    cpu: BusyShare | None,
+    ceilings: Mapping[int, float] | None = None,
+    kv_bounds: Mapping[int, float] | None = None,
+) -> list[StageSummary]:
+    """Per-stage summaries; `cpu` (absent in virtual time) flags machine-limited stages;
+    `ceilings` and `kv_bounds` are the stages' hit-rate ceilings and bounds (`bench.ceilings`)."""
+    summaries = []
+    start = 0.0
+    for index, stage in stages:
+        end = start + stage.duration
+        if index >= 0:
+            in_stage = [r for r in records if r.stage == index]
+            busy = cpu.busy_between(start, end) if cpu is not None else None
+            summaries.append(
+                summarize_stage(
+                    stage=index,
+                    rate=stage.rate,
+                    duration_s=stage.duration,
+                    records=in_stage,
+                    slo_ttft_s=workload.slo.ttft_ms / 1000,
+                    slo_itl_s=workload.slo.itl_ms / 1000,
+                    slo_itl_p99_s=workload.slo.itl_p99_s,
+                    hit_rate=hit_rate(in_stage),
+                    cpu_saturated=busy is not None and busy >= CPU_SATURATED,
+                    hit_rate_ceiling=(ceilings or {}).get(index),
+                    hit_rate_kv_bound=(kv_bounds or {}).get(index),
+                )
+            )
+        start = end
+    return summaries

@@ -57,8 +57,8 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.progress import progress_bars
     from bench.results import load_results
-    from bench.runner import progress_bars
     from bench.workload import WorkloadError, load_workload
     from planner.compare import compare_runs, markdown, replay
     from planner.run import PlanError, PlanOptions, parse_ratios, run_plan

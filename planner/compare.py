@@ -15,9 +15,9 @@ from bench.generate import schedule
 from bench.records import StageSummary
 from bench.results import BenchResults, RunResult
 from bench.workload import Workload
+from cluster.topology import LOCAL_SCRAPE_INTERVAL_S
 from planner.cluster import PathModel
 from planner.run import PlanOptions, PlanResults, run_plan
-from tandem.launcher import LOCAL_SCRAPE_INTERVAL_S
 
 TOLERANCE = 0.15
 """Agreement asked of the planner: ±15 % per stage on throughput and P50 TTFT."""

@@ -24,7 +24,7 @@ from bench.generate import (
 from bench.records import RequestRecord
 from bench.report import write_markdown, write_plots
 from bench.results import BenchResults, RunResult, SloTargets, write_results
-from bench.runner import summarize_run
+from bench.summary import summarize_run
 from bench.workload import ClusterShape, Workload
 from orchestrator.config import OrchestratorConfigError, load_scheduler
 from orchestrator.scheduling.config import EndpointPickerConfig

@@ -466,8 +466,9 @@ def _run_up(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
+    from cluster.local import LocalCluster, default_run_dir
+    from cluster.topology import ClusterSpec
     from tandem.console import print_cluster
-    from tandem.launcher import ClusterSpec, LocalCluster, default_run_dir
 
     aggregated = args.aggregated
     spec = ClusterSpec(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from cluster.local import LocalCluster
 from simulator.profiles import get_profile
-from tandem.launcher import LocalCluster
 
 
 def print_cluster(cluster: LocalCluster) -> None:

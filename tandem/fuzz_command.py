@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # hypothesis is imported when the command runs, not with every command
     from bench.fuzz import FuzzTargets
-    from tandem.launcher import LocalCluster
+    from cluster.local import LocalCluster
 
 
 def add_parser(subparsers: Any) -> None:
@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from bench.fuzz import FuzzTargets, run_fuzz
-    from tandem.launcher import ClusterSpec, LocalCluster
+    from cluster.local import LocalCluster
+    from cluster.topology import ClusterSpec
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

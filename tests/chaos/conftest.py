@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tandem.launcher import ClusterSpec, LocalCluster
+from cluster.local import LocalCluster
+from cluster.topology import ClusterSpec
 from tests.support.servers import free_port
 
 RESULTS: dict[str, dict[str, Any]] = {}

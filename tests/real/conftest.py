@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tandem.launcher import ClusterSpec, Component, LocalCluster
+from cluster.local import LocalCluster
+from cluster.topology import ClusterSpec, Component
 from tests.support.pd import MODEL, complete, words
 from tests.support.schedulers import disaggregating_tandem
 

@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from cluster import tiny_model
+from cluster.real_engine import CPU_BLOCK_SIZE
 from orchestrator.scraper import (
     CACHE_INFO,
     KV_USAGE,
@@ -21,8 +23,6 @@ from orchestrator.scraper import (
     parse_engine_metrics,
 )
 from simulator.config import SimPodConfig
-from tandem import tiny_model
-from tandem.real_engine import CPU_BLOCK_SIZE
 from tests.real.conftest import REQUEST_TIMEOUT_S, RealCluster
 from tests.support.pd import MODEL, complete, sse_events, words
 from tests.support.servers import pod_config, running_pod

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
+from cluster import tiny_model
 from kvcache.events import END_SEQ, EventBatch, KVEvent, KVEventsConfig, decode_batch
 from kvcache.hashing import external_hash, hash_prompt_blocks
 from kvcache.tokenizer import load_tokenizer
@@ -30,7 +31,6 @@ from orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
     PrecisePrefixCacheProducer,
 )
 from orchestrator.scheduling.types import Endpoint
-from tandem import tiny_model
 from tests.real.conftest import RealCluster, _real_cluster
 from tests.real.test_conformance import sim_config
 from tests.support.pd import MODEL, complete, words

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from cluster import real_engine, tiny_model
+from cluster.topology import ClusterSpec, Component, plan_cluster
 from kvcache.tokenizer import SYNTHETIC_WORDS
-from tandem import real_engine, tiny_model
-from tandem.launcher import ClusterSpec, Component, plan_cluster
 
 MODEL_DIR = Path("/models/tiny")
 
