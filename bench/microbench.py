@@ -34,6 +34,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from kvcache.events import BlockStored, EventBatch
 from kvcache.hashing import external_hash, hash_prompt_blocks
 from kvcache.tokenizer import SYNTHETIC_WORDS, SyntheticTokenizer
+from mesh.endpoints import ROLE_LABEL, Endpoint
+from mesh.readiness import wait_ready
 from orchestrator.config import CONFIG_DIR, parse_orchestrator_config
 from orchestrator.endpoints import EndpointStore
 from orchestrator.ext_proc import add_ext_proc_servicer
@@ -43,8 +45,6 @@ from orchestrator.scheduling.config import build_scheduler, load_config_file
 from orchestrator.scheduling.precise_index import PreciseIndex
 from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.scheduling.types import (
-    ROLE_LABEL,
-    Endpoint,
     EndpointView,
     EngineMetrics,
     EnginePrompt,
@@ -328,30 +328,6 @@ async def _open_loop(
     return latencies
 
 
-def _wait_ready(url: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout_s}s")
-
-
-def _wait_ready_post(url: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.post(url, json={"prompt": "x", "max_tokens": 1}, timeout=2).is_success:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout_s}s")
-
-
 def hop_added_latency(
     front: str, *, rate: float = 50.0, duration_s: float = 20.0, base_port: int = 18210,
     workdir: Path = Path("results"), pod_time_scale: float = 1.0,
@@ -395,9 +371,14 @@ def hop_added_latency(
         return latencies, 1000 * cpu / max(1, len(latencies))
 
     try:
-        _wait_ready(f"http://127.0.0.1:{pod_port}/health")
-        _wait_ready(front_ready)
-        _wait_ready_post(f"http://127.0.0.1:{bare_port}/v1/completions")
+        pod = f"http://127.0.0.1:{pod_port}/health"
+        wait_ready(lambda: httpx.get(pod, timeout=1), pod, timeout_s=30)
+        wait_ready(lambda: httpx.get(front_ready, timeout=1), front_ready, timeout_s=30)
+        bare_url = f"http://127.0.0.1:{bare_port}/v1/completions"
+        wait_ready(
+            lambda: httpx.post(bare_url, json={"prompt": "x", "max_tokens": 1}, timeout=2),
+            bare_url, timeout_s=30,
+        )  # fmt: skip
         direct, _ = measure(pod_port, None)
         via, front_cpu = measure(front_port, processes[1])
         bare, bare_cpu = measure(bare_port, processes[2])

@@ -24,6 +24,7 @@ import httpx
 
 from cluster import real_engine, tiny_model
 from cluster.topology import ClusterSpec, Component, orchestrator_component, plan_cluster
+from mesh.readiness import wait_ready
 
 logger = logging.getLogger(__name__)
 
@@ -98,20 +99,18 @@ class LocalCluster:
     def _wait_healthy(self, component: Component, deadline: float) -> None:
         url = f"http://{self.spec.host}:{component.port}{component.health_path}"
         process = next(p for c, p in self.processes if c is component)
-        while True:
+
+        def check_alive() -> None:
             if process.poll() is not None:
                 log = (self.run_dir / f"{component.name}.log").read_text()[-2000:]
                 raise RuntimeError(
                     f"{component.name} exited with status {process.returncode}:\n{log}"
                 )
-            try:
-                if httpx.get(url, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{component.name} not healthy at {url} in time")
-            time.sleep(0.1)
+
+        wait_ready(
+            lambda: httpx.get(url, timeout=1), f"{component.name} at {url}",
+            timeout_s=max(0.0, deadline - time.monotonic()), check_alive=check_alive,
+        )  # fmt: skip
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM every child (orchestrator first), then SIGKILL what is left."""

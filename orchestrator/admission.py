@@ -31,8 +31,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from mesh.errors import OpenAIError
 from orchestrator.config import AdmissionConfig
-from orchestrator.errors import GatewayError
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.router import Loads, Pools, Router
 from orchestrator.scheduling.types import PDDecision, SchedulingRequest, SchedulingResult
@@ -59,7 +59,7 @@ def priority_of(headers: Mapping[str, str]) -> Priority:
         return Priority[value.strip().upper()]
     except KeyError:
         names = ", ".join(p.name.lower() for p in Priority)
-        raise GatewayError(
+        raise OpenAIError(
             400, f"{PRIORITY_HEADER} must be one of {names}; got {value[:64]!r}"
         ) from None
 
@@ -118,7 +118,7 @@ class Admission:
         priority: Priority = Priority.STANDARD,
         exclude: frozenset[str] = frozenset(),
     ) -> Placement:
-        """Place the request now, or once its pools have room; raises GatewayError (429,
+        """Place the request now, or once its pools have room; raises OpenAIError (429,
         503) when it will not be placed."""
         self.pump()
         outcome = self._place(request, exclude)
@@ -153,7 +153,7 @@ class Admission:
                     continue
                 try:
                     outcome = self._place(waiter.request, waiter.exclude)
-                except GatewayError as exc:
+                except OpenAIError as exc:
                     self._finish(waiter, exc)
                     continue
                 if isinstance(outcome, Placement):
@@ -242,7 +242,7 @@ class Admission:
             ),
         )  # fmt: skip
 
-    def _finish(self, waiter: _Waiter, outcome: Placement | GatewayError) -> None:
+    def _finish(self, waiter: _Waiter, outcome: Placement | OpenAIError) -> None:
         self._remove(waiter)
         if waiter.future.done():  # its client left
             if isinstance(outcome, Placement):
@@ -264,7 +264,7 @@ class Admission:
 
     def _refusal(
         self, request: SchedulingRequest, priority: Priority, reason: str, message: str
-    ) -> GatewayError:
+    ) -> OpenAIError:
         self.metrics.admissions.labels(priority.name.lower(), reason).inc()
         self.metrics.rejections.labels(reason).inc()
         logger.warning(
@@ -272,7 +272,7 @@ class Admission:
             request.request_id, priority.name.lower(), reason,
         )  # fmt: skip
         retry_after = str(self.router.config.gateway.retry_after_s)
-        return GatewayError(
+        return OpenAIError(
             429, f"{message}; retry later", headers={"retry-after": retry_after},
             reject_reason=reason,
         )  # fmt: skip

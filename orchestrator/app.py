@@ -17,13 +17,14 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mesh.discovery import KubernetesEndpoints
+from mesh.endpoints import EndpointSource, StaticEndpoints
+from mesh.http import install_error_handlers
 from orchestrator.admission import Admission
 from orchestrator.config import OrchestratorConfig
-from orchestrator.endpoints import EndpointSource, EndpointStore, StaticEndpoints
-from orchestrator.errors import install_error_handlers
+from orchestrator.endpoints import EndpointStore
 from orchestrator.gateway import Gateway
 from orchestrator.grpc_server import GrpcServer, start_grpc_server
-from orchestrator.kubernetes_discovery import KubernetesEndpoints
 from orchestrator.kv_events import KVEventSubscriptions
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.reload import ConfigReloader

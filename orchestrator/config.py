@@ -29,15 +29,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mesh.discovery_config import KubernetesDiscoveryConfig
+from mesh.endpoints import ROLE_LABEL, Endpoint
 from orchestrator.circuit_breaker import CircuitBreakerConfig
-from orchestrator.kubernetes_discovery import KubernetesDiscoveryConfig
 from orchestrator.scheduling.config import (
     EndpointPickerConfig,
     SchedulerConfigError,
     load_config_file,
     parse_config,
 )
-from orchestrator.scheduling.types import ROLE_LABEL, Endpoint
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 SHIPPED_SCHEDULERS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))

@@ -9,28 +9,12 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from mesh.endpoints import Endpoint
 from orchestrator.circuit_breaker import BreakerState, CircuitBreaker, CircuitBreakerConfig
-from orchestrator.scheduling.types import Endpoint, EndpointView, EngineMetrics
-
-
-class EndpointSource(Protocol):
-    """Where endpoints come from; calls `on_change` with the full set whenever it changes."""
-
-    async def run(self, on_change: Callable[[Sequence[Endpoint]], None]) -> None: ...
-
-
-class StaticEndpoints:
-    """A fixed list from the configuration file."""
-
-    def __init__(self, endpoints: Iterable[Endpoint]) -> None:
-        self._endpoints = tuple(endpoints)
-
-    async def run(self, on_change: Callable[[Sequence[Endpoint]], None]) -> None:
-        on_change(self._endpoints)
+from orchestrator.scheduling.types import EndpointView, EngineMetrics
 
 
 @dataclass(slots=True)

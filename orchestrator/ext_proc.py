@@ -57,11 +57,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
+from mesh.errors import REJECT_REASON_HEADER, OpenAIError, error_body
+from mesh.protocol import PREFILLER_HEADER, REQUEST_ID_HEADER, request_id_of
 from orchestrator.config import OrchestratorConfig
-from orchestrator.errors import REJECT_REASON_HEADER, GatewayError, error_body
 from orchestrator.gateway import ROUTES
 from orchestrator.inference_request import parse_inference_request
-from orchestrator.proxy import PREFILLER_HEADER, REQUEST_ID_HEADER, request_id_of
 from orchestrator.router import Loads, Router
 from orchestrator.scheduling.plugins.session_affinity_scorer import (
     SESSION_TOKEN_HEADER,
@@ -186,15 +186,13 @@ class ExtProcPicker:
                 self._end_response(exchange)
                 return [ext_proc_pb2.ProcessingResponse(response_trailers=_TRAILERS_REPLY)]
             return []
-        except GatewayError as exc:
+        except OpenAIError as exc:
             raise self._rejection(exchange, exc) from None
         except Exception as exc:
             logger.exception(
                 "ext_proc_failed request_id=%s error=%r", exchange.request_id or "-", exc
             )
-            error = GatewayError(
-                500, f"internal error in the endpoint picker: {type(exc).__name__}"
-            )
+            error = OpenAIError(500, f"internal error in the endpoint picker: {type(exc).__name__}")
             raise self._rejection(exchange, error) from None
 
     def _on_request_headers(self, exchange: _Exchange, headers: Any) -> list[Any]:
@@ -211,7 +209,7 @@ class ExtProcPicker:
         if exchange.picked:  # nothing more is expected once the pick is made; pass it on
             return [_body_reply("request_body", body.body, body.end_of_stream)]
         if len(exchange.body) + len(body.body) > self.max_body_bytes:
-            raise GatewayError(
+            raise OpenAIError(
                 413, f"request body is larger than {self.max_body_bytes} bytes; send less"
             )
         exchange.body += body.body
@@ -284,7 +282,7 @@ class ExtProcPicker:
         if loads is not None:
             self.router.release(loads)
 
-    def _rejection(self, exchange: _Exchange, error: GatewayError) -> _Rejected:
+    def _rejection(self, exchange: _Exchange, error: OpenAIError) -> _Rejected:
         reason = error.reject_reason or _REJECT_REASONS.get(error.status, "error")
         client_mistake = error.status < 500 and error.status != 429
         (logger.info if client_mistake else logger.warning)(

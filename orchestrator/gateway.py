@@ -21,14 +21,9 @@ import httpx
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
-from orchestrator.admission import Admission, Priority, priority_of
-from orchestrator.config import OrchestratorConfig
-from orchestrator.endpoints import EndpointStore
-from orchestrator.errors import ClientDisconnected, GatewayError
-from orchestrator.inference_request import InferenceRequest, parse_inference_request
-from orchestrator.kv_events import KVEventSubscriptions
-from orchestrator.metrics import GatewayMetrics
-from orchestrator.proxy import (
+from mesh.endpoints import Endpoint
+from mesh.errors import CLIENT_CLOSED_REQUEST, ClientDisconnected, OpenAIError
+from mesh.protocol import (
     ERROR_STAGE_HEADER,
     NOT_STARTED_HEADER,
     PREFILL_FAILED_HEADER,
@@ -36,22 +31,27 @@ from orchestrator.proxy import (
     PREFILLER_HEADER,
     REQUEST_ID_HEADER,
     SIDECAR_REPORT_HEADERS,
+    request_id_of,
+)
+from mesh.proxy import (
     cancel_on_disconnect,
     downstream_headers,
     relay_stream,
-    request_id_of,
     upstream_failure,
     upstream_headers,
 )
+from orchestrator.admission import Admission, Priority, priority_of
+from orchestrator.config import OrchestratorConfig
+from orchestrator.endpoints import EndpointStore
+from orchestrator.inference_request import InferenceRequest, parse_inference_request
+from orchestrator.kv_events import KVEventSubscriptions
+from orchestrator.metrics import GatewayMetrics
 from orchestrator.router import Loads, Router
 from orchestrator.scheduling.plugins.session_affinity_scorer import (
     SESSION_TOKEN_HEADER,
     encode_session_token,
 )
-from orchestrator.scheduling.types import (
-    Endpoint,
-    SchedulingResult,
-)
+from orchestrator.scheduling.types import SchedulingResult
 from orchestrator.scraper import MetricsScraper
 
 logger = logging.getLogger(__name__)
@@ -121,12 +121,12 @@ class Gateway:
             status = response.status_code
             response.headers[REQUEST_ID_HEADER] = request_id
             return response
-        except GatewayError as exc:
+        except OpenAIError as exc:
             status = exc.status
             exc.headers[REQUEST_ID_HEADER] = request_id
             raise
         except (asyncio.CancelledError, ClientDisconnected):
-            status = 499  # client closed the request (nginx's convention)
+            status = CLIENT_CLOSED_REQUEST
             raise
         finally:
             self.metrics.requests.labels(route, str(status)).inc()
@@ -139,7 +139,7 @@ class Gateway:
         for attempt in range(1, _DECODE_ATTEMPTS + 1):
             try:
                 placement = await self.admission.admit(parsed.scheduling, priority, exclude)
-            except GatewayError:
+            except OpenAIError:
                 if not exclude:
                     raise
                 break  # every endpoint left has been tried
@@ -154,7 +154,7 @@ class Gateway:
                 )  # fmt: skip
                 exclude = exclude | {decode.name}
                 last = exc
-        raise GatewayError(
+        raise OpenAIError(
             503,
             f"no decode endpoint could take the request (tried {', '.join(sorted(exclude))}); "
             f"last: decode endpoint {last.endpoint} {last.reason}",
@@ -286,7 +286,7 @@ class Gateway:
                 continue
             self.models = (now, models)
             return models
-        raise GatewayError(503, "no healthy endpoint to list models from")
+        raise OpenAIError(503, "no healthy endpoint to list models from")
 
 
 _DECODE_ATTEMPTS = 3

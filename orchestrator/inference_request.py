@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.errors import GatewayError
-from orchestrator.proxy import json_object, strip_tandem_fields
+from mesh.errors import OpenAIError
+from mesh.protocol import json_object, strip_tandem_fields
 from orchestrator.scheduling.types import EnginePrompt, SchedulingRequest
 
 
@@ -29,11 +29,11 @@ class InferenceRequest:
 
 def _message_text(messages: Any) -> str:
     if not isinstance(messages, list):
-        raise GatewayError(400, "messages must be a list of chat messages", param="messages")
+        raise OpenAIError(400, "messages must be a list of chat messages", param="messages")
     parts = []
     for message in messages:
         if not isinstance(message, Mapping):
-            raise GatewayError(400, "each chat message must be an object", param="messages")
+            raise OpenAIError(400, "each chat message must be an object", param="messages")
         content = message.get("content")
         if isinstance(content, list):
             content = "".join(

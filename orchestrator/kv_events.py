@@ -27,9 +27,9 @@ import zmq
 import zmq.asyncio
 
 from kvcache.events import END_SEQ, EventBatch, EventFormatError, decode_batch, decode_message
+from mesh.endpoints import Endpoint
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.scheduling.framework import PreciseMatcher
-from orchestrator.scheduling.types import Endpoint
 
 logger = logging.getLogger(__name__)
 

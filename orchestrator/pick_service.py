@@ -22,15 +22,15 @@ from typing import Any, NoReturn
 
 import grpc
 
+from mesh.endpoints import Role
+from mesh.errors import OpenAIError
+from mesh.protocol import request_id_of
 from orchestrator.config import OrchestratorConfig
-from orchestrator.errors import GatewayError
 from orchestrator.inference_request import parse_inference_request
-from orchestrator.proxy import request_id_of
 from orchestrator.router import Router
 from orchestrator.scheduling.types import (
     PDDecision,
     ProfileResult,
-    Role,
     SchedulingResult,
     ScoredEndpoint,
 )
@@ -70,7 +70,7 @@ class PickService:
     ) -> pick_pb2.PickResponse:
         try:
             return self.pick(request)
-        except GatewayError as exc:
+        except OpenAIError as exc:
             await abort(context, exc)
 
     async def ListEndpoints(
@@ -78,11 +78,11 @@ class PickService:
     ) -> pick_pb2.ListEndpointsResponse:
         try:
             return self.list_endpoints(request.role)
-        except GatewayError as exc:
+        except OpenAIError as exc:
             await abort(context, exc)
 
     def pick(self, request: pick_pb2.PickRequest) -> pick_pb2.PickResponse:
-        """Schedule the request as the gateway would; raises GatewayError (400, 429, 503)."""
+        """Schedule the request as the gateway would; raises OpenAIError (400, 429, 503)."""
         headers = {name.lower(): value for name, value in request.headers.items()}
         request_id = request.request_id or request_id_of(headers)
         route, body = openai_body(request)
@@ -106,7 +106,7 @@ class PickService:
     def list_endpoints(self, role: str) -> pick_pb2.ListEndpointsResponse:
         """Every known endpoint with the given role label (any when empty)."""
         if role and role not in ROLES:
-            raise GatewayError(
+            raise OpenAIError(
                 400, f"unknown role {role!r}: give one of {', '.join(ROLES)}, or none for all"
             )
         now = self.router.clock()
@@ -153,7 +153,7 @@ def openai_body(request: pick_pb2.PickRequest) -> tuple[str, bytes]:
             {"role": m.role, "content": m.content} for m in request.chat.messages
         ]
     else:
-        raise GatewayError(
+        raise OpenAIError(
             400,
             "PickRequest has no prompt: set text, token_ids or chat (the scheduler matches the "
             "prompt against the prefixes the pods hold)",
@@ -187,7 +187,7 @@ def profile_scores(result: SchedulingResult) -> list[pick_pb2.ProfileScores]:
     return out
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], error: GatewayError) -> NoReturn:
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: OpenAIError) -> NoReturn:
     """End the call with the gRPC code of the gateway's HTTP status, and its message."""
     code = STATUS_CODES.get(error.status, grpc.StatusCode.INTERNAL)
     metadata = tuple((name, value) for name, value in error.headers.items())

@@ -13,10 +13,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from mesh.endpoints import Endpoint, Role
+from mesh.errors import OpenAIError
 from orchestrator.circuit_breaker import BreakerState
 from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointStore
-from orchestrator.errors import GatewayError
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.scheduling.plugins.session_affinity_scorer import SessionAffinityScorer
 from orchestrator.scheduling.saturation import (
@@ -26,10 +27,8 @@ from orchestrator.scheduling.saturation import (
 )
 from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.scheduling.types import (
-    Endpoint,
     EndpointView,
     EngineMetrics,
-    Role,
     SchedulingError,
     SchedulingRequest,
     SchedulingResult,
@@ -171,7 +170,7 @@ class Router:
         *,
         record: bool = True,
     ) -> SchedulingResult:
-        """Pick endpoints; raises GatewayError (429 saturated, 503 none) when none can take
+        """Pick endpoints; raises OpenAIError (429 saturated, 503 none) when none can take
         the request. Without `record`, only looks where it would go (nothing remembered,
         nothing counted)."""
         now = self.clock()
@@ -197,7 +196,7 @@ class Router:
             if exc.status == 503:
                 message = f"{message}; {healthy} of {known} endpoints are healthy"
             headers = {"retry-after": str(self.config.gateway.retry_after_s)}
-            raise GatewayError(
+            raise OpenAIError(
                 exc.status,
                 message,
                 headers=headers,

@@ -18,8 +18,9 @@ from collections.abc import Callable, Sequence
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from mesh.endpoints import Endpoint
 from orchestrator.endpoints import EndpointStore
-from orchestrator.scheduling.types import Endpoint, EngineMetrics
+from orchestrator.scheduling.types import EngineMetrics
 
 logger = logging.getLogger(__name__)
 

@@ -33,14 +33,15 @@ from bench.records import RequestRecord
 from bench.workload import ClusterShape
 from decode.pod import decode_pod
 from kvcache.events import EventBatch, KVEvent
+from mesh.endpoints import ROLE_LABEL, Endpoint
+from mesh.errors import OpenAIError
 from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointStore
-from orchestrator.errors import GatewayError
 from orchestrator.inference_request import parse_inference_request
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.router import Loads, Router, encodes_sessions
 from orchestrator.scheduling.config import EndpointPickerConfig, build_scheduler
-from orchestrator.scheduling.types import ROLE_LABEL, Endpoint, EngineMetrics, SchedulingResult
+from orchestrator.scheduling.types import EngineMetrics, SchedulingResult
 from planner.events import EventLoop
 from planner.pods import VirtualPod
 from prefill.launch import VllmLaunch
@@ -330,7 +331,7 @@ class VirtualCluster:
         )  # fmt: skip
         try:
             result = self.router.schedule(parsed.scheduling)
-        except GatewayError as exc:
+        except OpenAIError as exc:
             record.status, record.error = exc.status, exc.message
             self._finish(flight)
             return

@@ -29,21 +29,24 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from orchestrator.endpoints import EndpointSource
-from orchestrator.errors import GatewayError, install_error_handlers
-from orchestrator.kubernetes_discovery import KubernetesEndpoints
-from orchestrator.proxy import (
+from mesh.discovery import KubernetesEndpoints
+from mesh.endpoints import EndpointSource
+from mesh.errors import OpenAIError
+from mesh.http import install_error_handlers
+from mesh.protocol import (
     ERROR_STAGE_HEADER,
     NOT_STARTED_HEADER,
     PREFILL_FAILED_HEADER,
     PREFILLED_BY_HEADER,
     PREFILLER_HEADER,
     REQUEST_ID_HEADER,
+    json_object,
+    strip_tandem_fields,
+)
+from mesh.proxy import (
     cancel_on_disconnect,
     downstream_headers,
-    json_object,
     relay_stream,
-    strip_tandem_fields,
     upstream_failure,
     upstream_headers,
 )
@@ -97,7 +100,7 @@ class Sidecar:
         targets = request.headers.get(PREFILLER_HEADER, "").strip()
         try:
             payload = json_object(body)
-        except GatewayError as exc:
+        except OpenAIError as exc:
             self.metrics.errors.labels("bad_body").inc()
             exc.headers[REQUEST_ID_HEADER] = request_id
             raise
@@ -118,7 +121,7 @@ class Sidecar:
                 response = await cancel_on_disconnect(
                     request, self._disaggregated(leg, payload, candidates, request_id)
                 )
-        except GatewayError as exc:
+        except OpenAIError as exc:
             exc.headers.update(leg.report)
             exc.headers[REQUEST_ID_HEADER] = request_id
             raise
@@ -134,11 +137,11 @@ class Sidecar:
                 target = HostPort.parse(item)
             except ValueError as exc:
                 self.metrics.errors.labels("bad_prefill_header").inc()
-                raise GatewayError(400, f"{PREFILLER_HEADER}: {exc}") from None
+                raise OpenAIError(400, f"{PREFILLER_HEADER}: {exc}") from None
             if not self.allowlist.allows(target):
                 self.metrics.errors.labels("prefill_target_refused").inc()
                 logger.warning("prefill_target_refused request_id=%s target=%s", request_id, target)
-                raise GatewayError(
+                raise OpenAIError(
                     403,
                     f"prefill target {target} is not a known prefill endpoint of this pool; "
                     "the request was not forwarded",
@@ -175,7 +178,7 @@ class Sidecar:
                 "prefill_failed_request request_id=%s reason=%s policy=%s",
                 request_id, reason, policy,
             )  # fmt: skip
-            raise GatewayError(
+            raise OpenAIError(
                 _PREFILL_FAILURE_STATUS.get(reason, 502),
                 f"prefill failed ({reason}, last tried {outcome.target}); the sidecar's "
                 f"prefill_failure_policy is {policy}, so it did not prefill locally",

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.kubernetes_discovery import KubernetesDiscoveryConfig
+from mesh.discovery_config import KubernetesDiscoveryConfig
 
 PrefillFailurePolicy = Literal["local", "next-candidate", "fail"]
 KVLoadFailurePolicy = Literal["recompute", "fail"]

@@ -13,45 +13,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-ERROR_TYPES: dict[int, str] = {
-    400: "BadRequestError",
-    404: "NotFoundError",
-    429: "RateLimitError",
-    500: "InternalServerError",
-    502: "BadGatewayError",
-    503: "ServiceUnavailableError",
-    504: "GatewayTimeoutError",
-}
-
-
-class OpenAIError(Exception):
-    """An error that reaches the client as OpenAI error JSON with this status."""
-
-    def __init__(
-        self, status: int, message: str, *, param: str | None = None, type: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.type = type or ERROR_TYPES.get(status, HTTPStatus(status).phrase)
-
-    def body(self) -> dict[str, dict[str, object]]:
-        return error_body(self.status, self.message, param=self.param, type=self.type)
-
-
-def error_body(
-    status: int, message: str, *, param: str | None = None, type: str | None = None
-) -> dict[str, dict[str, object]]:
-    """The JSON body of an error response."""
-    return {
-        "error": {
-            "message": message,
-            "type": type or ERROR_TYPES.get(status, HTTPStatus(status).phrase),
-            "param": param,
-            "code": status,
-        }
-    }
+from mesh.errors import OpenAIError
+from mesh.http import error_response
 
 
 def invalid_parameter(message: str, parameter: str, value: object = None) -> OpenAIError:
@@ -63,10 +26,6 @@ def invalid_parameter(message: str, parameter: str, value: object = None) -> Ope
 def unnamed_parameter(message: str) -> OpenAIError:
     """A 400 for a check vLLM raises without naming the parameter: no param, no suffix."""
     return OpenAIError(400, message)
-
-
-def error_response(error: OpenAIError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status)
 
 
 _MAX_REPORTED_ERRORS = 10

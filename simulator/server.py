@@ -22,9 +22,10 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kvcache.tokenizer import load_tokenizer, render_chat
+from mesh.errors import CLIENT_CLOSED_REQUEST, OpenAIError
 from simulator.config import VLLM_VERSION, SimPodConfig
 from simulator.engine import Engine
-from simulator.errors import OpenAIError, install_error_handlers, require_json
+from simulator.errors import install_error_handlers, require_json
 from simulator.faults import FAULT_ERRORS, METRICS_STALL_SIGNAL, FaultInjector
 from simulator.http_metrics import HttpMetricsMiddleware
 from simulator.kv_connector import ProducerIdentity
@@ -216,7 +217,7 @@ def create_app(
                 await asyncio.sleep(decision.delay_s)
             if decision.hang:
                 await _until_disconnected(request)
-                response: Response = Response(status_code=_CLIENT_CLOSED)
+                response: Response = Response(status_code=CLIENT_CLOSED_REQUEST)
             elif decision.error_status is not None:
                 kind, message = FAULT_ERRORS[decision.error_status]
                 raise OpenAIError(decision.error_status, message, type=kind)
@@ -364,10 +365,6 @@ def _on_signal(signum: signal.Signals, handler: Callable[[], None]) -> bool:
     return True
 
 
-_CLIENT_CLOSED = 499
-"""nginx's status for a request whose client went away; written to no one."""
-
-
 def _decrement_load(state: PodState) -> None:
     state.server_load -= 1
 
@@ -425,4 +422,4 @@ async def _cancel_on_disconnect(request: Request, work: Awaitable[Response]) -> 
     work_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await work_task
-    return Response(status_code=_CLIENT_CLOSED)  # nobody reads it; the work is cancelled
+    return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; the work is cancelled

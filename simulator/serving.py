@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvcache.tokenizer import Tokenizer, render_chat
+from mesh.errors import OpenAIError
 from simulator.config import VLLM_VERSION, SimPodConfig
-from simulator.errors import OpenAIError, invalid_parameter
+from simulator.errors import invalid_parameter
 from simulator.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 from simulator.request import EngineRequest, FinishReason, RequestOutput
 from simulator.runner import EngineRunner

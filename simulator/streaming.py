@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from simulator.errors import OpenAIError, error_body
+from mesh.errors import OpenAIError, error_body
 from simulator.protocol import CompletionRequest, SamplingFields
 from simulator.request import RequestOutput
 from simulator.serving import Generation, OpenAIServing, PreparedRequest

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.scheduling.types import EndpointView, EngineMetrics, Role
+from mesh.endpoints import Role
+from orchestrator.scheduling.types import EndpointView, EngineMetrics
 
 
 class SaturationDetectorConfig(BaseModel):

@@ -12,38 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLE_LABEL = "llm-d.ai/role"
-
-
-class Role(enum.StrEnum):
-    """Values of the `llm-d.ai/role` label."""
-
-    PREFILL = "prefill"
-    DECODE = "decode"
-    BOTH = "both"
-    PREFILL_DECODE = "prefill-decode"
-    ENCODE_PREFILL = "encode-prefill"
-    ENCODE_PREFILL_DECODE = "encode-prefill-decode"
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """A model-server pod the orchestrator can send requests to."""
-
-    name: str
-    host: str
-    port: int
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def address(self) -> str:
-        """host:port, as used in `x-prefiller-host-port` and upstream URLs."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    @property
-    def role(self) -> str | None:
-        return self.labels.get(ROLE_LABEL)
+from mesh.endpoints import Endpoint
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
 from kvcache.tokenizer import SYNTHETIC_WORDS
+from mesh.endpoints import Endpoint
+from mesh.errors import REJECT_REASON_HEADER
+from mesh.protocol import PREFILLER_HEADER, REQUEST_ID_HEADER
 from orchestrator.config import CONFIG_DIR, OrchestratorConfig, parse_orchestrator_config
 from orchestrator.endpoints import EndpointStore
-from orchestrator.errors import REJECT_REASON_HEADER
 from orchestrator.ext_proc import (
     BODY_CHUNK_BYTES,
     DESTINATION_HEADER,
@@ -28,14 +30,13 @@ from orchestrator.ext_proc import (
     add_ext_proc_servicer,
 )
 from orchestrator.metrics import GatewayMetrics
-from orchestrator.proxy import PREFILLER_HEADER, REQUEST_ID_HEADER
 from orchestrator.router import Router, encodes_sessions
 from orchestrator.scheduling.config import build_scheduler
 from orchestrator.scheduling.plugins.session_affinity_scorer import (
     SESSION_TOKEN_HEADER,
     encode_session_token,
 )
-from orchestrator.scheduling.types import Endpoint, EngineMetrics
+from orchestrator.scheduling.types import EngineMetrics
 from tests.support.endpoints import pool
 from tests.support.schedulers import disaggregating_tandem
 

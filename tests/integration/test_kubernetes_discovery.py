@@ -9,12 +9,9 @@ from contextlib import contextmanager
 import pytest
 from kubernetes import client as k8s
 
-from orchestrator.kubernetes_discovery import (
-    KubernetesDiscoveryConfig,
-    KubernetesEndpoints,
-    pod_endpoint,
-)
-from orchestrator.scheduling.types import Endpoint
+from mesh.discovery import KubernetesEndpoints, pod_endpoint
+from mesh.discovery_config import KubernetesDiscoveryConfig
+from mesh.endpoints import Endpoint
 from tests.support.fake_kube import FakeKubeAPI
 from tests.support.servers import free_port, serve
 
@@ -236,14 +233,14 @@ def test_namespace_defaults_to_the_service_account_one(
 ) -> None:
     from pathlib import Path
 
-    from orchestrator import kubernetes_discovery
+    from mesh import discovery
 
     assert isinstance(tmp_path, Path)
     file = tmp_path / "namespace"
     file.write_text("serving-ns\n")
-    monkeypatch.setattr(kubernetes_discovery, "SERVICE_ACCOUNT_NAMESPACE", file)
+    monkeypatch.setattr(discovery, "SERVICE_ACCOUNT_NAMESPACE", file)
     config = KubernetesDiscoveryConfig(selector=SELECTOR)
 
-    assert config.resolved_namespace() == "serving-ns"
-    monkeypatch.setattr(kubernetes_discovery, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "none")
-    assert config.resolved_namespace() == "default"
+    assert discovery.resolve_namespace(config) == "serving-ns"
+    monkeypatch.setattr(discovery, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "none")
+    assert discovery.resolve_namespace(config) == "default"

@@ -16,6 +16,7 @@ import yaml
 from kvcache.events import BlockRemoved, BlockStored, KVEventsConfig
 from kvcache.hashing import external_hash
 from kvcache.tokenizer import SyntheticTokenizer
+from mesh.endpoints import ROLE_LABEL, Endpoint
 from orchestrator.app import create_app
 from orchestrator.config import parse_orchestrator_config
 from orchestrator.kv_events import KVEventSubscriptions
@@ -25,7 +26,6 @@ from orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
     KV_EVENTS_REPLAY_PORT_LABEL,
     PrecisePrefixCacheProducer,
 )
-from orchestrator.scheduling.types import ROLE_LABEL, Endpoint
 from simulator.server import create_app as create_pod
 from tests.integration.test_gateway import ready
 from tests.support.kv_publisher import FakePublisher, fake_publisher

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from simulator.errors import error_body
+from mesh.errors import error_body
 from tests.support.servers import pod_config, running_pod, serve, wait_until
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"

@@ -23,6 +23,7 @@ from cluster import tiny_model
 from kvcache.events import END_SEQ, EventBatch, KVEvent, KVEventsConfig, decode_batch
 from kvcache.hashing import external_hash, hash_prompt_blocks
 from kvcache.tokenizer import load_tokenizer
+from mesh.endpoints import Endpoint
 from orchestrator.kv_events import KVEventSubscriptions
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
@@ -30,7 +31,6 @@ from orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
     KV_EVENTS_REPLAY_PORT_LABEL,
     PrecisePrefixCacheProducer,
 )
-from orchestrator.scheduling.types import Endpoint
 from tests.real.conftest import RealCluster, _real_cluster
 from tests.real.test_conformance import sim_config
 from tests.support.pd import MODEL, complete, words

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from mesh.errors import OpenAIError
 from orchestrator.admission import Admission, Placement, Priority, priority_of
 from orchestrator.config import parse_orchestrator_config
 from orchestrator.endpoints import EndpointStore
-from orchestrator.errors import GatewayError
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.router import Router
 from orchestrator.scheduling.config import build_scheduler, load_config_file, parse_config
@@ -64,7 +64,7 @@ def request(tokens: int, name: str) -> SchedulingRequest:
 
 
 def refusal(exc: BaseException) -> tuple[int, str | None]:
-    assert isinstance(exc, GatewayError)
+    assert isinstance(exc, OpenAIError)
     return exc.status, exc.reject_reason
 
 
@@ -122,7 +122,7 @@ async def test_critical_requests_are_placed_before_standard_ones_that_came_earli
 async def test_a_sheddable_request_is_refused_while_its_pool_is_saturated() -> None:
     gate = admission()
     await gate.admit(request(SHORT, "first"))
-    with pytest.raises(GatewayError) as refused:
+    with pytest.raises(OpenAIError) as refused:
         await gate.admit(request(SHORT, "shed"), Priority.SHEDDABLE)
     assert refusal(refused.value) == (429, "shed")
     assert refused.value.headers["retry-after"] == "1"
@@ -134,12 +134,12 @@ async def test_a_full_queue_refuses_and_a_critical_request_displaces_the_newest_
     await gate.admit(request(SHORT, "first"))
     queued = [asyncio.create_task(gate.admit(request(SHORT, f"q{i}"))) for i in range(2)]
     await asyncio.sleep(0)
-    with pytest.raises(GatewayError) as full:
+    with pytest.raises(OpenAIError) as full:
         await gate.admit(request(SHORT, "third"))
     assert refusal(full.value) == (429, "queue_full")
     critical = asyncio.create_task(gate.admit(request(SHORT, "vip"), Priority.CRITICAL))
     await asyncio.sleep(0)
-    with pytest.raises(GatewayError) as displaced:
+    with pytest.raises(OpenAIError) as displaced:
         await queued[1]
     assert refusal(displaced.value) == (429, "displaced")
     assert not queued[0].done()
@@ -151,7 +151,7 @@ async def test_a_full_queue_refuses_and_a_critical_request_displaces_the_newest_
 async def test_a_request_that_waits_too_long_is_refused() -> None:
     gate = admission(max_wait_s=0.05)
     await gate.admit(request(SHORT, "first"))
-    with pytest.raises(GatewayError) as timed_out:
+    with pytest.raises(OpenAIError) as timed_out:
         await gate.admit(request(SHORT, "late"))
     assert refusal(timed_out.value) == (429, "queue_timeout")
     assert queue_length(gate, "decode") == 0
@@ -159,7 +159,7 @@ async def test_a_request_that_waits_too_long_is_refused() -> None:
 
 async def test_no_decode_endpoint_is_a_503_at_once_not_a_wait() -> None:
     gate = admission(decode=0)
-    with pytest.raises(GatewayError) as none:
+    with pytest.raises(OpenAIError) as none:
         await gate.admit(request(SHORT, "a"))
     assert refusal(none.value) == (503, "no_endpoints")
 
@@ -227,7 +227,7 @@ def test_priority_header(header: str | None, priority: Priority) -> None:
 
 
 def test_an_unknown_priority_is_a_400_that_lists_the_choices() -> None:
-    with pytest.raises(GatewayError) as bad:
+    with pytest.raises(OpenAIError) as bad:
         priority_of({"x-tandem-priority": "urgent"})
     assert bad.value.status == 400
     assert "critical, standard, sheddable" in bad.value.message
@@ -254,6 +254,6 @@ async def test_a_pool_whose_first_scrape_failed_is_a_503_not_a_wait() -> None:
     assert state is not None
     state.metrics, state.healthy = None, False
     gate.router.store.record_scrape_failure("decode-0", "ConnectError", definitive=True)
-    with pytest.raises(GatewayError) as none:
+    with pytest.raises(OpenAIError) as none:
         await gate.admit(request(SHORT, "a"))
     assert refusal(none.value) == (503, "no_endpoints")

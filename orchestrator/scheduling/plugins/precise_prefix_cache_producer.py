@@ -35,10 +35,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kvcache.hashing import DEFAULT_HASH_SEED, external_prompt_hashes, none_hash
 from kvcache.tokenizer import SyntheticTokenizer, Tokenizer, load_tokenizer, render_chat
+from mesh.endpoints import Endpoint
 from orchestrator.scheduling.framework import PreciseMatcher
 from orchestrator.scheduling.precise_index import PreciseIndex
 from orchestrator.scheduling.registry import Plugin, PluginParameters
-from orchestrator.scheduling.types import Endpoint, EnginePrompt, SchedulingRequest
+from orchestrator.scheduling.types import EnginePrompt, SchedulingRequest
 
 KV_EVENTS_PORT_LABEL = "tandem.ai/kv-events-port"
 KV_EVENTS_REPLAY_PORT_LABEL = "tandem.ai/kv-events-replay-port"

@@ -14,13 +14,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mesh.endpoints import Role
 from orchestrator.scheduling.framework import Cycle, Decider, ProfileRunner
 from orchestrator.scheduling.registry import Plugin, PluginParameters
 from orchestrator.scheduling.types import (
     EndpointView,
     PDDecision,
     ProfileResult,
-    Role,
     SchedulingError,
     SchedulingResult,
 )

@@ -6,13 +6,12 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mesh.endpoints import ROLE_LABEL, Endpoint
 from orchestrator.scheduling.config import build_scheduler, parse_config
 from orchestrator.scheduling.framework import Cycle
 from orchestrator.scheduling.prefix_index import PrefixIndex
 from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.scheduling.types import (
-    ROLE_LABEL,
-    Endpoint,
     EndpointView,
     EngineMetrics,
     SchedulingRequest,

@@ -32,52 +32,35 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
-from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.scheduling.types import Endpoint
+from mesh.discovery_config import KubernetesDiscoveryConfig
+from mesh.endpoints import Endpoint
 
 logger = logging.getLogger("tandem.discovery")
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+"""Where a pod finds its own namespace (the service account's mounted token volume)."""
 HTTP_GONE = 410
 
 
-class KubernetesDiscoveryConfig(BaseModel):
-    """Which pods are endpoints: a label selector in a namespace, served on one port."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    selector: str = Field(min_length=1)
-    """A label selector, e.g. `llm-d.ai/inference-serving=true,llm-d.ai/model=llama-8b`."""
-    namespace: str | None = None
-    """Default: the namespace this process runs in, else the kubeconfig context's."""
-    port: int = Field(8000, ge=1, le=65535)
-    """The port every selected pod serves on (decode pods: their sidecar's)."""
-    kubeconfig: str | None = None
-    """A kubeconfig file; default: the in-cluster service account, else ~/.kube/config."""
-    watch_timeout_s: int = Field(300, ge=1)
-    """Server-side length of one watch request; the watch then resumes where it was."""
-    backoff_initial_s: float = Field(0.5, gt=0)
-    backoff_max_s: float = Field(30.0, gt=0)
-
-    def resolved_namespace(self) -> str:
-        """The configured namespace, else the pod's own (in a cluster), else the kubeconfig
-        context's, else `default` (kubectl's order)."""
-        if self.namespace:
-            return self.namespace
-        if self.kubeconfig is None:
-            try:
-                return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
-            except OSError:
-                pass
+def resolve_namespace(config: KubernetesDiscoveryConfig) -> str:
+    """The configured namespace, else the pod's own (in a cluster), else the kubeconfig
+    context's, else `default` (kubectl's order)."""
+    if config.namespace:
+        return config.namespace
+    if config.kubeconfig is None:
         try:
-            _, active = k8s_config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-                config_file=self.kubeconfig
-            )
-        except (k8s_config.ConfigException, OSError, ValueError):
-            return "default"
-        namespace = ((active or {}).get("context") or {}).get("namespace")
-        return str(namespace) if namespace else "default"
+            return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+        except OSError:
+            pass
+    try:
+        _, active = k8s_config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
+            config_file=config.kubeconfig
+        )
+    except (k8s_config.ConfigException, OSError, ValueError):
+        return "default"
+    namespace = ((active or {}).get("context") or {}).get("namespace")
+    return str(namespace) if namespace else "default"
 
 
 def _settle(future: asyncio.Future[None]) -> None:
@@ -127,7 +110,7 @@ class KubernetesEndpoints:
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
-        self.namespace = config.resolved_namespace()
+        self.namespace = resolve_namespace(config)
         self._client = client
         self._rng = rng or random.Random()
         self._stop = threading.Event()
