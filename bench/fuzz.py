@@ -19,7 +19,6 @@ deployment's own prefill pod or loopback ports it does not allow.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,7 +29,9 @@ import httpx
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-logger = logging.getLogger(__name__)
+from mesh.logs import EventLog
+
+logger = EventLog(__name__)
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 PREFILLER_HEADER = "x-prefiller-host-port"
@@ -313,7 +314,7 @@ def check(case: Case, send: Callable[[Case], tuple[int, httpx.Headers, bytes]]) 
     except httpx.TimeoutException:
         return "no_answer_in_time"
     except httpx.HTTPError as exc:
-        logger.warning("fuzz_connection_dropped case=%s error=%r", case.describe(), exc)
+        logger.warning("fuzz_connection_dropped", case=case.describe(), error=repr(exc))
         return "connection_dropped"
     if status >= 500:
         return f"status_{status}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -24,9 +23,10 @@ import httpx
 
 from cluster import real_engine, tiny_model
 from cluster.topology import ClusterSpec, Component, orchestrator_component, plan_cluster
+from mesh.logs import EventLog
 from mesh.readiness import wait_ready
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -122,7 +122,7 @@ class LocalCluster:
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                logger.warning("component_killed name=%s", component.name)
+                logger.warning("component_killed", name=component.name)
             _kill_group(process)
         self.processes.clear()
 
@@ -145,7 +145,7 @@ class LocalCluster:
             try:
                 process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
-                logger.warning("component_killed name=%s", name)
+                logger.warning("component_killed", name=name)
         _kill_group(process)
         self._start_all([component], timeout_s)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -35,8 +34,9 @@ from kubernetes.client.exceptions import ApiException
 
 from mesh.discovery_config import KubernetesDiscoveryConfig
 from mesh.endpoints import Endpoint
+from mesh.logs import EventLog
 
-logger = logging.getLogger("tandem.discovery")
+logger = EventLog("tandem.discovery")
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 """Where a pod finds its own namespace (the service account's mounted token volume)."""
@@ -155,15 +155,15 @@ class KubernetesEndpoints:
                 delay = self.config.backoff_initial_s
             except ApiException as exc:
                 if exc.status == HTTP_GONE:
-                    logger.info("discovery_relist reason=%r", exc.reason)
+                    logger.info("discovery_relist", reason=repr(exc.reason))
                     version = None
                     continue
-                logger.warning("discovery_api_error status=%s reason=%r", exc.status, exc.reason)
+                logger.warning("discovery_api_error", status=exc.status, reason=repr(exc.reason))
                 delay = self._backoff(delay)
             except Exception as exc:
                 # Connection refused or reset, timeouts, truncated streams: resume after a
                 # pause. The endpoint set stays as last seen meanwhile.
-                logger.warning("discovery_connection_error error=%r", exc)
+                logger.warning("discovery_connection_error", error=repr(exc))
                 delay = self._backoff(delay)
 
     def _backoff(self, delay: float) -> float:

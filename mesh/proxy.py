@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import httpx
@@ -16,8 +15,9 @@ from fastapi import Request
 from starlette.responses import Response
 
 from mesh.errors import ClientDisconnected, OpenAIError, error_body
+from mesh.logs import EventLog
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 # RFC 9110 section 7.6.1 connection-specific fields, plus what httpx/Starlette recompute.
 _HOP_BY_HOP = frozenset(
@@ -88,7 +88,7 @@ async def relay_stream(
             yield chunk
     except httpx.HTTPError as exc:
         error, kind = upstream_failure(what, exc)
-        logger.warning("upstream_stream_failed what=%s error=%r", what, exc)
+        logger.warning("upstream_stream_failed", what=what, error=repr(exc))
         if on_failure is not None:
             on_failure(kind)
         if response.headers.get("content-type", "").startswith("text/event-stream"):

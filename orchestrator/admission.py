@@ -26,18 +26,18 @@ import bisect
 import contextlib
 import enum
 import itertools
-import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from mesh.errors import OpenAIError
+from mesh.logs import EventLog
 from orchestrator.config import AdmissionConfig
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.router import Loads, Pools, Router
 from orchestrator.scheduling.types import PDDecision, SchedulingRequest, SchedulingResult
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 PRIORITY_HEADER = "x-tandem-priority"
 
@@ -268,9 +268,11 @@ class Admission:
         self.metrics.admissions.labels(priority.name.lower(), reason).inc()
         self.metrics.rejections.labels(reason).inc()
         logger.warning(
-            "request_refused request_id=%s priority=%s reason=%s",
-            request.request_id, priority.name.lower(), reason,
-        )  # fmt: skip
+            "request_refused",
+            request_id=request.request_id,
+            priority=priority.name.lower(),
+            reason=reason,
+        )
         retry_after = str(self.router.config.gateway.retry_after_s)
         return OpenAIError(
             429, f"{message}; retry later", headers={"retry-after": retry_after},

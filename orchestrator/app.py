@@ -28,7 +28,7 @@ from orchestrator.grpc_server import GrpcServer, start_grpc_server
 from orchestrator.kv_events import KVEventSubscriptions
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.reload import ConfigReloader
-from orchestrator.router import Router, can_decode, encodes_sessions
+from orchestrator.router import Router, can_decode
 from orchestrator.scheduling.config import EndpointPickerConfig, build_scheduler
 from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.scraper import MetricsScraper
@@ -81,7 +81,6 @@ def create_app(
             ),
             metrics=GatewayMetrics(),
             clock=clock,
-            encodes_sessions=encodes_sessions(scheduler),
         )
         admission = Admission(router, config.admission, router.metrics, clock)
         gateway = Gateway(

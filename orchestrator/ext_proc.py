@@ -45,7 +45,6 @@ retry down the list.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +57,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
 from mesh.errors import REJECT_REASON_HEADER, OpenAIError, error_body
+from mesh.logs import EventLog
 from mesh.protocol import PREFILLER_HEADER, REQUEST_ID_HEADER, request_id_of
 from orchestrator.config import OrchestratorConfig
 from orchestrator.gateway import ROUTES
@@ -69,7 +69,7 @@ from orchestrator.scheduling.plugins.session_affinity_scorer import (
 )
 from orchestrator.scheduling.types import SchedulingRequest, SchedulingResult
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
 """The gRPC service Envoy's ext_proc filter calls, as health checks name it."""
@@ -190,7 +190,7 @@ class ExtProcPicker:
             raise self._rejection(exchange, exc) from None
         except Exception as exc:
             logger.exception(
-                "ext_proc_failed request_id=%s error=%r", exchange.request_id or "-", exc
+                "ext_proc_failed", request_id=exchange.request_id or "-", error=repr(exc)
             )
             error = OpenAIError(500, f"internal error in the endpoint picker: {type(exc).__name__}")
             raise self._rejection(exchange, error) from None
@@ -266,10 +266,13 @@ class ExtProcPicker:
         exchange.picked = True
         exchange.decode = result.decode.best.name
         logger.debug(
-            "request_routed request_id=%s decode=%s prefill=%s decision=%s reason=%s",
-            exchange.request_id, exchange.decode, exchange.loads.prefill or "-",
-            result.decision.value, result.reason,
-        )  # fmt: skip
+            "request_routed",
+            request_id=exchange.request_id,
+            decode=exchange.decode,
+            prefill=exchange.loads.prefill or "-",
+            decision=result.decision.value,
+            reason=result.reason,
+        )
         return _routing_reply(exchange.request_id, result)
 
     def _end_response(self, exchange: _Exchange) -> None:
@@ -286,9 +289,12 @@ class ExtProcPicker:
         reason = error.reject_reason or _REJECT_REASONS.get(error.status, "error")
         client_mistake = error.status < 500 and error.status != 429
         (logger.info if client_mistake else logger.warning)(
-            "ext_proc_rejected request_id=%s status=%d reason=%s message=%s",
-            exchange.request_id or "-", error.status, reason, error.message,
-        )  # fmt: skip
+            "ext_proc_rejected",
+            request_id=exchange.request_id or "-",
+            status=error.status,
+            reason=reason,
+            message=error.message,
+        )
         headers = {
             **error.headers,
             "content-type": "application/json",

@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 
 from mesh.endpoints import Endpoint
 from mesh.errors import CLIENT_CLOSED_REQUEST, ClientDisconnected, OpenAIError
+from mesh.logs import EventLog
 from mesh.protocol import (
     ERROR_STAGE_HEADER,
     NOT_STARTED_HEADER,
@@ -54,7 +55,7 @@ from orchestrator.scheduling.plugins.session_affinity_scorer import (
 from orchestrator.scheduling.types import SchedulingResult
 from orchestrator.scraper import MetricsScraper
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 ROUTES = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 _MODELS_CACHE_S = 10.0
@@ -116,7 +117,7 @@ class Gateway:
             priority = priority_of(request.headers)
             for field in parsed.dropped_fields:
                 self.metrics.client_fields_dropped.labels(field).inc()
-                logger.warning("client_field_dropped request_id=%s field=%s", request_id, field)
+                logger.warning("client_field_dropped", request_id=request_id, field=field)
             response = await cancel_on_disconnect(request, self._send(request, parsed, priority))
             status = response.status_code
             response.headers[REQUEST_ID_HEADER] = request_id
@@ -149,9 +150,13 @@ class Gateway:
             except _Unreachable as exc:
                 self.metrics.upstream_errors.labels(exc.kind).inc()
                 logger.warning(
-                    "upstream_not_started request_id=%s endpoint=%s attempt=%d kind=%s error=%s",
-                    parsed.scheduling.request_id, decode.name, attempt, exc.kind, exc.reason,
-                )  # fmt: skip
+                    "upstream_not_started",
+                    request_id=parsed.scheduling.request_id,
+                    endpoint=decode.name,
+                    attempt=attempt,
+                    kind=exc.kind,
+                    error=exc.reason,
+                )
                 exclude = exclude | {decode.name}
                 last = exc
         raise OpenAIError(
@@ -173,16 +178,21 @@ class Gateway:
         if prefill:
             headers[PREFILLER_HEADER] = ",".join(e.address for e in prefill)
         logger.debug(
-            "request_routed request_id=%s decode=%s prefill=%s decision=%s reason=%s",
-            request_id, decode.name, prefill[0].name if prefill else "-",
-            result.decision.value, result.reason,
-        )  # fmt: skip
-        if logger.isEnabledFor(logging.DEBUG):
+            "request_routed",
+            request_id=request_id,
+            decode=decode.name,
+            prefill=prefill[0].name if prefill else "-",
+            decision=result.decision.value,
+            reason=result.reason,
+        )
+        if logger.enabled(logging.DEBUG):
             prefill_scores = result.prefill.scores if result.prefill else {}
             logger.debug(
-                "request_scores request_id=%s decode=%s prefill=%s",
-                request_id, result.decode.scores, prefill_scores,
-            )  # fmt: skip
+                "request_scores",
+                request_id=request_id,
+                decode=result.decode.scores,
+                prefill=prefill_scores,
+            )
         url = f"http://{decode.address}{request.url.path}"
         try:
             upstream_request = self.client.build_request(

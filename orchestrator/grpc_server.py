@@ -9,7 +9,6 @@ once the server listens, and NOT_SERVING from the moment shutdown begins.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -17,11 +16,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from mesh.logs import EventLog
 from orchestrator import ext_proc, pick_service
 from orchestrator.config import OrchestratorConfig
 from orchestrator.router import Router
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ class GrpcServer:
         """Report NOT_SERVING, let calls in progress finish, then close."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(SHUTDOWN_GRACE_S)
-        logger.info("grpc_stopped port=%d", self.port)
+        logger.info("grpc_stopped", port=self.port)
 
 
 def add_services(
@@ -97,5 +97,5 @@ async def start_grpc_server(
     await server.start()
     for name in ("", *names):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    logger.info("grpc_serving address=%s:%d services=%s", host, port, ",".join(names))
+    logger.info("grpc_serving", address=f"{host}:{port}", services=",".join(names))
     return GrpcServer(server, health, names, port)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 
@@ -28,10 +27,11 @@ import zmq.asyncio
 
 from kvcache.events import END_SEQ, EventBatch, EventFormatError, decode_batch, decode_message
 from mesh.endpoints import Endpoint
+from mesh.logs import EventLog
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.scheduling.framework import PreciseMatcher
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 REPLAY_TIMEOUT_S = 5.0
 RETRY_S = 1.0
@@ -85,7 +85,7 @@ class KVEventSubscriptions:
             try:
                 await self._subscribe(endpoint, precise)
             except (zmq.ZMQError, EventFormatError) as exc:
-                logger.warning("kv_events_failed endpoint=%s error=%r", endpoint.name, exc)
+                logger.warning("kv_events_failed", endpoint=endpoint.name, error=repr(exc))
             precise.index.desync(endpoint.name)
             self._metrics.kv_events_resubscribes.labels(endpoint.name).inc()
             await asyncio.sleep(RETRY_S)
@@ -101,7 +101,7 @@ class KVEventSubscriptions:
         socket.connect(address)
         index = precise.index
         index.add_endpoint(endpoint.name)
-        logger.info("kv_events_subscribed endpoint=%s address=%s", endpoint.name, address)
+        logger.info("kv_events_subscribed", endpoint=endpoint.name, address=address)
         try:
             if replay is not None and not await self._catch_up(endpoint, replay, 0, precise):
                 return
@@ -116,9 +116,11 @@ class KVEventSubscriptions:
                     continue
                 self._metrics.kv_event_gaps.labels(endpoint.name).inc()
                 logger.warning(
-                    "kv_events_gap endpoint=%s missing_from=%d got=%d",
-                    endpoint.name, result.gap_from, message.seq,
-                )  # fmt: skip
+                    "kv_events_gap",
+                    endpoint=endpoint.name,
+                    missing_from=result.gap_from,
+                    got=message.seq,
+                )
                 if replay is None or not await self._catch_up(
                     endpoint, replay, result.gap_from, precise
                 ):
@@ -142,9 +144,12 @@ class KVEventSubscriptions:
             endpoint.name, "synced" if synced else "history_lost"
         ).inc()
         logger.info(
-            "kv_events_replayed endpoint=%s from=%d batches=%d synced=%s",
-            endpoint.name, start, len(batches), synced,
-        )  # fmt: skip
+            "kv_events_replayed",
+            endpoint=endpoint.name,
+            start=start,
+            batches=len(batches),
+            synced=synced,
+        )
         return synced
 
     async def _replay(self, address: str, start: int) -> list[tuple[int, EventBatch]] | None:

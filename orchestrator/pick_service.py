@@ -16,7 +16,6 @@ where Pick says.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -24,6 +23,7 @@ import grpc
 
 from mesh.endpoints import Role
 from mesh.errors import OpenAIError
+from mesh.logs import EventLog
 from mesh.protocol import request_id_of
 from orchestrator.config import OrchestratorConfig
 from orchestrator.inference_request import parse_inference_request
@@ -36,7 +36,7 @@ from orchestrator.scheduling.types import (
 )
 from proto.tandem.v1 import pick_pb2, pick_pb2_grpc
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 SERVICE_NAME: str = pick_pb2.DESCRIPTOR.services_by_name["Picker"].full_name
 """`tandem.v1.Picker`, the name gRPC health reports the service under."""
@@ -90,10 +90,13 @@ class PickService:
         result = self.router.schedule(parsed.scheduling)
         prefill = result.prefill_targets
         logger.debug(
-            "pick request_id=%s decode=%s prefill=%s decision=%s reason=%s",
-            request_id, result.decode.best.name, prefill[0].name if prefill else "-",
-            result.decision.value, result.reason,
-        )  # fmt: skip
+            "pick",
+            request_id=request_id,
+            decode=result.decode.best.name,
+            prefill=prefill[0].name if prefill else "-",
+            decision=result.decision.value,
+            reason=result.reason,
+        )
         return pick_pb2.PickResponse(
             request_id=request_id,
             decode=picked(result.decode.best),

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from mesh.logs import EventLog
 from orchestrator.config import (
     SHIPPED_SCHEDULERS,
     OrchestratorConfig,
@@ -26,7 +26,7 @@ from orchestrator.config import (
 )
 from orchestrator.scheduling.config import EndpointPickerConfig, SchedulerConfigError
 
-logger = logging.getLogger("tandem.reload")
+logger = EventLog("tandem.reload")
 
 
 class ConfigReloader:
@@ -70,16 +70,18 @@ class ConfigReloader:
                 self._apply(scheduler)
         except (OrchestratorConfigError, SchedulerConfigError) as exc:
             logger.error(
-                "config_reload_rejected path=%s error=%s; the running configuration stays",
-                self.path, exc,
-            )  # fmt: skip
+                "config_reload_rejected",
+                path=self.path,
+                error=exc,
+                note="the running configuration stays",
+            )
             return self._result("rejected")
         changed = self._scheduler != scheduler
         self._note_restart_fields(config)
         self.running, self._scheduler = config, scheduler
         if not changed:
             return None
-        logger.info("config_reload_applied path=%s scheduler changed", self.path)
+        logger.info("config_reload_applied", path=self.path, changed="scheduler")
         return self._result("applied")
 
     def _result(self, result: str) -> str:
@@ -93,9 +95,11 @@ class ConfigReloader:
         changed = sorted(key for key in after if after[key] != before.get(key))
         if changed:
             logger.warning(
-                "config_reload_needs_restart path=%s fields=%s: the running values stay until "
-                "the orchestrator restarts", self.path, ",".join(changed),
-            )  # fmt: skip
+                "config_reload_needs_restart",
+                path=self.path,
+                fields=",".join(changed),
+                note="the running values stay until the orchestrator restarts",
+            )
 
     def _read_fingerprint(self, config: OrchestratorConfig) -> bytes:
         """A digest of the file and of the scheduler file it names (missing files count)."""

@@ -8,18 +8,17 @@ virtual-time planner (`planner/`) drive the very same object, with a wall or a v
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mesh.endpoints import Endpoint, Role
 from mesh.errors import OpenAIError
+from mesh.logs import EventLog
 from orchestrator.circuit_breaker import BreakerState
 from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointStore
 from orchestrator.metrics import GatewayMetrics
-from orchestrator.scheduling.plugins.session_affinity_scorer import SessionAffinityScorer
 from orchestrator.scheduling.saturation import (
     PREFILL_POOL_ROLES,
     SaturationDetector,
@@ -34,7 +33,7 @@ from orchestrator.scheduling.types import (
     SchedulingResult,
 )
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 
 @dataclass(slots=True)
@@ -80,21 +79,24 @@ class Router:
     store: EndpointStore
     metrics: GatewayMetrics
     clock: Callable[[], float]
-    encodes_sessions: bool = False
     capacity_listener: Callable[[], None] | None = None
     """Called whenever room may have opened (a request's prefill or answer ended, a scrape
     came in, the endpoints changed): admission's cue to place waiting requests."""
+
+    @property
+    def encodes_sessions(self) -> bool:
+        """Whether responses carry the session header the affinity plugin reads back."""
+        return self.scheduler.encodes_sessions
 
     def replace_scheduler(self, scheduler: Scheduler) -> None:
         """Switch to a reloaded configuration's scheduler between two requests."""
         kept = scheduler.inherit(self.scheduler)
         self.scheduler = scheduler
-        self.encodes_sessions = encodes_sessions(scheduler)
         for endpoint in self.store.endpoints():
             state = self.store.state(endpoint.name)
             if state is not None and state.metrics is not None:
                 self.on_scrape(endpoint, state.metrics, None)
-        logger.info("scheduler_replaced prefix_index_kept=%s", kept)
+        logger.info("scheduler_replaced", prefix_index_kept=kept)
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -104,7 +106,7 @@ class Router:
             self.scheduler.forget_endpoint(name)
             self.metrics.forget_endpoint(name)
         if added or removed:
-            logger.info("endpoints_changed added=%s removed=%s", added, removed)
+            logger.info("endpoints_changed", added=added, removed=removed)
         self._capacity_changed()
 
     def on_scrape(
@@ -241,9 +243,9 @@ class Router:
             self.metrics.breaker_opened.labels(endpoint).inc()
             state = self.store.state(endpoint)
             open_s = state.breaker.open_for_s if state is not None else 0.0
-            logger.warning("circuit_opened endpoint=%s open_s=%.1f", endpoint, open_s)
+            logger.warning("circuit_opened", endpoint=endpoint, open_s=f"{open_s:.1f}")
         elif change is BreakerState.CLOSED:
-            logger.info("circuit_closed endpoint=%s", endpoint)
+            logger.info("circuit_closed", endpoint=endpoint)
 
     def prefill_done(self, loads: Loads) -> None:
         """The first byte came back: the prompt no longer loads whoever prefilled it."""
@@ -271,12 +273,3 @@ class Router:
 def can_decode(view: EndpointView) -> bool:
     """Whether an endpoint can serve as the decode (primary) target."""
     return view.endpoint.role in (None, Role.DECODE, Role.BOTH, Role.PREFILL_DECODE)
-
-
-def encodes_sessions(scheduler: Scheduler) -> bool:
-    """Whether responses must carry the session header the affinity scorer reads back."""
-    return any(
-        isinstance(plugin, SessionAffinityScorer)
-        and plugin.parameters.strategy == "encoded_endpoint_header"
-        for plugin in scheduler.plugins.values()
-    )

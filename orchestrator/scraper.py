@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable, Sequence
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.endpoints import Endpoint
+from mesh.logs import EventLog
 from orchestrator.endpoints import EndpointStore
 from orchestrator.scheduling.types import EngineMetrics
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 # Older vLLM names are accepted too (the rename blinded KV scoring elsewhere:
 # kubernetes-sigs/gateway-api-inference-extension PR #1905).
@@ -131,14 +131,14 @@ class MetricsScraper:
                 isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code >= 500
             )
             if self._store.record_scrape_failure(endpoint.name, error, definitive=definitive):
-                logger.warning("endpoint_unhealthy endpoint=%s error=%s", endpoint.name, error)
+                logger.warning("endpoint_unhealthy", endpoint=endpoint.name, error=error)
             if self._on_scrape is not None:
                 self._on_scrape(endpoint, None, error)
             return
         state = self._store.state(endpoint.name)
         if state is not None and not state.healthy:
             event = "endpoint_ready" if state.metrics is None else "endpoint_recovered"
-            logger.info("%s endpoint=%s", event, endpoint.name)
+            logger.info(event, endpoint=endpoint.name)
         self._store.record_scrape(endpoint.name, metrics)
         if self._on_scrape is not None:
             self._on_scrape(endpoint, metrics, None)

@@ -39,7 +39,7 @@ from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointStore
 from orchestrator.inference_request import parse_inference_request
 from orchestrator.metrics import GatewayMetrics
-from orchestrator.router import Loads, Router, encodes_sessions
+from orchestrator.router import Loads, Router
 from orchestrator.scheduling.config import EndpointPickerConfig, build_scheduler
 from orchestrator.scheduling.types import EngineMetrics, SchedulingResult
 from planner.events import EventLoop
@@ -159,7 +159,6 @@ class VirtualCluster:
             store=EndpointStore(path.staleness_s),
             metrics=GatewayMetrics(),
             clock=loop.clock,
-            encodes_sessions=encodes_sessions(router_scheduler),
         )
         cluster = cls(loop, router, {}, path, prompts, model, on_done)
         precise = router_scheduler.precise

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -33,6 +32,7 @@ from mesh.discovery import KubernetesEndpoints
 from mesh.endpoints import EndpointSource
 from mesh.errors import OpenAIError
 from mesh.http import install_error_handlers
+from mesh.logs import EventLog
 from mesh.protocol import (
     ERROR_STAGE_HEADER,
     NOT_STARTED_HEADER,
@@ -55,7 +55,7 @@ from sidecar.config import SidecarConfig
 from sidecar.metrics import SidecarMetrics
 from sidecar.prefill import PrefillOutcome, prefill_body, run_prefill
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 INFERENCE_PATHS = ("/v1/completions", "/v1/chat/completions")
 _KV_LOAD_FAILURE = b'"type": "InternalServerError"'
@@ -109,7 +109,7 @@ class Sidecar:
             body = json.dumps(payload).encode()
             for field in dropped:
                 self.metrics.client_fields_dropped.labels(field).inc()
-                logger.warning("client_field_dropped request_id=%s field=%s", request_id, field)
+                logger.warning("client_field_dropped", request_id=request_id, field=field)
         leg = _Leg(request.url.path, body, headers, bool(payload.get("stream")))
         try:
             if not targets:
@@ -140,7 +140,7 @@ class Sidecar:
                 raise OpenAIError(400, f"{PREFILLER_HEADER}: {exc}") from None
             if not self.allowlist.allows(target):
                 self.metrics.errors.labels("prefill_target_refused").inc()
-                logger.warning("prefill_target_refused request_id=%s target=%s", request_id, target)
+                logger.warning("prefill_target_refused", request_id=request_id, target=target)
                 raise OpenAIError(
                     403,
                     f"prefill target {target} is not a known prefill endpoint of this pool; "
@@ -175,9 +175,8 @@ class Sidecar:
                 return await self._fallback(leg, reason, request_id)
             self.metrics.errors.labels(f"prefill_failed_{reason}").inc()
             logger.warning(
-                "prefill_failed_request request_id=%s reason=%s policy=%s",
-                request_id, reason, policy,
-            )  # fmt: skip
+                "prefill_failed_request", request_id=request_id, reason=reason, policy=policy
+            )
             raise OpenAIError(
                 _PREFILL_FAILURE_STATUS.get(reason, 502),
                 f"prefill failed ({reason}, last tried {outcome.target}); the sidecar's "
@@ -188,9 +187,11 @@ class Sidecar:
         leg.body = json.dumps({**payload, "kv_transfer_params": outcome.params}).encode()
         leg.prefilled = outcome
         logger.debug(
-            "prefill_done request_id=%s target=%s seconds=%.4f",
-            request_id, outcome.target, outcome.seconds,
-        )  # fmt: skip
+            "prefill_done",
+            request_id=request_id,
+            target=outcome.target,
+            seconds=f"{outcome.seconds:.4f}",
+        )
         try:
             return await self._decode(leg, request_id)
         finally:
@@ -198,14 +199,12 @@ class Sidecar:
                 # The local vLLM never got the KV handle (client gone, or vLLM down): the
                 # prefill pod holds the blocks until their lease expires.
                 self.metrics.orphaned_prefills.inc()
-                logger.warning(
-                    "prefill_orphaned request_id=%s target=%s", request_id, outcome.target
-                )
+                logger.warning("prefill_orphaned", request_id=request_id, target=outcome.target)
 
     async def _fallback(self, leg: _Leg, reason: str, request_id: str) -> Response:
         self.metrics.fallbacks.labels(reason).inc()
         leg.mode = "fallback"
-        logger.warning("prefill_fallback request_id=%s reason=%s", request_id, reason)
+        logger.warning("prefill_fallback", request_id=request_id, reason=reason)
         leg.prefilled = None
         return await self._decode(leg, request_id)
 
@@ -452,10 +451,11 @@ def create_app(
             else None
         )
         logger.info(
-            "sidecar_started port=%d vllm=%s:%d prefill_allowlist=%s",
-            config.port, config.vllm_host, config.vllm_port,
-            "discovered" if discovery else len(config.prefill_endpoints),
-        )  # fmt: skip
+            "sidecar_started",
+            port=config.port,
+            vllm=f"{config.vllm_host}:{config.vllm_port}",
+            prefill_allowlist="discovered" if discovery else len(config.prefill_endpoints),
+        )
         try:
             yield
         finally:

@@ -11,7 +11,6 @@ orchestrator's order: a 4xx is the client's mistake and ends the attempt; a conn
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,10 +18,11 @@ from typing import Any
 
 import httpx
 
+from mesh.logs import EventLog
 from sidecar.allowlist import HostPort
 from sidecar.metrics import SidecarMetrics
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 REMOTE_DECODE_PARAMS: dict[str, Any] = {
     "do_remote_decode": True,
@@ -90,7 +90,7 @@ async def run_prefill(
             reason = "prefill_timeout"
         except httpx.TransportError as exc:
             reason = "prefill_unreachable"
-            logger.debug("prefill_error request_id=%s target=%s error=%r", request_id, target, exc)
+            logger.debug("prefill_error", request_id=request_id, target=target, error=repr(exc))
         else:
             elapsed = time.perf_counter() - started
             if 400 <= reply.status_code < 500:
@@ -111,9 +111,12 @@ async def run_prefill(
         failed.append(target)
         more = next_candidate and position + 1 < len(candidates)
         logger.warning(
-            "prefill_failed request_id=%s target=%s reason=%s next=%s",
-            request_id, target, reason, candidates[position + 1] if more else "-",
-        )  # fmt: skip
+            "prefill_failed",
+            request_id=request_id,
+            target=target,
+            reason=reason,
+            next=candidates[position + 1] if more else "-",
+        )
         if more:
             metrics.prefill_retries.labels(reason).inc()
     return PrefillOutcome(fallback_reason=reason, target=target, failed=tuple(failed))

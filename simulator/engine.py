@@ -9,13 +9,13 @@ virtual-time planner run exactly the same code.
 
 from __future__ import annotations
 
-import logging
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from kvcache.events import KVEvent
 from kvcache.hashing import hash_prompt_blocks
+from mesh.logs import EventLog
 from simulator.block_pool import BlockPool
 from simulator.costmodel import PrefillChunk, StepShape, decode_step_seconds, step_seconds
 from simulator.kv_connector import (
@@ -40,7 +40,7 @@ from simulator.request import (
 from simulator.scheduler import BatchingConfig, BatchScheduler, Schedule, ScheduledChunk
 from simulator.stats import EngineStats
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +231,11 @@ class Engine:
             return None
         transfer.num_failed_transfers += 1
         logger.warning(
-            "kv_load_failed request_id=%s policy=%s error=%s",
-            request_id, self.config.kv_load_failure_policy, error,
-        )  # fmt: skip
+            "kv_load_failed",
+            request_id=request_id,
+            policy=self.config.kv_load_failure_policy,
+            error=error,
+        )
         if self.config.kv_load_failure_policy == "recompute":
             request.remote = None
             request.status = RequestStatus.WAITING
@@ -267,7 +269,7 @@ class Engine:
         """Free blocks whose lease ran out; returns how many requests expired."""
         expired = self.held.expire(now)
         for request_id, blocks in expired:
-            logger.info("kv_lease_expired request_id=%s blocks=%d", request_id, len(blocks))
+            logger.info("kv_lease_expired", request_id=request_id, blocks=len(blocks))
             self.pool.free(blocks)
         self.stats.transfer.num_kv_expired_reqs += len(expired)
         return len(expired)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -22,8 +21,9 @@ import zmq
 import zmq.asyncio
 
 from kvcache.events import END_SEQ, EventBatch, KVEvent, KVEventsConfig, encode_batch
+from mesh.logs import EventLog
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 
 def _binds(endpoint: str) -> bool:
@@ -59,9 +59,11 @@ class KVEventPublisher:
             self._replay.bind(self.config.replay_endpoint)
             self._replay_task = asyncio.create_task(self._serve_replay(), name="kv-replay")
         logger.info(
-            "kv_events_publishing endpoint=%s replay=%s topic=%s",
-            endpoint, self.config.replay_endpoint, self.config.topic,
-        )  # fmt: skip
+            "kv_events_publishing",
+            endpoint=endpoint,
+            replay=self.config.replay_endpoint,
+            topic=self.config.topic,
+        )
 
     async def stop(self) -> None:
         if self._replay_task is not None:
@@ -93,7 +95,7 @@ class KVEventPublisher:
         while True:
             frames = await self._replay.recv_multipart()
             if len(frames) != 3 or len(frames[2]) != 8:
-                logger.warning("kv_replay_request_invalid frames=%d", len(frames))
+                logger.warning("kv_replay_request_invalid", frames=len(frames))
                 continue
             client, _, start = frames
             start_seq = int.from_bytes(start, "big")

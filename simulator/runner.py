@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 from kvcache.events import KVEvent
+from mesh.logs import EventLog
 from simulator.engine import Engine
 from simulator.kv_connector import KVReadError, RemoteLoad, RemotePrefill
 from simulator.profiles import EngineProfile
 from simulator.request import EngineRequest, FinishReason, RequestOutput, RequestStatus
 from simulator.transfer import KVTransferError, KVTransport
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 
 class ModelClock:
@@ -115,7 +115,7 @@ class EngineRunner:
         source = request.remote if request is not None and queued_remote else None
         output = self.engine.abort_request(request_id, self.clock.now())
         if output is not None:
-            logger.info("request_aborted request_id=%s", request_id)
+            logger.info("request_aborted", request_id=request_id)
         if source is not None:
             self._spawn(self._notify_done(source))
 
@@ -125,7 +125,7 @@ class EngineRunner:
         source = RemotePrefill.parse(kv_transfer_params)
         if source is not None:
             logger.info(
-                "kv_released_for_rejected_request remote_request_id=%s", source.remote_request_id
+                "kv_released_for_rejected_request", remote_request_id=source.remote_request_id
             )
             self._spawn(self._notify_done(source))
 
@@ -216,9 +216,7 @@ class EngineRunner:
         except KVTransferError as exc:
             self.engine.stats.transfer.num_failed_notifications += 1
             logger.warning(
-                "kv_done_notification_failed remote_request_id=%s error=%s",
-                source.remote_request_id,
-                exc,
+                "kv_done_notification_failed", remote_request_id=source.remote_request_id, error=exc
             )
 
     async def _heartbeat_loop(self) -> None:
@@ -235,7 +233,7 @@ class EngineRunner:
                     await self.transport.heartbeat(host, port, request_ids)
                 except KVTransferError as exc:
                     self.engine.stats.transfer.num_failed_notifications += 1
-                    logger.warning("kv_heartbeat_failed producer=%s:%d error=%s", host, port, exc)
+                    logger.warning("kv_heartbeat_failed", producer=f"{host}:{port}", error=exc)
 
     async def _expiry_loop(self) -> None:
         while True:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import time
@@ -23,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kvcache.tokenizer import load_tokenizer, render_chat
 from mesh.errors import CLIENT_CLOSED_REQUEST, OpenAIError
+from mesh.logs import EventLog
 from simulator.config import VLLM_VERSION, SimPodConfig
 from simulator.engine import Engine
 from simulator.errors import install_error_handlers, require_json
@@ -42,18 +42,18 @@ from simulator.serving import OpenAIServing, PreparedRequest, random_uuid
 from simulator.streaming import chat_stream, completion_stream
 from simulator.transfer import KVTransport, SideChannelClient, SideChannelServer
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 
 def _exit_process() -> None:
-    logger.error("injected_crash exiting")
+    logger.error("injected_crash", action="exiting")
     os._exit(70)
 
 
 def _shut_down_server() -> None:
     """Stop serving gracefully, as vLLM's API server does once its engine has died
     (vllm-project/vllm: vllm/entrypoints/launchers/launcher.py, terminate_if_errored)."""
-    logger.error("engine_dead shutting_down")
+    logger.error("engine_dead", action="shutting_down")
     os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -173,10 +173,14 @@ def create_app(
         )
         stall_signal = _on_signal(METRICS_STALL_SIGNAL, faults.toggle_metrics_stall)
         logger.info(
-            "pod_started role=%s model=%s profile=%s port=%d side_channel=%s:%d engine_id=%s",
-            config.role, config.model_name, config.profile, config.port,
-            config.side_channel_host, config.side_channel_port, config.engine_id,
-        )  # fmt: skip
+            "pod_started",
+            role=config.role,
+            model=config.model_name,
+            profile=config.profile,
+            port=config.port,
+            side_channel=f"{config.side_channel_host}:{config.side_channel_port}",
+            engine_id=config.engine_id,
+        )
         try:
             yield
         finally:
@@ -361,7 +365,7 @@ def _on_signal(signum: signal.Signals, handler: Callable[[], None]) -> bool:
         asyncio.get_running_loop().add_signal_handler(signum, handler)
     except (RuntimeError, ValueError):
         return False
-    logger.info("fault_signal signal=%s", signum.name)
+    logger.info("fault_signal", signal=signum.name)
     return True
 
 

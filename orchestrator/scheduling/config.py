@@ -15,7 +15,6 @@ names the field it is about.
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mesh.logs import EventLog
 from orchestrator.scheduling.framework import (
     Decider,
     Filter,
@@ -48,7 +48,7 @@ from orchestrator.scheduling.registry import PluginRegistry
 from orchestrator.scheduling.saturation import SaturationDetectorConfig
 from orchestrator.scheduling.scheduler import Scheduler
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
 IGNORED_SECTIONS = ("dataLayer", "flowControl", "requestHandler", "parser")
@@ -128,7 +128,7 @@ def parse_config(document: Mapping[str, Any]) -> EndpointPickerConfig:
     for key in config.model_extra or {}:
         if key not in IGNORED_SECTIONS:
             raise SchedulerConfigError(f"{key}: unknown section")
-        logger.warning("scheduler_config_section_ignored section=%s", key)
+        logger.warning("scheduler_config_section_ignored", section=key)
     return config
 
 
@@ -209,13 +209,11 @@ def _handler(profiles: Mapping[str, Profile], plugins: Mapping[str, object]) -> 
         raise SchedulerConfigError(
             "plugins: several profiles need a profile handler (disagg-profile-handler)"
         )
-    if isinstance(handler, DisaggProfileHandler):
-        try:
-            handler.bind(plugins)
-        except ValueError as exc:
-            raise SchedulerConfigError(f"plugins[{handler.name}].parameters.{exc}") from None
-    required: tuple[str, ...] = getattr(handler, "required_profiles", tuple)()
-    for name in required:
+    try:
+        handler.bind(plugins)
+    except ValueError as exc:
+        raise SchedulerConfigError(f"plugins[{handler.name}].parameters.{exc}") from None
+    for name in handler.required_profiles():
         if name not in profiles:
             raise SchedulerConfigError(
                 f"schedulingProfiles: handler {handler.name!r} needs a profile named {name!r}"

@@ -197,6 +197,13 @@ class ProfileHandler(Protocol):
 
     name: str
 
+    def bind(self, plugins: Mapping[str, object]) -> None:
+        """Resolve references to other plugins once all exist; `ValueError` names the bad
+        parameter."""
+
+    def required_profiles(self) -> tuple[str, ...]:
+        """The profiles the configuration must define for this handler."""
+
     def run(
         self,
         cycle: Cycle,
@@ -222,5 +229,9 @@ class SessionRecorder(Protocol):
     """A plugin that learns from where a request went (session affinity)."""
 
     name: str
+
+    @property
+    def encodes_session_header(self) -> bool:
+        """Whether responses must carry the session header this plugin reads back."""
 
     def remember(self, headers: Mapping[str, str], result: SchedulingResult) -> None: ...

@@ -25,14 +25,14 @@ Pure: the subscriber (`orchestrator/kv_events.py`) feeds it; every method takes 
 from __future__ import annotations
 
 import enum
-import logging
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
+from mesh.logs import EventLog
 
-logger = logging.getLogger(__name__)
+logger = EventLog(__name__)
 
 
 class SyncState(enum.StrEnum):
@@ -139,7 +139,7 @@ class PreciseIndex:
         last = state.last_seq
         restarted = last is not None and seq < last and seq == 0
         if restarted:  # the engine restarted: its cache is empty, its counter back at 0
-            logger.info("kv_events_restarted endpoint=%s", name)
+            logger.info("kv_events_restarted", endpoint=name)
             self._clear(state)
             last = state.last_seq = None
             state.state = SyncState.SYNCED
@@ -181,9 +181,8 @@ class PreciseIndex:
             pending = ordered
         else:
             logger.warning(
-                "kv_events_history_lost endpoint=%s replay_from=%s last=%s",
-                name, start, state.last_seq,
-            )  # fmt: skip
+                "kv_events_history_lost", endpoint=name, replay_from=start, last=state.last_seq
+            )
             self._clear(state)
             state.last_seq = None
             state.state = SyncState.UNSYNCED
@@ -221,7 +220,7 @@ class PreciseIndex:
         if len(self._holders) <= self.max_blocks:
             return
         name, largest = max(self._endpoints.items(), key=lambda item: item[1].blocks)
-        logger.warning("kv_index_over_budget forgetting=%s blocks=%d", name, largest.blocks)
+        logger.warning("kv_index_over_budget", forgetting=name, blocks=largest.blocks)
         self._clear(largest)
         largest.state, largest.last_seq = SyncState.UNSYNCED, None
 

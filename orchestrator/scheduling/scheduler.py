@@ -44,6 +44,8 @@ class Scheduler:
         self.saturation = saturation
         self._rng = rng or random.Random()
         self._recorders = [p for p in self.plugins.values() if isinstance(p, SessionRecorder)]
+        self.encodes_sessions = any(r.encodes_session_header for r in self._recorders)
+        """Whether responses must carry the session header an affinity plugin reads back."""
         precise = [p for p in self.plugins.values() if isinstance(p, PreciseMatcher)]
         self.precise: PreciseMatcher | None = precise[0] if precise else None
         """The KV-event index, when configured; its subscriptions follow the endpoints."""

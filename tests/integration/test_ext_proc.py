@@ -30,7 +30,7 @@ from orchestrator.ext_proc import (
     add_ext_proc_servicer,
 )
 from orchestrator.metrics import GatewayMetrics
-from orchestrator.router import Router, encodes_sessions
+from orchestrator.router import Router
 from orchestrator.scheduling.config import build_scheduler
 from orchestrator.scheduling.plugins.session_affinity_scorer import (
     SESSION_TOKEN_HEADER,
@@ -79,7 +79,6 @@ def make_router(config: OrchestratorConfig, endpoints: Sequence[Endpoint]) -> Ro
         store=EndpointStore(config.scrape.staleness_s, config.scrape.failures_before_unhealthy),
         metrics=GatewayMetrics(),
         clock=lambda: NOW,
-        encodes_sessions=encodes_sessions(scheduler),
     )
     router.on_endpoints(endpoints)
     for endpoint in endpoints:

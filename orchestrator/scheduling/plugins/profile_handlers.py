@@ -111,6 +111,9 @@ class SingleProfileHandler(Plugin):
     Parameters = SingleProfileParameters
     parameters: SingleProfileParameters
 
+    def bind(self, plugins: Mapping[str, object]) -> None:
+        """Nothing to resolve: one profile, no decider."""
+
     def required_profiles(self) -> tuple[str, ...]:
         return (self.parameters.profile,) if self.parameters.profile else ()
 

@@ -54,6 +54,10 @@ class SessionAffinityScorer(Plugin):
         bound = self._bound_endpoint(cycle.request.headers)
         return {view.name: 1.0 if view.name == bound else 0.0 for view in endpoints}
 
+    @property
+    def encodes_session_header(self) -> bool:
+        return self.parameters.strategy == "encoded_endpoint_header"
+
     def remember(self, headers: Mapping[str, str], result: SchedulingResult) -> None:
         """Bind a `session_id` session to the endpoint that served it in this scorer's
         profile (`profileName`, the decode profile by default); a bounded LRU."""
