@@ -46,6 +46,8 @@ from planner.events import EventLoop
 from planner.pods import VirtualPod
 from prefill.launch import VllmLaunch
 from prefill.pod import aggregated_pod, prefill_pod
+from sidecar.config import PrefillFailurePolicy, SidecarConfig
+from sidecar.flow import Next, after_prefill, reply_failure
 from sidecar.prefill import REMOTE_DECODE_PARAMS
 from simulator.kv_connector import KVReadError, RemoteLoad
 from simulator.request import EngineRequest, RequestOutput
@@ -99,6 +101,9 @@ def pod_launches(
     return pods
 
 
+SIDECAR_POLICY: PrefillFailurePolicy = SidecarConfig().prefill_failure_policy
+
+
 @dataclass(eq=False)
 class _Flight:
     """One request on its way through the virtual cluster."""
@@ -119,6 +124,8 @@ class VirtualCluster:
     prompts: PromptSet
     model: str
     on_done: Callable[[RequestRecord], None] | None = None
+    sidecar_policy: PrefillFailurePolicy = SIDECAR_POLICY
+    """What the sidecars do when a prefill fails (their default: prefill locally)."""
     records: list[RequestRecord] = field(default_factory=list)
     _in_flight: dict[str, _Flight] = field(default_factory=dict)
     _pending: int = 0
@@ -373,12 +380,22 @@ class VirtualCluster:
         def prefilled(output: RequestOutput, _: Sequence[float]) -> None:
             if not output.finished:
                 return
-            if output.error is not None or output.kv_transfer_params is None:
-                # The sidecar falls back to a local prefill on the decode pod.
-                self.loop.after(self.path.sidecar_s, self._decode, flight, decode, prompt, None)
-                return
             params = output.kv_transfer_params
-            self.loop.after(self.path.sidecar_s, self._decode, flight, decode, prompt, params)
+            status = 500 if output.error is not None else 200
+            # As the sidecar decides (one candidate here: the orchestrator's first).
+            step = after_prefill(
+                prefilled=params is not None and output.error is None,
+                client_error=False,
+                failure=reply_failure(status, params),
+                policy=self.sidecar_policy,
+            )
+            if step.next is Next.FAIL:
+                flight.record.status = step.status
+                flight.record.error = f"prefill failed ({step.reason})"
+                self._finish(flight)
+                return
+            kv = params if step.next is Next.DECODE_WITH_KV else None
+            self.loop.after(self.path.sidecar_s, self._decode, flight, decode, prompt, kv)
 
         self.loop.after(self.path.sidecar_s, prefill.submit, leg, prefilled)
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from kvcache.events import KVEvent
 from planner.events import EventLoop
 from simulator.config import SimPodConfig
-from simulator.engine import DecodeRun, Engine
+from simulator.decode_run import DecodeRun
+from simulator.engine import Engine
 from simulator.kv_connector import ProducerIdentity, RemoteLoad
 from simulator.profiles import EngineProfile
 from simulator.request import EngineRequest, RequestOutput, StepResult

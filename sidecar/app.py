@@ -52,6 +52,7 @@ from mesh.proxy import (
 )
 from sidecar.allowlist import DiscoveredAllowlist, HostPort, PrefillAllowlist, StaticAllowlist
 from sidecar.config import SidecarConfig
+from sidecar.flow import Next, after_prefill, tries_next_candidate
 from sidecar.metrics import SidecarMetrics
 from sidecar.prefill import PrefillOutcome, prefill_body, run_prefill
 
@@ -155,13 +156,20 @@ class Sidecar:
         policy = self.config.prefill_failure_policy
         outcome = await run_prefill(
             self.prefill_client, candidates, leg.path, prefill_body(payload),
-            dict(leg.headers), self.metrics, request_id, next_candidate=policy != "fail",
+            dict(leg.headers), self.metrics, request_id,
+            next_candidate=tries_next_candidate(policy),
         )  # fmt: skip
         if outcome.failed:
             leg.report[PREFILL_FAILED_HEADER] = ",".join(str(t) for t in outcome.failed)
         if outcome.params is not None and outcome.target is not None:
             leg.report[PREFILLED_BY_HEADER] = str(outcome.target)
-        if outcome.client_error is not None:
+        step = after_prefill(
+            prefilled=outcome.params is not None,
+            client_error=outcome.client_error is not None,
+            failure=outcome.fallback_reason,
+            policy=policy,
+        )
+        if step.next is Next.RELAY_CLIENT_ERROR and outcome.client_error is not None:
             self.metrics.errors.labels("prefill_4xx").inc()
             reply = outcome.client_error
             return Response(
@@ -169,17 +177,16 @@ class Sidecar:
                 status_code=reply.status_code,
                 headers=downstream_headers(reply.headers),
             )
-        if outcome.params is None:
-            reason = outcome.fallback_reason or "unknown"
-            if policy == "local":
-                return await self._fallback(leg, reason, request_id)
-            self.metrics.errors.labels(f"prefill_failed_{reason}").inc()
+        if step.next is Next.PREFILL_LOCALLY:
+            return await self._fallback(leg, step.reason or "", request_id)
+        if step.next is Next.FAIL:
+            self.metrics.errors.labels(f"prefill_failed_{step.reason}").inc()
             logger.warning(
-                "prefill_failed_request", request_id=request_id, reason=reason, policy=policy
+                "prefill_failed_request", request_id=request_id, reason=step.reason, policy=policy
             )
             raise OpenAIError(
-                _PREFILL_FAILURE_STATUS.get(reason, 502),
-                f"prefill failed ({reason}, last tried {outcome.target}); the sidecar's "
+                step.status or 502,
+                f"prefill failed ({step.reason}, last tried {outcome.target}); the sidecar's "
                 f"prefill_failure_policy is {policy}, so it did not prefill locally",
                 headers={ERROR_STAGE_HEADER: "prefill"},
             )
@@ -340,7 +347,6 @@ async def _prepended(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[
         yield chunk
 
 
-_PREFILL_FAILURE_STATUS = {"prefill_unreachable": 503, "prefill_timeout": 504}
 """The status of a prefill failure the policy does not absorb; others (5xx, no KV handle)
 are 502."""
 

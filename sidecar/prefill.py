@@ -20,6 +20,7 @@ import httpx
 
 from mesh.logs import EventLog
 from sidecar.allowlist import HostPort
+from sidecar.flow import PrefillFailure, reply_failure
 from sidecar.metrics import SidecarMetrics
 
 logger = EventLog(__name__)
@@ -79,7 +80,7 @@ async def run_prefill(
 ) -> PrefillOutcome:
     """Try the candidates in order until one prefills the prompt (only the first unless
     `next_candidate`)."""
-    reason = "no_candidate"
+    reason: PrefillFailure = "no_candidate"
     target: HostPort | None = None
     failed: list[HostPort] = []
     for position, target in enumerate(candidates if next_candidate else candidates[:1]):
@@ -98,16 +99,14 @@ async def run_prefill(
                     client_error=reply, client_error_body=reply.content, target=target,
                     seconds=elapsed, failed=tuple(failed),
                 )  # fmt: skip
-            if reply.status_code >= 500:
-                reason = "prefill_5xx"
-            else:
-                params = _transfer_params(reply)
-                if params is not None:
-                    metrics.prefill_duration.observe(elapsed)
-                    return PrefillOutcome(
-                        params=params, target=target, seconds=elapsed, failed=tuple(failed)
-                    )
-                reason = "no_kv_transfer_params"
+            params = _transfer_params(reply) if reply.status_code < 500 else None
+            failure = reply_failure(reply.status_code, params)
+            if failure is None:
+                metrics.prefill_duration.observe(elapsed)
+                return PrefillOutcome(
+                    params=params, target=target, seconds=elapsed, failed=tuple(failed)
+                )
+            reason = failure
         failed.append(target)
         more = next_candidate and position + 1 < len(candidates)
         logger.warning(
