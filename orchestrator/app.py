@@ -1,5 +1,7 @@
-"""The orchestrator's HTTP app: routes, and the lifespan that owns client, discovery, scraping
-and, when enabled, the gRPC server (on the same event loop, around the same router)."""
+"""The orchestrator's app factory: it wires the gateway's parts, and its lifespan owns the
+HTTP client, discovery, scraping, KV event subscriptions, the config reloader and, when
+enabled, the gRPC server (on the same event loop, around the same router). The routes are
+`orchestrator.api`'s."""
 
 from __future__ import annotations
 
@@ -9,18 +11,17 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import FastAPI
 
 from mesh.discovery import KubernetesEndpoints
 from mesh.endpoints import EndpointSource, StaticEndpoints
 from mesh.http import install_error_handlers
 from orchestrator.admission import Admission
+from orchestrator.api import api
 from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointStore
 from orchestrator.gateway import Gateway
@@ -28,10 +29,12 @@ from orchestrator.grpc_server import GrpcServer, start_grpc_server
 from orchestrator.kv_events import KVEventSubscriptions
 from orchestrator.metrics import GatewayMetrics
 from orchestrator.reload import ConfigReloader
-from orchestrator.router import Router, can_decode
+from orchestrator.router import Router
 from orchestrator.scheduling.config import EndpointPickerConfig, build_scheduler
 from orchestrator.scheduling.scheduler import Scheduler
 from orchestrator.scraper import MetricsScraper
+
+_KEEPALIVE_CONNECTIONS = 512
 
 
 def create_app(
@@ -56,124 +59,119 @@ def create_app(
     def new_scheduler(scheduler_config: EndpointPickerConfig) -> Scheduler:
         return build_scheduler(scheduler_config, rng=rng, prefix_seed=config.model or "")
 
-    scheduler = new_scheduler(config.scheduler_config(config_dir))
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gateway_config = config.gateway
-        upstream_transport = transport or httpx.AsyncHTTPTransport(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512)
-        )
-        client = httpx.AsyncClient(
-            transport=upstream_transport,
-            timeout=httpx.Timeout(
-                gateway_config.request_timeout_s, connect=gateway_config.connect_timeout_s
-            ),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=512),
-        )
-        router = Router(
-            config=config,
-            scheduler=scheduler,
-            store=EndpointStore(
-                config.scrape.staleness_s,
-                config.scrape.failures_before_unhealthy,
-                breaker_config=config.circuit_breaker,
-            ),
-            metrics=GatewayMetrics(),
-            clock=clock,
-        )
-        admission = Admission(router, config.admission, router.metrics, clock)
-        gateway = Gateway(
-            config=config,
-            router=router,
-            admission=admission,
-            client=client,
-            transport=upstream_transport,
-        )
-        gateway.scraper = MetricsScraper(
-            gateway.store, client, clock,
-            interval_s=config.scrape.interval_s, timeout_s=config.scrape.timeout_s,
-            on_scrape=router.on_scrape,
-        )  # fmt: skip
-        gateway.kv_events = KVEventSubscriptions(
-            lambda: router.scheduler.precise, router.metrics, clock
-        )
-        gateway.tasks.append(
-            asyncio.create_task(discovery(config, source).run(gateway.on_endpoints))
-        )
-        if config_path is not None:
-
-            def reload(changed: EndpointPickerConfig) -> None:
-                router.replace_scheduler(new_scheduler(changed))
-                gateway.follow_kv_events()
-
-            reloader = ConfigReloader(
-                config_path, config, reload,
-                on_result=lambda result: gateway.metrics.config_reloads.labels(result).inc(),
-            )  # fmt: skip
-            gateway.tasks.append(asyncio.create_task(reloader.run()))
-        app.state.gateway = gateway
-        grpc_server: GrpcServer | None = None
-        try:
-            if config.grpc.enabled:
-                grpc_server = await start_grpc_server(router, config)
-            app.state.grpc_server = grpc_server
-            yield
-        finally:
-            if grpc_server is not None:
-                await grpc_server.stop()
-            for task in gateway.tasks:
-                task.cancel()
-            for task in gateway.tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await gateway.scraper.stop()
-            await gateway.kv_events.stop()
-            await client.aclose()
-
-    app = FastAPI(title="tandem orchestrator", lifespan=lifespan)
+    parts = _Parts(
+        config, new_scheduler(config.scheduler_config(config_dir)), new_scheduler,
+        config_path, source, transport, clock,
+    )  # fmt: skip
+    app = FastAPI(title="tandem orchestrator", lifespan=lambda app: _lifespan(app, parts))
     install_error_handlers(app)
-
-    def gateway_of(request: Request) -> Gateway:
-        gateway: Gateway = request.app.state.gateway
-        return gateway
-
-    async def completions(request: Request) -> Response:
-        return await gateway_of(request).forward(request, "completions")
-
-    async def chat_completions(request: Request) -> Response:
-        return await gateway_of(request).forward(request, "chat")
-
-    # Plain Starlette routes: the hot path needs none of FastAPI's parameter handling.
-    app.router.add_route("/v1/completions", completions, methods=["POST"])
-    app.router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> dict[str, Any]:
-        return await gateway_of(request).list_models()
-
-    @app.get("/health")
-    async def health() -> Response:
-        return Response(status_code=200)
-
-    @app.get("/ready")
-    async def ready(request: Request) -> JSONResponse:
-        gateway = gateway_of(request)
-        views = gateway.store.views(gateway.clock())
-        decoders = [v.name for v in views if can_decode(v)]
-        known, healthy = gateway.store.counts(gateway.clock())
-        body: dict[str, object] = {"ready": bool(decoders), "endpoints": known, "healthy": healthy}
-        if not decoders:
-            body["reason"] = "no healthy decode-capable endpoint"
-        return JSONResponse(body, status_code=200 if decoders else 503)
-
-    @app.get("/metrics")
-    async def metrics(request: Request) -> Response:
-        gateway = gateway_of(request)
-        gateway.router.refresh_gauges()
-        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+    app.include_router(api)
     return app
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    """What the factory decided; the lifespan builds the running gateway from it."""
+
+    config: OrchestratorConfig
+    scheduler: Scheduler
+    new_scheduler: Callable[[EndpointPickerConfig], Scheduler]
+    config_path: Path | None
+    source: EndpointSource | None
+    transport: httpx.AsyncBaseTransport | None
+    clock: Callable[[], float]
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI, parts: _Parts) -> AsyncIterator[None]:
+    config = parts.config
+    upstream_transport = parts.transport or httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=_KEEPALIVE_CONNECTIONS)
+    )
+    client = httpx.AsyncClient(
+        transport=upstream_transport,
+        timeout=httpx.Timeout(
+            config.gateway.request_timeout_s, connect=config.gateway.connect_timeout_s
+        ),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=_KEEPALIVE_CONNECTIONS),
+    )
+    gateway = _gateway(parts, client, upstream_transport)
+    gateway.tasks.append(
+        asyncio.create_task(discovery(config, parts.source).run(gateway.on_endpoints))
+    )
+    if parts.config_path is not None:
+        gateway.tasks.append(
+            asyncio.create_task(_reloader(parts, parts.config_path, gateway).run())
+        )
+    app.state.gateway = gateway
+    grpc_server: GrpcServer | None = None
+    try:
+        if config.grpc.enabled:
+            grpc_server = await start_grpc_server(gateway.router, config)
+        app.state.grpc_server = grpc_server
+        yield
+    finally:
+        if grpc_server is not None:
+            await grpc_server.stop()
+        for task in gateway.tasks:
+            task.cancel()
+        for task in gateway.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if gateway.scraper is not None:
+            await gateway.scraper.stop()
+        if gateway.kv_events is not None:
+            await gateway.kv_events.stop()
+        await client.aclose()
+
+
+def _gateway(
+    parts: _Parts, client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport
+) -> Gateway:
+    """The router, admission, scraper and KV event subscriptions around one client."""
+    config, clock = parts.config, parts.clock
+    router = Router(
+        config=config,
+        scheduler=parts.scheduler,
+        store=EndpointStore(
+            config.scrape.staleness_s,
+            config.scrape.failures_before_unhealthy,
+            breaker_config=config.circuit_breaker,
+        ),
+        metrics=GatewayMetrics(),
+        clock=clock,
+    )
+    admission = Admission(router, config.admission, router.metrics, clock)
+    gateway = Gateway(
+        config=config, router=router, admission=admission, client=client, transport=transport
+    )
+    gateway.scraper = MetricsScraper(
+        gateway.store,
+        client,
+        clock,
+        interval_s=config.scrape.interval_s,
+        timeout_s=config.scrape.timeout_s,
+        on_scrape=router.on_scrape,
+    )
+    gateway.kv_events = KVEventSubscriptions(
+        lambda: router.scheduler.precise, router.metrics, clock
+    )
+    return gateway
+
+
+def _reloader(parts: _Parts, path: Path, gateway: Gateway) -> ConfigReloader:
+    """Applies scheduler changes in the config file while running."""
+
+    def reload(changed: EndpointPickerConfig) -> None:
+        gateway.router.replace_scheduler(parts.new_scheduler(changed))
+        gateway.follow_kv_events()
+
+    return ConfigReloader(
+        path,
+        parts.config,
+        reload,
+        on_result=lambda result: gateway.metrics.config_reloads.labels(result).inc(),
+    )
 
 
 def discovery(config: OrchestratorConfig, source: EndpointSource | None) -> EndpointSource:

@@ -1,5 +1,5 @@
 """The sidecar's decisions, pure: what a prefill pod's answer means, and what the decode pod
-does after the prefill leg. The sidecar's HTTP code (`sidecar.app`, `sidecar.prefill`) and
+does after the prefill leg. The sidecar's HTTP code (`sidecar.service`, `sidecar.prefill`) and
 the virtual-time cluster of `tandem plan` both follow these, so the two cannot drift apart.
 """
 

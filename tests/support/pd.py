@@ -18,8 +18,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import generate_latest
 
 from kvcache.tokenizer import SYNTHETIC_WORDS
-from sidecar.app import Sidecar, create_app
+from sidecar.app import create_app
 from sidecar.config import SidecarConfig
+from sidecar.service import Sidecar
 from simulator.config import SimPodConfig
 from tests.support.fakes import Recorder, fake_model_server
 from tests.support.servers import free_port, parse_samples, pod_config, running_pod, serve
