@@ -45,7 +45,7 @@ def create_app(
         allowed = discovered = DiscoveredAllowlist()
     else:
         allowed = StaticAllowlist(_iter_targets(config.prefill_endpoints))
-    feed = _Discovery(source, discovered) if source is not None and discovered else None
+    feed = _Discovery(source, discovered) if source is not None and discovered is not None else None
     app = FastAPI(
         title="tandem sidecar",
         lifespan=lambda app: _lifespan(app, config, allowed, feed, transport),

@@ -27,7 +27,9 @@ from orchestrator.scheduling.config import build_scheduler
 from prefill.launch import Probe, VllmLaunch
 from prefill.pod import prefill_pod
 from simulator.profiles import PROFILES
-from tandem.cli import build_parser, sim_config
+from tandem.cli import build_parser
+from tandem.commands.common import options_from
+from tandem.commands.sim import SimOptions, sim_config
 from tests.deploy.conftest import (
     CHART_NAMES,
     CHARTS_DIR,
@@ -405,7 +407,7 @@ def test_simulated_pod_arguments_are_accepted_by_tandem_sim(
     sim = rendered[f"tandem-{role}", "simulated"].container("vllm")
 
     args = build_parser().parse_args([*sim["command"][1:], *sim["args"]])
-    _, config = sim_config(args)
+    _, config = sim_config(options_from(SimOptions, args))
 
     assert config.role == role
     assert config.profile == "qwen3-32b-h100-tp2"

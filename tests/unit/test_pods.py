@@ -162,12 +162,14 @@ def test_explicit_side_channel_host_is_kept_in_simulation() -> None:
 def test_the_simulated_pod_reads_vllms_side_channel_host_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from tandem.cli import build_parser, sim_config
+    from tandem.cli import build_parser
+    from tandem.commands.common import options_from
+    from tandem.commands.sim import SimOptions, sim_config
 
     args = build_parser().parse_args(["sim", "--role", "prefill", "--host", "0.0.0.0"])
-    _, without = sim_config(args)
+    _, without = sim_config(options_from(SimOptions, args))
     monkeypatch.setenv("VLLM_NIXL_SIDE_CHANNEL_HOST", "127.1.2.3")
-    _, with_env = sim_config(args)
+    _, with_env = sim_config(options_from(SimOptions, args))
 
     # Without the variable vLLM advertises "localhost" (vllm/envs.py), not the HTTP host.
     assert without.side_channel_host == "localhost"
@@ -176,7 +178,9 @@ def test_the_simulated_pod_reads_vllms_side_channel_host_variable(
 
 
 def test_print_vllm_command_carries_the_clis_overrides() -> None:
-    from tandem.cli import build_parser, sim_config
+    from tandem.cli import build_parser
+    from tandem.commands.common import options_from
+    from tandem.commands.sim import SimOptions, sim_config
 
     args = build_parser().parse_args([
         "sim", "--role", "decode", "--host", "127.0.0.5", "--port", "9300",
@@ -185,7 +189,7 @@ def test_print_vllm_command_carries_the_clis_overrides() -> None:
         "--num-gpu-blocks", "512", "--max-num-seqs", "64", "--max-num-batched-tokens", "4096",
         "--enable-request-id-headers",
     ])  # fmt: skip
-    launch, config = sim_config(args)
+    launch, config = sim_config(options_from(SimOptions, args))
     argv = launch.argv()
     kv_config = json.loads(flag_value(argv, "--kv-transfer-config") or "{}")
 

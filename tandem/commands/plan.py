@@ -1,16 +1,36 @@
-"""`tandem plan`: the command line of the virtual-time planner."""
+"""`tandem plan`: a workload's cluster shapes and policies in virtual time, and the P/D split
+to run."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from planner.harness import HARNESSES
+from tandem.commands.common import add_workload_arguments, options_from, split_list
+
+if TYPE_CHECKING:
+    from tandem.commands.common import Subparsers
 
 
-def add_parser(subparsers: Any) -> None:
+@dataclass(frozen=True, slots=True)
+class PlanCommandOptions:
+    workload: str
+    policies: str
+    clusters: str | None
+    quick: bool
+    output: str
+    ratios: str
+    thresholds: str
+    jobs: int
+    harness: str
+    compare_with: str | None
+
+
+def add_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "plan",
         help="run a workload's cluster shapes and policies in virtual time; recommend a P/D split",
@@ -20,43 +40,45 @@ def add_parser(subparsers: Any) -> None:
             "decider threshold with the most goodput per GPU."
         ),
     )
-    parser.add_argument("workload", help="a workload file, or a shipped workload's name")
-    parser.add_argument(
-        "--policies", default="tandem,round-robin",
-        help="comma-separated scheduler configs (shipped names or files)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--clusters", help="comma-separated cluster names from the workload (default: all)"
+    add_workload_arguments(
+        parser,
+        policies_help="comma-separated scheduler configs (shipped names or files)",
+        quick_help="3 short stages, as in bench",
+        output="results/plan",
     )
     parser.add_argument(
-        "--ratios", default="",
+        "--ratios",
+        default="",
         help="extra prefill:decode splits of the workload's GPUs, e.g. 2:6,3:5",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--thresholds", default="",
+        "--thresholds",
+        default="",
         help="decider thresholds (non-cached tokens, ≥ 1) to try on P/D shapes, e.g. 256,2048",
-    )  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="3 short stages, as in bench")
+    )
     parser.add_argument(
         "--jobs", type=int, default=1, help="runs simulated at a time, one process each"
     )
     parser.add_argument(
-        "--harness", choices=sorted(HARNESSES), default="tandem",
+        "--harness",
+        choices=sorted(HARNESSES),
+        default="tandem",
         help=(
             "how load is offered: as tandem bench does, or as inference-perf does (each stage "
             "after the previous one drained, prompts repeating from a fixed pool; the harness "
             "of the published llm-d figures)"
         ),
-    )  # fmt: skip
-    parser.add_argument("--output", default="results/plan", help="folder for the results")
+    )
     parser.add_argument(
-        "--compare-with", metavar="RESULTS_JSON",
+        "--compare-with",
+        metavar="RESULTS_JSON",
         help="replay a live `tandem bench` run in virtual time and compare it stage by stage",
-    )  # fmt: skip
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    options = options_from(PlanCommandOptions, args)
     from bench.progress import progress_bars
     from bench.results import load_results
     from bench.workload import WorkloadError, load_workload
@@ -64,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
     from planner.run import PlanError, PlanOptions, parse_ratios, run_plan
 
     try:
-        workload = load_workload(args.workload)
-        output = Path(args.output) / workload.name
+        workload = load_workload(options.workload)
+        output = Path(options.output) / workload.name
         with progress_bars() as progress:
             tasks: dict[str, tuple[Any, int]] = {}
 
@@ -76,27 +98,25 @@ def run(args: argparse.Namespace) -> int:
                 task, total = tasks[label]
                 progress.update(task, completed=total)
 
-            if args.compare_with:
-                live_path = Path(args.compare_with)
+            if options.compare_with:
+                live_path = Path(options.compare_with)
                 live = load_results(live_path)
                 planned = replay(live, workload, output)
                 report = markdown(compare_runs(live, planned.results), live_path)
                 (output / "comparison.md").write_text(report)
                 print(report)
                 return 0
-            thresholds = tuple(int(t) for t in args.thresholds.split(",") if t.strip())
-            clusters = args.clusters.split(",") if args.clusters else list(workload.clusters)
             plan = run_plan(
                 PlanOptions(
                     workload=workload,
-                    policies=tuple(p for p in args.policies.split(",") if p),
-                    clusters=tuple(clusters),
+                    policies=split_list(options.policies),
+                    clusters=split_list(options.clusters) or tuple(workload.clusters),
                     output=output,
-                    ratios=parse_ratios(args.ratios),
-                    thresholds=thresholds,
-                    quick=args.quick,
-                    jobs=max(1, args.jobs),
-                    harness=args.harness,
+                    ratios=parse_ratios(options.ratios),
+                    thresholds=tuple(int(t) for t in split_list(options.thresholds)),
+                    quick=options.quick,
+                    jobs=max(1, options.jobs),
+                    harness=options.harness,
                 ),
                 on_start=started,
                 on_done=lambda _: progress.advance(next(reversed(tasks.values()))[0]),
@@ -105,13 +125,14 @@ def run(args: argparse.Namespace) -> int:
     except (PlanError, WorkloadError, ValueError) as exc:
         print(f"tandem plan: {exc}", file=sys.stderr)
         return 2
-    for run in plan.results.runs:
-        seconds = plan.seconds[f"{run.cluster} / {run.policy}"]
+    for result in plan.results.runs:
+        seconds = plan.seconds[f"{result.cluster} / {result.policy}"]
+        tail = (
+            "" if result.tail_goodput is None else f", {result.tail_goodput:.2f} under the tail SLO"
+        )
         print(
-            f"{run.cluster} / {run.policy}: goodput {run.goodput:.2f} req/s "
-            f"({run.goodput_per_gpu:.3f} per GPU)"
-            + ("" if run.tail_goodput is None else f", {run.tail_goodput:.2f} under the tail SLO")
-            + f", simulated in {seconds:.0f} s"
+            f"{result.cluster} / {result.policy}: goodput {result.goodput:.2f} req/s "
+            f"({result.goodput_per_gpu:.3f} per GPU){tail}, simulated in {seconds:.0f} s"
         )
     if plan.recommendation is not None:
         print("recommended: " + plan.recommendation.sentence().replace("`", ""))

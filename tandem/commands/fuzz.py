@@ -5,15 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tandem.commands.common import options_from
 
 if TYPE_CHECKING:  # hypothesis is imported when the command runs, not with every command
     from bench.fuzz import FuzzTargets
     from cluster.local import LocalCluster
+    from tandem.commands.common import Subparsers
 
 
-def add_parser(subparsers: Any) -> None:
+@dataclass(frozen=True, slots=True)
+class FuzzOptions:
+    cases: int
+    seed: int
+    target: str | None
+    output: str
+    base_port: int
+
+
+def add_parser(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "fuzz",
         help="send generated malformed and hostile requests; check every answer",
@@ -31,31 +44,32 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    options = options_from(FuzzOptions, args)
     from rich.progress import Progress
 
     from bench.fuzz import FuzzTargets, run_fuzz
     from cluster.local import LocalCluster
     from cluster.topology import ClusterSpec
 
-    output = Path(args.output)
+    output = Path(options.output)
     output.mkdir(parents=True, exist_ok=True)
     cluster: LocalCluster | None = None
-    if args.target:
-        targets = FuzzTargets(gateway=args.target.rstrip("/"))
+    if options.target:
+        targets = FuzzTargets(gateway=options.target.rstrip("/"))
     else:
         # Fast model time: a generated request that asks for many tokens ends in seconds.
         spec = ClusterSpec(
-            prefill=1, decode=1, time_scale=0.05, port=args.base_port,
-            base_port=args.base_port + 1, seed=args.seed,
+            prefill=1, decode=1, time_scale=0.05, port=options.base_port,
+            base_port=options.base_port + 1, seed=options.seed,
         )  # fmt: skip
         cluster = LocalCluster(spec, output / "run")
         cluster.start()
         targets = local_targets(cluster)
     try:
         with Progress() as progress:
-            task = progress.add_task("fuzz", total=args.cases)
+            task = progress.add_task("fuzz", total=options.cases)
             report = run_fuzz(
-                targets, cases_to_run=args.cases, seed_value=args.seed,
+                targets, cases_to_run=options.cases, seed_value=options.seed,
                 on_case=lambda: progress.advance(task),
             )  # fmt: skip
     finally:

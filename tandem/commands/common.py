@@ -1,0 +1,61 @@
+"""What the subcommands share: their parsers' type, logging, serving an app, typed options
+from parsed arguments, and the arguments every workload command takes."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+_Options = TypeVar("_Options", bound="DataclassInstance")
+
+
+def options_from(cls: type[_Options], args: argparse.Namespace) -> _Options:
+    """A command's typed options from its parsed arguments (the only place a command reads
+    the untyped `Namespace`; a field without an argument of its name is a bug caught here)."""
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+
+
+def serve(app: Any, host: str, port: int, log_level: str) -> int:
+    """Serve an ASGI app until SIGINT/SIGTERM (uvicorn shuts down gracefully)."""
+    import uvicorn
+
+    uvicorn.run(
+        app, host=host, port=port, log_level=log_level, access_log=False, timeout_keep_alive=30
+    )
+    return 0
+
+
+def add_workload_arguments(
+    parser: argparse.ArgumentParser, *, policies_help: str, quick_help: str, output: str
+) -> None:
+    """The workload, its policies and clusters, the quick ladder and the output folder, as
+    `tandem bench` and `tandem plan` both take them."""
+    parser.add_argument("workload", help="a workload file, or a shipped workload's name")
+    parser.add_argument("--policies", default="tandem,round-robin", help=policies_help)
+    parser.add_argument(
+        "--clusters", help="comma-separated cluster names from the workload (default: all)"
+    )
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--output", default=output, help="folder for the results")
+
+
+def split_list(value: str | None) -> tuple[str, ...]:
+    """A comma-separated argument's items, empty ones left out."""
+    return tuple(item for item in (value or "").split(",") if item.strip())

