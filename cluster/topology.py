@@ -9,19 +9,21 @@ The pods are simulated (the default) or real vLLM from its CPU build (`engine="v
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from cluster import real_engine
-from decode.pod import decode_pod
+from decode.pod import DecodePod, decode_pod
+from mesh.vllm_launch import VllmLaunch
 from orchestrator.config import AdmissionConfig
 from orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
     KV_EVENTS_PORT_LABEL,
     KV_EVENTS_REPLAY_PORT_LABEL,
 )
-from prefill.launch import VllmLaunch
-from prefill.pod import aggregated_pod, prefill_pod
+from prefill.pod import PREFILL_VLLM_PORT, prefill_pod
+from simulator.profiles import get_profile
 
 Engine = Literal["sim", "vllm"]
 ENGINES: tuple[Engine, ...] = ("sim", "vllm")
@@ -127,6 +129,50 @@ def _sim(name: str, launch: VllmLaunch, spec: ClusterSpec, side_channel_port: in
     )
 
 
+def aggregated_pod(
+    profile: str, *, port: int = PREFILL_VLLM_PORT, served_model_name: str | None = None
+) -> VllmLaunch:
+    """A pod that prefills and decodes its own requests (`llm-d.ai/role: both`), no
+    connector: the aggregated baseline a P/D split is measured against, on the prefill
+    pool's serving port."""
+    engine = get_profile(profile)
+    return VllmLaunch(
+        pool_role="both",
+        profile=profile,
+        model=engine.model,
+        tensor_parallel_size=engine.tensor_parallel_size,
+        port=port,
+        kv_role=None,
+        served_model_name=served_model_name,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPod:
+    """One pod of a cluster shape: its name, its pool role and its vLLM server (a decode
+    pod's runs behind its sidecar), before ports are given out."""
+
+    name: str
+    role: str
+    launch: VllmLaunch
+
+
+def pool_pods(
+    *, aggregated: int, prefill: int, decode: int, profile: str | Mapping[str, str]
+) -> list[PoolPod]:
+    """Every pod of a shape, named as every tandem tool names them (`pod-i` aggregated,
+    `prefill-i`, `decode-i`) and defined by its pool; `profile` is every pod's engine
+    profile, or each pool's (keys both, prefill, decode)."""
+
+    def of(role: str) -> str:
+        return profile if isinstance(profile, str) else profile[role]
+
+    pods = [PoolPod(f"pod-{i}", "both", aggregated_pod(of("both"))) for i in range(aggregated)]
+    pods += [PoolPod(f"prefill-{i}", "prefill", prefill_pod(of("prefill"))) for i in range(prefill)]
+    pods += [PoolPod(f"decode-{i}", "decode", decode_pod(of("decode")).vllm) for i in range(decode)]
+    return pods
+
+
 def plan_cluster(spec: ClusterSpec) -> Plan:
     """Assign ports and command lines to every component of the cluster."""
     plan = Plan()
@@ -134,39 +180,27 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
     side_channel = spec.base_port + 1000
     endpoints: list[dict[str, object]] = []
     prefill_addresses: list[str] = []
-    for index in range(spec.aggregated):
-        launch = _with_events(aggregated_pod(spec.profile, port=port), spec, side_channel)
-        plan.components.append(_pod(f"pod-{index}", launch, spec, side_channel))
-        endpoints.append(_endpoint(f"pod-{index}", spec.host, port, "both", launch))
-        port, side_channel = port + 1, side_channel + 1
-    for index in range(spec.prefill):
+    decode = spec.decode if not spec.aggregated else 0
+    for pod in pool_pods(
+        aggregated=spec.aggregated, prefill=spec.prefill, decode=decode, profile=spec.profile
+    ):
         launch = _with_events(
-            prefill_pod(spec.profile, port=port, side_channel_port=side_channel),
-            spec, side_channel,
-        )  # fmt: skip
-        name = f"prefill-{index}"
-        plan.components.append(_pod(name, launch, spec, side_channel))
-        endpoints.append(_endpoint(name, spec.host, port, "prefill", launch))
-        prefill_addresses.append(f"{spec.host}:{port}")
-        port, side_channel = port + 1, side_channel + 1
-    for index in range(spec.decode if not spec.aggregated else 0):
-        pod = decode_pod(
-            spec.profile, vllm_port=port, sidecar_port=port + 1, side_channel_port=side_channel
+            replace(pod.launch, port=port, side_channel_port=side_channel), spec, side_channel
         )
-        vllm = _with_events(pod.vllm, spec, side_channel)
-        name = f"decode-{index}"
-        plan.components.append(_pod(f"{name}-vllm", vllm, spec, side_channel))
-        sidecar_argv = _tandem(
-            *pod.sidecar_argv()[1:], "--host", spec.host,
-            "--prefill-endpoints", ",".join(prefill_addresses), "--log-level", "warning",
-            *spec.sidecar_args,
-        )  # fmt: skip
-        plan.components.append(
-            Component(name, "sidecar", sidecar_argv, pod.sidecar_port, "/health", "decode",
-                      "sidecar → vLLM")
-        )  # fmt: skip
-        endpoints.append(_endpoint(name, spec.host, pod.sidecar_port, "decode", vllm))
-        port, side_channel = port + 2, side_channel + 1
+        if pod.role == "decode":
+            decode_pod_ = DecodePod(launch, sidecar_port=port + 1)
+            plan.components.append(_pod(f"{pod.name}-vllm", launch, spec, side_channel))
+            plan.components.append(_sidecar(pod.name, decode_pod_, spec, prefill_addresses))
+            endpoints.append(
+                _endpoint(pod.name, spec.host, decode_pod_.sidecar_port, "decode", launch)
+            )
+            port += 1
+        else:
+            plan.components.append(_pod(pod.name, launch, spec, side_channel))
+            endpoints.append(_endpoint(pod.name, spec.host, port, pod.role, launch))
+            if pod.role == "prefill":
+                prefill_addresses.append(f"{spec.host}:{port}")
+        port, side_channel = port + 1, side_channel + 1
     max_wait_s = spec.admission_max_wait_s or AdmissionConfig().max_wait_s
     plan.orchestrator_config = {
         "scheduler": spec.scheduler,
@@ -187,6 +221,18 @@ def orchestrator_component(spec: ClusterSpec, config_path: Path) -> Component:
         _tandem("orchestrator", "--config", str(config_path), "--log-level", "warning"),
         spec.port, "/ready", "", "OpenAI API",
     )  # fmt: skip
+
+
+def _sidecar(
+    name: str, pod: DecodePod, spec: ClusterSpec, prefill_addresses: list[str]
+) -> Component:
+    """A decode pod's sidecar, allowed the prefill pods planned before it."""
+    argv = _tandem(
+        *pod.sidecar_argv()[1:], "--host", spec.host,
+        "--prefill-endpoints", ",".join(prefill_addresses), "--log-level", "warning",
+        *spec.sidecar_args,
+    )  # fmt: skip
+    return Component(name, "sidecar", argv, pod.sidecar_port, "/health", "decode", "sidecar → vLLM")
 
 
 def _with_events(launch: VllmLaunch, spec: ClusterSpec, side_channel: int) -> VllmLaunch:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefill.launch import VllmLaunch
-from simulator.kv_connector import KVLoadFailurePolicy
+from mesh.vllm_launch import KVLoadFailurePolicy, VllmLaunch
+from simulator.profiles import get_profile
 
 DECODE_SIDECAR_PORT = 8000
 DECODE_VLLM_PORT = 8200
@@ -41,10 +41,13 @@ def decode_pod(
     kv_load_failure_policy: KVLoadFailurePolicy = "fail",
 ) -> DecodePod:
     """A decode-pool pod (`kv_consumer` vLLM behind the sidecar)."""
+    engine = get_profile(profile)
     return DecodePod(
         vllm=VllmLaunch(
             pool_role="decode",
             profile=profile,
+            model=engine.model,
+            tensor_parallel_size=engine.tensor_parallel_size,
             port=vllm_port,
             kv_role="kv_consumer",
             served_model_name=served_model_name,

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from bench.generate import BenchRequest, PromptSet, next_turns
 from bench.records import RequestRecord
 from bench.workload import ClusterShape
-from decode.pod import decode_pod
+from cluster.topology import pool_pods
 from kvcache.events import EventBatch, KVEvent
 from mesh.endpoints import ROLE_LABEL, Endpoint
 from mesh.errors import OpenAIError
@@ -44,11 +44,10 @@ from orchestrator.scheduling.config import EndpointPickerConfig, build_scheduler
 from orchestrator.scheduling.types import EngineMetrics, SchedulingResult
 from planner.events import EventLoop
 from planner.pods import VirtualPod
-from prefill.launch import VllmLaunch
-from prefill.pod import aggregated_pod, prefill_pod
 from sidecar.config import PrefillFailurePolicy, SidecarConfig
 from sidecar.flow import Next, after_prefill, reply_failure
 from sidecar.prefill import REMOTE_DECODE_PARAMS
+from simulator.config import simulated_pod
 from simulator.kv_connector import KVReadError, RemoteLoad
 from simulator.request import EngineRequest, RequestOutput
 
@@ -84,21 +83,6 @@ class PathModel:
             expiry_tick_s=self.expiry_tick_s,
             kv_event_lag_s=self.kv_event_lag_s / time_scale,
         )
-
-
-def pod_launches(
-    shape: ClusterShape, profile: str | Mapping[str, str]
-) -> list[tuple[str, str, VllmLaunch]]:
-    """(name, role, launch) of every pod, named and defined as `tandem up` does; `profile`
-    is every pod's engine profile, or each pool's (keys both, prefill, decode)."""
-
-    def of(role: str) -> str:
-        return profile if isinstance(profile, str) else profile[role]
-
-    pods = [(f"pod-{i}", "both", aggregated_pod(of("both"))) for i in range(shape.both)]
-    pods += [(f"prefill-{i}", "prefill", prefill_pod(of("prefill"))) for i in range(shape.prefill)]
-    pods += [(f"decode-{i}", "decode", decode_pod(of("decode")).vllm) for i in range(shape.decode)]
-    return pods
 
 
 SIDECAR_POLICY: PrefillFailurePolicy = SidecarConfig().prefill_failure_policy
@@ -169,11 +153,15 @@ class VirtualCluster:
         )
         cluster = cls(loop, router, {}, path, prompts, model, on_done)
         precise = router_scheduler.precise
-        for name, role, launch in pod_launches(shape, profile):
-            pod_config = launch.simulated()
+        pools = pool_pods(
+            aggregated=shape.both, prefill=shape.prefill, decode=shape.decode, profile=profile
+        )
+        for definition in pools:  # named and defined as `tandem up` does
+            pod_config = simulated_pod(definition.launch)
             if precise is None:  # nobody reads them: spare the events
                 pod_config = pod_config.model_copy(update={"kv_events_config": None})
-            pod = VirtualPod.build(name, role, pod_config, loop, cluster._remote_load)
+            name = definition.name
+            pod = VirtualPod.build(name, definition.role, pod_config, loop, cluster._remote_load)
             pod.fast_forward = fast_forward
             if precise is not None:
                 pod.on_kv_events = cluster._kv_events

@@ -6,8 +6,8 @@ decoders pull the KV over NIXL from the side channel at 5600.
 
 from __future__ import annotations
 
-from prefill.launch import VllmLaunch
-from simulator.kv_connector import KVLoadFailurePolicy
+from mesh.vllm_launch import KVLoadFailurePolicy, VllmLaunch
+from simulator.profiles import get_profile
 
 PREFILL_VLLM_PORT = 8000
 
@@ -21,25 +21,15 @@ def prefill_pod(
     kv_load_failure_policy: KVLoadFailurePolicy = "fail",
 ) -> VllmLaunch:
     """A prefill-pool vLLM server (`kv_producer`)."""
+    engine = get_profile(profile)
     return VllmLaunch(
         pool_role="prefill",
         profile=profile,
+        model=engine.model,
+        tensor_parallel_size=engine.tensor_parallel_size,
         port=port,
         kv_role="kv_producer",
         served_model_name=served_model_name,
         side_channel_port=side_channel_port,
         kv_load_failure_policy=kv_load_failure_policy,
-    )
-
-
-def aggregated_pod(
-    profile: str, *, port: int = PREFILL_VLLM_PORT, served_model_name: str | None = None
-) -> VllmLaunch:
-    """A pod that prefills and decodes its own requests (`llm-d.ai/role: both`), no connector."""
-    return VllmLaunch(
-        pool_role="both",
-        profile=profile,
-        port=port,
-        kv_role=None,
-        served_model_name=served_model_name,
     )

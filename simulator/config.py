@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import uuid
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kvcache.events import KVEventsConfig
 from kvcache.tokenizer import NUM_WORDS
+from mesh.vllm_launch import (
+    DEFAULT_KV_LEASE_DURATION_S,
+    KVLoadFailurePolicy,
+    KVRole,
+    PoolRole,
+    VllmLaunch,
+)
 from simulator.engine import EngineConfig
 from simulator.faults import FaultConfig
-from simulator.kv_connector import DEFAULT_KV_LEASE_DURATION_S, KVLoadFailurePolicy, KVRole
 from simulator.profiles import EngineProfile, get_profile
 from simulator.scheduler import BatchingConfig
-
-PodRole = Literal["prefill", "decode", "both"]
 
 VLLM_VERSION = "0.33.0"
 """The vLLM release whose behaviour the simulated pod imitates."""
@@ -26,7 +29,7 @@ class SimPodConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    role: PodRole = "both"
+    role: PoolRole = "both"
     profile: str = "llama-3.1-8b-h100-tp1"
     served_model_name: str | None = None
     """Name clients use; defaults to the profile's model."""
@@ -94,3 +97,29 @@ class SimPodConfig(BaseModel):
             sample_vocab_size=NUM_WORDS,
             kv_events=self.kv_events_config is not None and self.kv_events_config.publishes,
         )
+
+
+def simulated_pod(
+    launch: VllmLaunch, *, host: str = "127.0.0.1", time_scale: float = 1.0
+) -> SimPodConfig:
+    """The simulated pod that stands in for a vLLM server of a pool."""
+    side_host = host if launch.side_channel_host.startswith("$(") else launch.side_channel_host
+    own_model = launch.model if launch.model != get_profile(launch.profile).model else None
+    return SimPodConfig(
+        role=launch.pool_role,
+        profile=launch.profile,
+        served_model_name=launch.served_model_name or own_model,
+        host=host,
+        port=launch.port,
+        side_channel_host=side_host,
+        side_channel_port=launch.side_channel_port,
+        time_scale=time_scale,
+        block_size=launch.block_size,
+        max_model_len=launch.max_model_len,
+        enable_prompt_tokens_details=True,
+        enable_server_load_tracking=True,
+        kv_role=launch.kv_role,
+        kv_lease_duration=launch.kv_lease_duration,
+        kv_load_failure_policy=launch.kv_load_failure_policy,
+        kv_events_config=launch.kv_events_config(),
+    )

@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from kvcache.events import KVEvent
 from kvcache.hashing import hash_prompt_blocks
 from mesh.logs import EventLog
+from mesh.vllm_launch import DEFAULT_KV_LEASE_DURATION_S, KVLoadFailurePolicy
 from simulator.block_pool import BlockPool
 from simulator.costmodel import PrefillChunk, StepShape, step_seconds
 from simulator.decode_run import DecodeRuns
 from simulator.kv_connector import (
-    DEFAULT_KV_LEASE_DURATION_S,
     HeldKV,
     HeldRequest,
-    KVLoadFailurePolicy,
     ProducerIdentity,
     RemoteLoad,
     RemotePrefill,

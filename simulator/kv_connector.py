@@ -34,18 +34,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from mesh.vllm_launch import DEFAULT_KV_LEASE_DURATION_S
 from simulator.block_pool import KVBlock
 
 logger = logging.getLogger(__name__)
-
-KVLoadFailurePolicy = Literal["fail", "recompute"]
-KVRole = Literal["kv_producer", "kv_consumer", "kv_both"]
-"""vLLM's `kv_role`: only a placeholder for behaviour (params decide), but it selects metrics."""
-
-DEFAULT_KV_LEASE_DURATION_S = 30
-"""vLLM's `kv_lease_duration` default (kv_connector_extra_config)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,9 +27,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from mesh.vllm_launch import KVRole
 from simulator.engine import Engine
 from simulator.http_metrics import HttpMetrics
-from simulator.kv_connector import KVRole
 from simulator.stats import EngineStats, Histogram
 
 FINISH_REASONS = ("stop", "length", "abort", "error", "repetition")

@@ -61,7 +61,7 @@ class SaturationDetector:
         config = self.config
         if config is None:
             return False
-        if view.metrics is not None and view.metrics_fresh and _engine_full(config, view.metrics):
+        if (metrics := view.fresh_metrics) is not None and _engine_full(config, metrics):
             return True
         if in_prefill_pool(view):
             limit = config.maxPrefillTokensPerEndpoint

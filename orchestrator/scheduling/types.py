@@ -47,6 +47,12 @@ class EndpointView:
     def name(self) -> str:
         return self.endpoint.name
 
+    @property
+    def fresh_metrics(self) -> EngineMetrics | None:
+        """The last scrape's metrics while they are fresh; None when stale or missing, which
+        every plugin treats as knowing nothing of the pod's load."""
+        return self.metrics if self.metrics_fresh else None
+
 
 @dataclass(frozen=True, slots=True)
 class EnginePrompt:

@@ -9,10 +9,11 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cluster.topology import aggregated_pod
 from decode.pod import decode_pod
-from prefill.launch import VllmLaunch
-from prefill.pod import aggregated_pod, prefill_pod
-from simulator.config import SimPodConfig
+from mesh.vllm_launch import VllmLaunch
+from prefill.pod import prefill_pod
+from simulator.config import SimPodConfig, simulated_pod
 from simulator.faults import FaultConfig
 from simulator.profiles import PROFILES
 from tandem.commands.common import configure_logging, options_from, serve
@@ -140,7 +141,7 @@ def sim_config(options: SimOptions) -> tuple[VllmLaunch, SimPodConfig]:
         _pod_launch(options.role, options.profile, options.served_model_name),
         side_channel_host=side_channel_host,
     )
-    base = launch.simulated(host=host, time_scale=options.time_scale).model_dump()
+    base = simulated_pod(launch, host=host, time_scale=options.time_scale).model_dump()
     events = options.kv_events_config
     overrides = {
         "port": options.port,

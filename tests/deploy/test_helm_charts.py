@@ -17,6 +17,7 @@ import yaml
 
 import orchestrator
 from decode.pod import decode_pod
+from mesh.vllm_launch import Probe, VllmLaunch
 from orchestrator.circuit_breaker import CircuitBreakerConfig
 from orchestrator.config import (
     AdmissionConfig,
@@ -24,7 +25,6 @@ from orchestrator.config import (
     parse_orchestrator_config,
 )
 from orchestrator.scheduling.config import build_scheduler
-from prefill.launch import Probe, VllmLaunch
 from prefill.pod import prefill_pod
 from simulator.profiles import PROFILES
 from tandem.cli import build_parser
@@ -96,8 +96,8 @@ def launch_from_values(role: Role, values: Mapping[str, Any]) -> VllmLaunch:
         ).vllm
     return dataclasses.replace(
         base,
-        model_override=values["model"],
-        tensor_parallel_size_override=values["tensorParallelSize"],
+        model=values["model"],
+        tensor_parallel_size=values["tensorParallelSize"],
         gpu_memory_utilization=values["gpuMemoryUtilization"],
         block_size=values["blockSize"],
         max_model_len=values.get("maxModelLen"),

@@ -6,8 +6,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from mesh.vllm_launch import KVLoadFailurePolicy
 from simulator.engine import Engine, EngineConfig
-from simulator.kv_connector import KVLoadFailurePolicy, ProducerIdentity
+from simulator.kv_connector import ProducerIdentity
 from simulator.profiles import StepCoefficients
 from simulator.request import EngineRequest, FinishReason, RequestOutput
 from simulator.scheduler import BatchingConfig

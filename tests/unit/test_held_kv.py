@@ -7,14 +7,9 @@ from typing import Any
 
 import pytest
 
+from mesh.vllm_launch import KVLoadFailurePolicy
 from simulator.engine import Engine
-from simulator.kv_connector import (
-    HeldKV,
-    KVLoadFailurePolicy,
-    KVReadError,
-    RemotePrefill,
-    wants_remote_decode,
-)
+from simulator.kv_connector import HeldKV, KVReadError, RemotePrefill, wants_remote_decode
 from simulator.request import FinishReason, RequestOutput
 from tests.unit.engine_support import (
     BLOCK_SIZE,

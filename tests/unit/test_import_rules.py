@@ -18,36 +18,27 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 ALLOWED: dict[str, frozenset[str]] = {
-    # Shared foundations: they import no other tandem package.
+    # Shared foundations: KV block facts, the Pick API's stubs, and what the services share
+    # (endpoints, errors, proxying, how a vLLM server is launched).
     "proto": frozenset(),
     "kvcache": frozenset(),
-    "mesh": frozenset(),
+    "mesh": frozenset({"kvcache"}),
     # The services: pods know nothing of the orchestrator; the sidecar nothing of either.
     "simulator": frozenset({"kvcache", "mesh"}),
     "orchestrator": frozenset({"kvcache", "mesh", "proto"}),
     "sidecar": frozenset({"mesh"}),
-    # The pools' definitions, and clusters made of them.
-    "prefill": frozenset({"kvcache", "simulator"}),
-    "decode": frozenset({"prefill", "simulator"}),
-    "cluster": frozenset({"decode", "kvcache", "mesh", "orchestrator", "prefill"}),
+    # The pools' definitions (a vLLM launch each, from an engine profile), and clusters of them.
+    "prefill": frozenset({"mesh", "simulator"}),
+    "decode": frozenset({"mesh", "simulator"}),
+    "cluster": frozenset({"decode", "kvcache", "mesh", "orchestrator", "prefill", "simulator"}),
     # Measuring and planning.
     "bench": frozenset({"cluster", "kvcache", "mesh", "orchestrator", "simulator"}),
     "planner": frozenset(
-        [
-            "bench",
-            "cluster",
-            "decode",
-            "kvcache",
-            "mesh",
-            "orchestrator",
-            "prefill",
-            "sidecar",
-            "simulator",
-        ]
+        {"bench", "cluster", "kvcache", "mesh", "orchestrator", "sidecar", "simulator"}
     ),
     # The command line uses everything.
     "tandem": frozenset(
-        [
+        {
             "bench",
             "cluster",
             "decode",
@@ -59,7 +50,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "proto",
             "sidecar",
             "simulator",
-        ]
+        }
     ),
 }
 

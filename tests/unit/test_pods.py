@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from collections.abc import Callable
@@ -9,11 +10,11 @@ from dataclasses import dataclass
 
 import pytest
 
+from cluster.topology import aggregated_pod
 from decode.pod import decode_pod
-from prefill.launch import VllmLaunch
-from prefill.pod import aggregated_pod, prefill_pod
-from simulator.config import PodRole
-from simulator.kv_connector import KVRole
+from mesh.vllm_launch import KVRole, PoolRole, VllmLaunch
+from prefill.pod import prefill_pod
+from simulator.config import simulated_pod
 
 PROFILE = "llama-3.1-8b-h100-tp1"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -24,7 +25,7 @@ class PodCase:
     """A pool's vLLM server and what its definition must say."""
 
     build: Callable[[], VllmLaunch]
-    pool_role: PodRole
+    pool_role: PoolRole
     port: int
     kv_role: KVRole | None
 
@@ -97,7 +98,7 @@ def test_shell_command_is_the_env_then_the_argv(case: PodCase) -> None:
 
 
 def test_simulated_pod_matches_the_definition(case: PodCase) -> None:
-    sim = case.build().simulated(host="127.0.0.1", time_scale=2.0)
+    sim = simulated_pod(case.build(), host="127.0.0.1", time_scale=2.0)
 
     assert sim.port == case.port
     assert sim.role == case.pool_role
@@ -134,8 +135,8 @@ def test_overridden_ports_reach_argv_env_and_simulation(
 
     assert flag_value(launch.argv(), "--port") == str(port)
     assert launch.env()["VLLM_NIXL_SIDE_CHANNEL_PORT"] == "5700"
-    assert launch.simulated().side_channel_port == 5700
-    assert launch.simulated().port == port
+    assert simulated_pod(launch).side_channel_port == 5700
+    assert simulated_pod(launch).port == port
 
 
 def test_decode_sidecar_fronts_vllm() -> None:
@@ -145,18 +146,28 @@ def test_decode_sidecar_fronts_vllm() -> None:
     assert pod.sidecar_argv() == ["tandem", "sidecar", "--port", "8000", "--vllm-port", "8200"]
 
 
+def test_a_deployments_own_model_is_served_by_its_simulated_twin() -> None:
+    launch = dataclasses.replace(prefill_pod(PROFILE), model="acme/llama-ft")
+
+    assert launch.argv()[:3] == ["vllm", "serve", "acme/llama-ft"]
+    assert simulated_pod(launch).model_name == "acme/llama-ft"
+    assert simulated_pod(prefill_pod(PROFILE)).served_model_name is None
+
+
 def test_served_model_name_reaches_argv_and_simulation() -> None:
     launch = prefill_pod(PROFILE, served_model_name="llama")
 
     assert flag_value(launch.argv(), "--served-model-name") == "llama"
-    assert launch.simulated().model_name == "llama"
+    assert simulated_pod(launch).model_name == "llama"
 
 
 def test_explicit_side_channel_host_is_kept_in_simulation() -> None:
-    launch = VllmLaunch("prefill", PROFILE, 8000, "kv_producer", side_channel_host="127.0.0.7")
+    launch = VllmLaunch(
+        "prefill", PROFILE, MODEL, 1, 8000, "kv_producer", side_channel_host="127.0.0.7"
+    )
 
     assert launch.env()["VLLM_NIXL_SIDE_CHANNEL_HOST"] == "127.0.0.7"
-    assert launch.simulated(host="127.0.0.1").side_channel_host == "127.0.0.7"
+    assert simulated_pod(launch, host="127.0.0.1").side_channel_host == "127.0.0.7"
 
 
 def test_the_simulated_pod_reads_vllms_side_channel_host_variable(

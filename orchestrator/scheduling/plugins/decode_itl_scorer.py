@@ -42,8 +42,8 @@ class DecodeItlScorer(Plugin):
 
     def predicted_step_ms(self, view: EndpointView, prompt_tokens: int) -> float | None:
         """The pod's decode step with this request added, or None without fresh metrics."""
-        metrics = view.metrics
-        if metrics is None or not view.metrics_fresh:
+        metrics = view.fresh_metrics
+        if metrics is None:
             return None
         p = self.parameters
         batch = max(metrics.running, view.in_flight) + 1

@@ -15,8 +15,6 @@ class KVCacheUtilizationScorer(Plugin):
     def score(self, cycle: Cycle, endpoints: Sequence[EndpointView]) -> Mapping[str, float]:
         # Stale or missing metrics earn no advantage: score as a full cache.
         return {
-            view.name: 1.0 - view.metrics.kv_usage
-            if view.metrics is not None and view.metrics_fresh
-            else 0.0
+            view.name: 1.0 - metrics.kv_usage if (metrics := view.fresh_metrics) else 0.0
             for view in endpoints
         }

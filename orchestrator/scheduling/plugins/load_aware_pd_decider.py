@@ -109,6 +109,6 @@ class LoadAwarePDDecider(PrefixBasedPDDecider):
 def _busy(view: EndpointView) -> bool:
     """Whether the pod has requests to decode: from here (always current), or, as its last
     fresh scrape says, from another orchestrator replica."""
-    metrics = view.metrics
-    scraped = metrics is not None and view.metrics_fresh and (metrics.running or metrics.waiting)
+    metrics = view.fresh_metrics
+    scraped = metrics is not None and (metrics.running or metrics.waiting)
     return view.in_flight > 0 or bool(scraped)

@@ -28,10 +28,11 @@ class LoadAwareScorer(Plugin):
         threshold = self.parameters.threshold
         scores: dict[str, float] = {}
         for view in endpoints:
-            if view.metrics is None or not view.metrics_fresh:
+            metrics = view.fresh_metrics
+            if metrics is None:
                 scores[view.name] = 0.0
-            elif view.metrics.waiting == 0:
+            elif metrics.waiting == 0:
                 scores[view.name] = 0.5
             else:
-                scores[view.name] = 0.5 * (1 - min(view.metrics.waiting, threshold) / threshold)
+                scores[view.name] = 0.5 * (1 - min(metrics.waiting, threshold) / threshold)
         return scores

@@ -31,9 +31,7 @@ class QueueScorer(Plugin):
     def score(self, cycle: Cycle, endpoints: Sequence[EndpointView]) -> Mapping[str, float]:
         return min_max_scores(
             {
-                view.name: float(view.metrics.waiting)
-                if view.metrics is not None and view.metrics_fresh
-                else None
+                view.name: float(metrics.waiting) if (metrics := view.fresh_metrics) else None
                 for view in endpoints
             }
         )

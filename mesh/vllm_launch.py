@@ -1,9 +1,10 @@
-"""How a vLLM pod of a P/D deployment is launched: the `vllm serve` command line and env.
+"""How a vLLM server of a P/D deployment is launched: the `vllm serve` command line and env.
 
 Both pools run the same engine; what differs is the KV-connector role, the serving port and
-whether a sidecar sits in front. `VllmLaunch` renders the real command line, and
-`simulated()` the equivalent simulated pod, from one set of values, so the Helm charts, the
-local launcher and `tandem sim --print-vllm-command` cannot drift apart.
+whether a sidecar sits in front (`prefill/` and `decode/` define each pool's). `VllmLaunch`
+renders the real command line, and `simulator.config.simulated_pod` the equivalent simulated
+pod, from one set of values, so the Helm charts, the local launcher and `tandem sim
+--print-vllm-command` cannot drift apart.
 
 Facts from vLLM 0.33 (vllm-project/vllm: vllm/config/kv_transfer.py, vllm/envs.py,
 docs/features/nixl_connector_usage.md): `--kv-transfer-config` takes JSON with
@@ -18,11 +19,18 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass, field
+from typing import Literal
 
 from kvcache.events import DEFAULT_EVENTS_PORT, KVEventsConfig
-from simulator.config import PodRole, SimPodConfig
-from simulator.kv_connector import DEFAULT_KV_LEASE_DURATION_S, KVLoadFailurePolicy, KVRole
-from simulator.profiles import get_profile
+
+PoolRole = Literal["prefill", "decode", "both"]
+"""Which pool a vLLM server serves in (`llm-d.ai/role`; `both`: an aggregated pod)."""
+KVRole = Literal["kv_producer", "kv_consumer", "kv_both"]
+"""vLLM's `kv_role`: only a placeholder for behaviour (params decide), but it selects metrics."""
+KVLoadFailurePolicy = Literal["fail", "recompute"]
+"""vLLM's `kv_load_failure_policy`: what a consumer does when its KV load fails."""
+DEFAULT_KV_LEASE_DURATION_S = 30
+"""vLLM's `kv_lease_duration` default (kv_connector_extra_config)."""
 
 NIXL_SIDE_CHANNEL_PORT = 5600
 KV_EVENTS_PORT = DEFAULT_EVENTS_PORT
@@ -52,8 +60,11 @@ class Probe:
 class VllmLaunch:
     """One vLLM server of a pool: what to run, on which port, with which KV role."""
 
-    pool_role: PodRole
+    pool_role: PoolRole
     profile: str
+    """The engine profile of the simulated pod that stands in for this server."""
+    model: str
+    tensor_parallel_size: int
     port: int
     kv_role: KVRole | None
     served_model_name: str | None = None
@@ -69,10 +80,6 @@ class VllmLaunch:
     """None: the pod publishes no KV events."""
     kv_events_replay_port: int | None = KV_EVENTS_REPLAY_PORT
     extra_args: tuple[str, ...] = field(default=())
-    model_override: str | None = None
-    """The model to serve instead of the profile's (a deployment's own model)."""
-    tensor_parallel_size_override: int | None = None
-    """The tensor-parallel size to use instead of the profile's."""
     python: str | None = None
     """Start the server as `python -m vllm.entrypoints.openai.api_server` with this Python
     (vLLM's CPU build has no working `vllm` console script) instead of `vllm serve`."""
@@ -81,18 +88,6 @@ class VllmLaunch:
     kv_buffer_device: str | None = None
     """Where the NixlConnector keeps KV for transfer (`cpu` on the CPU build)."""
     extra_env: tuple[tuple[str, str], ...] = field(default=())
-
-    @property
-    def model(self) -> str:
-        if self.model_override is not None:
-            return self.model_override
-        return get_profile(self.profile).model
-
-    @property
-    def tensor_parallel_size(self) -> int:
-        if self.tensor_parallel_size_override is not None:
-            return self.tensor_parallel_size_override
-        return get_profile(self.profile).tensor_parallel_size
 
     def kv_transfer_config(self) -> dict[str, object] | None:
         if self.kv_role is None:
@@ -192,25 +187,3 @@ class VllmLaunch:
             "readiness": Probe("/health", self.port, 0, 5, 3),
             "liveness": Probe("/health", self.port, 0, 10, 6),
         }
-
-    def simulated(self, *, host: str = "127.0.0.1", time_scale: float = 1.0) -> SimPodConfig:
-        """The simulated pod that stands in for this vLLM server."""
-        side_host = host if self.side_channel_host.startswith("$(") else self.side_channel_host
-        return SimPodConfig(
-            role=self.pool_role,
-            profile=self.profile,
-            served_model_name=self.served_model_name or self.model_override,
-            host=host,
-            port=self.port,
-            side_channel_host=side_host,
-            side_channel_port=self.side_channel_port,
-            time_scale=time_scale,
-            block_size=self.block_size,
-            max_model_len=self.max_model_len,
-            enable_prompt_tokens_details=True,
-            enable_server_load_tracking=True,
-            kv_role=self.kv_role,
-            kv_lease_duration=self.kv_lease_duration,
-            kv_load_failure_policy=self.kv_load_failure_policy,
-            kv_events_config=self.kv_events_config(),
-        )
