@@ -177,22 +177,8 @@ class Gateway:
         headers[REQUEST_ID_HEADER] = request_id
         if prefill:
             headers[PREFILLER_HEADER] = ",".join(e.address for e in prefill)
-        logger.debug(
-            "request_routed",
-            request_id=request_id,
-            decode=decode.name,
-            prefill=prefill[0].name if prefill else "-",
-            decision=result.decision.value,
-            reason=result.reason,
-        )
         if logger.enabled(logging.DEBUG):
-            prefill_scores = result.prefill.scores if result.prefill else {}
-            logger.debug(
-                "request_scores",
-                request_id=request_id,
-                decode=result.decode.scores,
-                prefill=prefill_scores,
-            )
+            _log_routed(request_id, result)
         url = f"http://{decode.address}{request.url.path}"
         try:
             upstream_request = self.client.build_request(
@@ -219,28 +205,35 @@ class Gateway:
             await upstream.aclose()
             self._ended(loads, decode.name, served=False)
             raise _Unreachable(decode.name, "not_started", "has its local vLLM unreachable")
+        return await self._answer(parsed, upstream, decode.name, loads)
+
+    async def _answer(
+        self, parsed: InferenceRequest, upstream: httpx.Response, decode: str, loads: Loads
+    ) -> Response:
+        """The decode endpoint's answer to the client: streamed as it comes, or whole; the
+        sidecar's reports kept for the orchestrator, the session token added."""
         failed_here = upstream.status_code >= 500 and (
             upstream.headers.get(ERROR_STAGE_HEADER) != "prefill"
         )
-        self.router.record_outcome(loads, decode.name, served=not failed_here)
+        self.router.record_outcome(loads, decode, served=not failed_here)
         out_headers = downstream_headers(upstream.headers)
         for name in SIDECAR_REPORT_HEADERS:
             out_headers.pop(name, None)
         if self.router.encodes_sessions:
-            out_headers[SESSION_TOKEN_HEADER] = encode_session_token(decode.name)
+            out_headers[SESSION_TOKEN_HEADER] = encode_session_token(decode)
         if parsed.stream and upstream.headers.get("content-type", "").startswith(
             "text/event-stream"
         ):
             return StreamingResponse(
-                self._relay(upstream, decode.name, loads),
+                self._relay(upstream, decode, loads),
                 status_code=upstream.status_code,
                 headers=out_headers,
             )
         try:
             body = b"".join([chunk async for chunk in upstream.aiter_raw()])
         except httpx.HTTPError as exc:
-            self.router.record_outcome(loads, decode.name, served=False)
-            error, kind = upstream_failure(f"decode endpoint {decode.name}", exc)
+            self.router.record_outcome(loads, decode, served=False)
+            error, kind = upstream_failure(f"decode endpoint {decode}", exc)
             self.metrics.upstream_errors.labels(kind).inc()
             raise error from None
         finally:
@@ -311,3 +304,22 @@ class _Unreachable(Exception):
         self.endpoint = endpoint
         self.kind = kind
         self.reason = reason
+
+
+def _log_routed(request_id: str, result: SchedulingResult) -> None:
+    """Where a request went and why, and the scores behind it (debug)."""
+    prefill = result.prefill_targets
+    logger.debug(
+        "request_routed",
+        request_id=request_id,
+        decode=result.decode.best.name,
+        prefill=prefill[0].name if prefill else "-",
+        decision=result.decision.value,
+        reason=result.reason,
+    )
+    logger.debug(
+        "request_scores",
+        request_id=request_id,
+        decode=result.decode.scores,
+        prefill=result.prefill.scores if result.prefill else {},
+    )

@@ -258,28 +258,7 @@ def run_plan(
     ]
     capacities = {kv_capacity(workload, job.shape) for job in jobs}
     bounds = {c: hit_rate_kv_bounds(prompts, requests, c) for c in capacities}
-    outcomes: dict[int, _Outcome] = {}
-    if options.jobs > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=options.jobs) as pool:
-            futures = {
-                pool.submit(_simulate_in_worker, options, job): index
-                for index, job in enumerate(jobs)
-            }
-            for job in jobs:
-                if on_start is not None:
-                    on_start(_label(job), len(requests))
-            for future in as_completed(futures):
-                index = futures[future]
-                outcomes[index] = future.result()
-                if on_finished is not None:
-                    on_finished(_label(jobs[index]))
-    else:
-        for index, job in enumerate(jobs):
-            if on_start is not None:
-                on_start(_label(job), len(requests))
-            outcomes[index] = _simulate(options, job, requests, prompts, on_done)
-            if on_finished is not None:
-                on_finished(_label(job))
+    outcomes = _run_jobs(options, jobs, requests, prompts, on_start, on_done, on_finished)
     runs: list[RunResult] = []
     seconds: dict[str, float] = {}
     for index, job in enumerate(jobs):
@@ -314,12 +293,53 @@ def run_plan(
         metadata={**_path_metadata(options.path), **_harness_metadata(options)},
     )
     recommendation = recommend(runs)
-    lead = ["## Recommendation\n\n" + (recommendation.sentence() if recommendation else "none")]
-    options.output.mkdir(parents=True, exist_ok=True)
-    write_results(options.output / "results.json", results, token_gaps=False)
-    write_markdown(options.output / "report.md", results, title="tandem plan", lead=lead)
-    write_plots(options.output, results)
+    _write(options.output, results, recommendation)
     return PlanResults(results, recommendation, seconds)
+
+
+def _run_jobs(
+    options: PlanOptions,
+    jobs: list[_Job],
+    requests: list[BenchRequest],
+    prompts: PromptSet,
+    on_start: Callable[[str, int], None] | None,
+    on_done: Callable[[RequestRecord], None] | None,
+    on_finished: Callable[[str], None] | None,
+) -> dict[int, _Outcome]:
+    """Every job's outcome by its index: in worker processes with `options.jobs` > 1, else
+    one after the other here (where `on_done` sees every record)."""
+    outcomes: dict[int, _Outcome] = {}
+    if options.jobs > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=options.jobs) as pool:
+            futures = {
+                pool.submit(_simulate_in_worker, options, job): index
+                for index, job in enumerate(jobs)
+            }
+            for job in jobs:
+                if on_start is not None:
+                    on_start(_label(job), len(requests))
+            for future in as_completed(futures):
+                index = futures[future]
+                outcomes[index] = future.result()
+                if on_finished is not None:
+                    on_finished(_label(jobs[index]))
+        return outcomes
+    for index, job in enumerate(jobs):
+        if on_start is not None:
+            on_start(_label(job), len(requests))
+        outcomes[index] = _simulate(options, job, requests, prompts, on_done)
+        if on_finished is not None:
+            on_finished(_label(job))
+    return outcomes
+
+
+def _write(output: Path, results: BenchResults, recommendation: Recommendation | None) -> None:
+    """results.json, report.md (the recommendation first) and the plots."""
+    lead = ["## Recommendation\n\n" + (recommendation.sentence() if recommendation else "none")]
+    output.mkdir(parents=True, exist_ok=True)
+    write_results(output / "results.json", results, token_gaps=False)
+    write_markdown(output / "report.md", results, title="tandem plan", lead=lead)
+    write_plots(output, results)
 
 
 def _path_metadata(path: PathModel) -> dict[str, str]:
