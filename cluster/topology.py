@@ -23,7 +23,7 @@ from orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
     KV_EVENTS_REPLAY_PORT_LABEL,
 )
 from prefill.pod import PREFILL_VLLM_PORT, prefill_pod
-from simulator.profiles import get_profile
+from simulator.profiles import profile_launch
 
 Engine = Literal["sim", "vllm"]
 ENGINES: tuple[Engine, ...] = ("sim", "vllm")
@@ -135,14 +135,8 @@ def aggregated_pod(
     """A pod that prefills and decodes its own requests (`llm-d.ai/role: both`), no
     connector: the aggregated baseline a P/D split is measured against, on the prefill
     pool's serving port."""
-    engine = get_profile(profile)
-    return VllmLaunch(
-        pool_role="both",
-        profile=profile,
-        model=engine.model,
-        tensor_parallel_size=engine.tensor_parallel_size,
-        port=port,
-        kv_role=None,
+    return replace(
+        profile_launch(profile, "both", port, None),
         served_model_name=served_model_name,
     )
 

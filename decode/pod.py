@@ -6,10 +6,10 @@ local vLLM on 8200, which pulls prefilled KV over NIXL (`kv_consumer`) before de
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mesh.vllm_launch import KVLoadFailurePolicy, VllmLaunch
-from simulator.profiles import get_profile
+from simulator.profiles import profile_launch
 
 DECODE_SIDECAR_PORT = 8000
 DECODE_VLLM_PORT = 8200
@@ -41,15 +41,9 @@ def decode_pod(
     kv_load_failure_policy: KVLoadFailurePolicy = "fail",
 ) -> DecodePod:
     """A decode-pool pod (`kv_consumer` vLLM behind the sidecar)."""
-    engine = get_profile(profile)
     return DecodePod(
-        vllm=VllmLaunch(
-            pool_role="decode",
-            profile=profile,
-            model=engine.model,
-            tensor_parallel_size=engine.tensor_parallel_size,
-            port=vllm_port,
-            kv_role="kv_consumer",
+        vllm=replace(
+            profile_launch(profile, "decode", vllm_port, "kv_consumer"),
             served_model_name=served_model_name,
             side_channel_port=side_channel_port,
             kv_load_failure_policy=kv_load_failure_policy,

@@ -47,7 +47,7 @@ from orchestrator.endpoints import EndpointStore
 from orchestrator.inference_request import InferenceRequest, parse_inference_request
 from orchestrator.kv_events import KVEventSubscriptions
 from orchestrator.metrics import GatewayMetrics
-from orchestrator.router import Loads, Router
+from orchestrator.router import Loads, Router, log_placement
 from orchestrator.scheduling.plugins.session_affinity_scorer import (
     SESSION_TOKEN_HEADER,
     encode_session_token,
@@ -308,15 +308,7 @@ class _Unreachable(Exception):
 
 def _log_routed(request_id: str, result: SchedulingResult) -> None:
     """Where a request went and why, and the scores behind it (debug)."""
-    prefill = result.prefill_targets
-    logger.debug(
-        "request_routed",
-        request_id=request_id,
-        decode=result.decode.best.name,
-        prefill=prefill[0].name if prefill else "-",
-        decision=result.decision.value,
-        reason=result.reason,
-    )
+    log_placement("request_routed", request_id, result)
     logger.debug(
         "request_scores",
         request_id=request_id,

@@ -23,11 +23,10 @@ import grpc
 
 from mesh.endpoints import Role
 from mesh.errors import OpenAIError
-from mesh.logs import EventLog
 from mesh.protocol import request_id_of
 from orchestrator.config import OrchestratorConfig
 from orchestrator.inference_request import parse_inference_request
-from orchestrator.router import Router
+from orchestrator.router import Router, log_placement
 from orchestrator.scheduling.types import (
     PDDecision,
     ProfileResult,
@@ -35,8 +34,6 @@ from orchestrator.scheduling.types import (
     ScoredEndpoint,
 )
 from proto.tandem.v1 import pick_pb2, pick_pb2_grpc
-
-logger = EventLog(__name__)
 
 SERVICE_NAME: str = pick_pb2.DESCRIPTOR.services_by_name["Picker"].full_name
 """`tandem.v1.Picker`, the name gRPC health reports the service under."""
@@ -88,19 +85,11 @@ class PickService:
         route, body = openai_body(request)
         parsed = parse_inference_request(route, body, headers, request_id, self.chars_per_token)
         result = self.router.schedule(parsed.scheduling)
-        prefill = result.prefill_targets
-        logger.debug(
-            "pick",
-            request_id=request_id,
-            decode=result.decode.best.name,
-            prefill=prefill[0].name if prefill else "-",
-            decision=result.decision.value,
-            reason=result.reason,
-        )
+        log_placement("pick", request_id, result)
         return pick_pb2.PickResponse(
             request_id=request_id,
             decode=picked(result.decode.best),
-            prefill=[picked(target) for target in prefill],
+            prefill=[picked(target) for target in result.prefill_targets],
             decision=DECISIONS[result.decision],
             reason=result.reason,
             scores=profile_scores(result) if request.include_scores else [],

@@ -273,3 +273,16 @@ class Router:
 def can_decode(view: EndpointView) -> bool:
     """Whether an endpoint can serve as the decode (primary) target."""
     return view.endpoint.role in (None, Role.DECODE, Role.BOTH, Role.PREFILL_DECODE)
+
+
+def log_placement(event: str, request_id: str, result: SchedulingResult) -> None:
+    """Where a request goes and why (debug), as the gateway and the gRPC faces log it."""
+    prefill = result.prefill_targets
+    logger.debug(
+        event,
+        request_id=request_id,
+        decode=result.decode.best.name,
+        prefill=prefill[0].name if prefill else "-",
+        decision=result.decision.value,
+        reason=result.reason,
+    )

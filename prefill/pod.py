@@ -6,8 +6,10 @@ decoders pull the KV over NIXL from the side channel at 5600.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mesh.vllm_launch import KVLoadFailurePolicy, VllmLaunch
-from simulator.profiles import get_profile
+from simulator.profiles import profile_launch
 
 PREFILL_VLLM_PORT = 8000
 
@@ -21,14 +23,8 @@ def prefill_pod(
     kv_load_failure_policy: KVLoadFailurePolicy = "fail",
 ) -> VllmLaunch:
     """A prefill-pool vLLM server (`kv_producer`)."""
-    engine = get_profile(profile)
-    return VllmLaunch(
-        pool_role="prefill",
-        profile=profile,
-        model=engine.model,
-        tensor_parallel_size=engine.tensor_parallel_size,
-        port=port,
-        kv_role="kv_producer",
+    return replace(
+        profile_launch(profile, "prefill", port, "kv_producer"),
         served_model_name=served_model_name,
         side_channel_port=side_channel_port,
         kv_load_failure_policy=kv_load_failure_policy,

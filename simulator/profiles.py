@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mesh.vllm_launch import KVRole, PoolRole, VllmLaunch
+
 GIB = 1 << 30
 
 
@@ -188,3 +190,19 @@ def get_profile(name: str) -> EngineProfile:
     except KeyError:
         known = ", ".join(sorted(PROFILES))
         raise UnknownProfileError(f"unknown engine profile {name!r}; known: {known}") from None
+
+
+def profile_launch(
+    profile: str, pool_role: PoolRole, port: int, kv_role: KVRole | None
+) -> VllmLaunch:
+    """A vLLM server of a pool running the profile's model at its tensor-parallel size (the
+    profile also names the simulated pod that stands in for it), vLLM's defaults otherwise."""
+    engine = get_profile(profile)
+    return VllmLaunch(
+        pool_role=pool_role,
+        profile=profile,
+        model=engine.model,
+        tensor_parallel_size=engine.tensor_parallel_size,
+        port=port,
+        kv_role=kv_role,
+    )
