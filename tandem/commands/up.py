@@ -13,6 +13,7 @@ from simulator.profiles import PROFILES
 from tandem.commands.common import configure_logging, options_from
 
 if TYPE_CHECKING:
+    from cluster.topology import Engine
     from tandem.commands.common import Subparsers
 
 
@@ -22,7 +23,7 @@ class UpOptions:
     decode: int | None
     aggregated: int
     profile: str
-    engine: str
+    engine: Engine
     scheduler: str
     time_scale: float
     host: str
@@ -67,13 +68,12 @@ def run(args: argparse.Namespace) -> int:
     options = options_from(UpOptions, args)
     configure_logging("info")
     from cluster.local import LocalCluster, default_run_dir
-    from cluster.topology import ENGINES, ClusterSpec
+    from cluster.topology import ClusterSpec
     from tandem.console import print_cluster
 
     aggregated = options.aggregated
     if aggregated and (options.prefill or options.decode):
         raise ValueError("choose either --aggregated N or --prefill/--decode, not both")
-    engine = next(e for e in ENGINES if e == options.engine)
     spec = ClusterSpec(
         prefill=0 if aggregated else (1 if options.prefill is None else options.prefill),
         decode=0 if aggregated else (1 if options.decode is None else options.decode),
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         host=options.host,
         port=options.port,
         base_port=options.base_port,
-        engine=engine,
+        engine=options.engine,
     )
     run_dir = Path(options.run_dir) if options.run_dir else default_run_dir()
     cluster = LocalCluster(spec, run_dir)
