@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator.scheduling import prefix_index
 from orchestrator.scheduling.prefix_index import PrefixIndex
@@ -193,3 +196,26 @@ def test_remembered_prompt_hashes_stay_bounded(monkeypatch: pytest.MonkeyPatch) 
     assert index._hashed_blocks <= 10
     assert len(index._hashed) == 3
     assert [index.hashes(text) for text in texts] == [fresh.hashes(text) for text in texts]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(alphabet="ab cé\n", max_size=3000),
+    block_tokens=st.integers(1, 40),
+    max_tokens=st.integers(1, 2000),
+)
+def test_hashes_remembered_by_runs_equal_one_block_at_a_time(
+    text: str, block_tokens: int, max_tokens: int
+) -> None:
+    index = PrefixIndex(
+        block_size_tokens=block_tokens, max_prefix_tokens=max_tokens, chars_per_token=1.0
+    )
+    data, size = text.encode(), index.block_chars
+    parent = hashlib.blake2b(b"", digest_size=8).digest()  # the empty seed's
+    expected = []
+    for start in range(0, min(len(data) // size, index.max_blocks) * size, size):
+        parent = hashlib.blake2b(parent + data[start : start + size], digest_size=8).digest()
+        expected.append(int.from_bytes(parent, "big"))
+
+    assert index.hashes(text) == expected
+    assert index.hashes(text) == expected  # remembered whole, then by runs
