@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 from rich.progress import Progress
@@ -53,6 +54,8 @@ class BenchOptions:
     output: Path
     quick: bool = False
     target: str | None = None
+    label: str | None = None
+    """With `target`: the name of the run (default: the target's host and port)."""
     base_port: int = 18600
     seed: int = 0
 
@@ -118,6 +121,15 @@ def orchestrator_notes(url: str) -> list[str]:
     ]
 
 
+def target_label(target: str, label: str | None = None) -> str:
+    """What a run against an existing deployment is called: `label`, else the target's host
+    and port (whatever it runs, it is not one of tandem's policies)."""
+    if label:
+        return label
+    address = urlsplit(target)
+    return address.netloc or target.rstrip("/")
+
+
 def run_bench(options: BenchOptions) -> BenchResults:
     """Run every (cluster, policy) pair on the same requests and write the results."""
     workload = options.workload
@@ -133,7 +145,7 @@ def run_bench(options: BenchOptions) -> BenchResults:
         )
     with progress_bars() as progress:
         pairs = (
-            [("target", options.policies[0])]
+            [("target", target_label(options.target, options.label))]
             if options.target
             else [(c, p) for c in options.clusters for p in options.policies]
         )

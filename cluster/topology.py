@@ -55,6 +55,8 @@ class ClusterSpec:
     """Admission control's longest wait, in model seconds (default: the orchestrator's)."""
     sidecar_args: tuple[str, ...] = ()
     """Extra arguments for every sidecar (`tandem sidecar`'s, e.g. --prefill-timeout)."""
+    grpc_port: int | None = None
+    """Serve the orchestrator's gRPC faces (Pick API, Envoy ext_proc, health) on this port."""
 
     def __post_init__(self) -> None:
         if self.aggregated and (self.prefill or self.decode):
@@ -205,6 +207,12 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
         "admission": {"max_wait_s": max_wait_s * spec.time_scale},
         "seed": spec.seed,
     }
+    if spec.grpc_port is not None:
+        plan.orchestrator_config["grpc"] = {
+            "enabled": True,
+            "host": spec.host,
+            "port": spec.grpc_port,
+        }
     return plan
 
 

@@ -19,6 +19,10 @@ def print_cluster(cluster: LocalCluster) -> None:
         table.add_row(
             component.name, component.role or "-", component.kind, f"{spec.host}:{component.port}"
         )
+    if spec.grpc_port is not None:
+        table.add_row(
+            "orchestrator", "-", "gRPC: Pick API, ext_proc, health", f"{spec.host}:{spec.grpc_port}"
+        )
     console.print(table)
     console.print(f"logs and generated config: {cluster.run_dir}/", soft_wrap=True)
     model = get_profile(spec.profile).model

@@ -27,6 +27,7 @@ class BenchCommandOptions:
     output: str
     time_scale: float
     target: str | None
+    label: str | None
     base_port: int
 
 
@@ -49,7 +50,12 @@ def add_parser(subparsers: Subparsers) -> None:
         default=10.0,
         help="wall seconds per model second for the simulated cluster (default 10)",
     )
-    parser.add_argument("--target", help="benchmark an existing endpoint instead (URL)")
+    parser.add_argument(
+        "--target", help="benchmark an existing endpoint instead (URL); --policies is unused"
+    )
+    parser.add_argument(
+        "--label", help="with --target: the run's name in the report (default: host:port)"
+    )
     parser.add_argument("--base-port", type=int, default=18600)
     parser.set_defaults(handler=run)
 
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             output=output,
             quick=options.quick,
             target=options.target,
+            label=options.label,
             base_port=options.base_port,
         )
     )

@@ -29,6 +29,7 @@ class UpOptions:
     host: str
     port: int
     base_port: int
+    grpc_port: int | None
     run_dir: str | None
 
 
@@ -60,6 +61,12 @@ def add_parser(subparsers: Subparsers) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="the orchestrator's port")
     parser.add_argument("--base-port", type=int, default=8100, help="first port for pods")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        help="also serve the orchestrator's gRPC faces (Pick API, Envoy ext_proc endpoint "
+        "picker, health) on this port",
+    )
     parser.add_argument("--run-dir", help="where logs and generated configs go")
     parser.set_defaults(handler=run)
 
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         port=options.port,
         base_port=options.base_port,
         engine=options.engine,
+        grpc_port=options.grpc_port,
     )
     run_dir = Path(options.run_dir) if options.run_dir else default_run_dir()
     cluster = LocalCluster(spec, run_dir)

@@ -13,6 +13,10 @@ import pytest
 from cluster import real_engine, tiny_model
 from cluster.topology import ClusterSpec, Component, plan_cluster
 from kvcache.tokenizer import SYNTHETIC_WORDS
+from orchestrator.config import parse_orchestrator_config
+from tandem.cli import build_parser
+from tandem.commands.common import options_from
+from tandem.commands.up import UpOptions
 
 MODEL_DIR = Path("/models/tiny")
 
@@ -149,3 +153,18 @@ def test_sidecar_arguments_reach_every_sidecar() -> None:
     sidecars = [c for c in plan_cluster(spec).components if c.kind == "sidecar"]
     assert len(sidecars) == 2
     assert all(flag(c.argv, "--prefill-timeout") == "5" for c in sidecars)
+
+
+def test_grpc_is_served_only_when_a_port_is_given() -> None:
+    plain = plan_cluster(ClusterSpec()).orchestrator_config
+    with_grpc = plan_cluster(ClusterSpec(host="127.0.0.1", grpc_port=9510)).orchestrator_config
+
+    assert parse_orchestrator_config(plain).grpc.enabled is False
+    grpc = parse_orchestrator_config(with_grpc).grpc
+    assert (grpc.enabled, grpc.host, grpc.port) == (True, "127.0.0.1", 9510)
+
+
+def test_tandem_up_takes_a_grpc_port() -> None:
+    args = build_parser().parse_args(["up", "--grpc-port", "9511"])
+
+    assert options_from(UpOptions, args).grpc_port == 9511
