@@ -56,6 +56,7 @@ SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
     "inference-pool": {
         "tandem-orchestrator": {"inferencePool": {"enabled": True}},
     },
+    "no-dashboards": {chart: {"dashboards": {"enabled": False}} for chart in CHART_NAMES},
     "inference-pool-elsewhere": {
         "tandem-orchestrator": {
             "inferencePool": {"enabled": True, "endpointPicker": {"service": "tandem-epp"}},
@@ -101,6 +102,20 @@ class Rendered:
         found = self.kinds(kind)
         assert len(found) == 1, f"{self.chart}/{self.scenario}: {len(found)} {kind}"
         return found[0]
+
+    def configuration(self) -> dict[str, Any]:
+        """The orchestrator's configuration ConfigMap (not the dashboard's)."""
+        found = [
+            c for c in self.kinds("ConfigMap") if not c["metadata"]["name"].endswith("-dashboard")
+        ]
+        assert len(found) == 1, f"{self.chart}/{self.scenario}: {len(found)} configurations"
+        return found[0]
+
+    def dashboard(self) -> dict[str, Any] | None:
+        """The Grafana dashboard's ConfigMap, if the release has one."""
+        found = [c for c in self.kinds("ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+        assert len(found) <= 1
+        return found[0] if found else None
 
     @property
     def pod_spec(self) -> dict[str, Any]:

@@ -485,7 +485,7 @@ def test_no_cluster_wide_permissions(
 def test_orchestrator_config_parses_and_discovers_the_model_pods(
     rendered: dict[tuple[str, str], Rendered], scenario: str
 ) -> None:
-    data = rendered["tandem-orchestrator", scenario].one("ConfigMap")["data"]
+    data = rendered["tandem-orchestrator", scenario].configuration()["data"]
 
     config = parse_orchestrator_config(yaml.safe_load(data["orchestrator.yaml"]))
 
@@ -510,7 +510,7 @@ def test_orchestrator_config_parses_and_discovers_the_model_pods(
 def test_orchestrator_loads_its_scheduler_from_the_mounted_files(
     rendered: dict[tuple[str, str], Rendered], tmp_path: Path
 ) -> None:
-    data = rendered["tandem-orchestrator", "defaults"].one("ConfigMap")["data"]
+    data = rendered["tandem-orchestrator", "defaults"].configuration()["data"]
     for name, text in data.items():
         (tmp_path / name).write_text(text)
 
@@ -524,7 +524,7 @@ def test_scheduler_config_is_the_shipped_tandem_yaml(
     charts: dict[str, helm_python.Chart], rendered: dict[tuple[str, str], Rendered]
 ) -> None:
     shipped = yaml.safe_load(SHIPPED_SCHEDULER.read_text())
-    data = rendered["tandem-orchestrator", "defaults"].one("ConfigMap")["data"]
+    data = rendered["tandem-orchestrator", "defaults"].configuration()["data"]
 
     assert charts["tandem-orchestrator"].values["scheduler"]["config"] == shipped
     assert yaml.safe_load(data["scheduler.yaml"]) == shipped
@@ -536,7 +536,7 @@ def test_orchestrator_deployment_mounts_the_config_and_probes_ready(
     r = rendered["tandem-orchestrator", "defaults"]
     pod = r.one("Deployment")["spec"]["template"]
     container = r.container("orchestrator")
-    configmap = r.one("ConfigMap")["metadata"]["name"]
+    configmap = r.configuration()["metadata"]["name"]
 
     assert container["image"] == TANDEM_IMAGE
     assert container["command"] == ["tandem", "orchestrator"]
@@ -594,7 +594,7 @@ def test_grpc_port_value_moves_the_server_the_container_and_the_service_port(
     r = Rendered("tandem-orchestrator", "grpc-port", values, {k: v for k, v in files.items() if v})
 
     config = parse_orchestrator_config(
-        yaml.safe_load(r.one("ConfigMap")["data"]["orchestrator.yaml"])
+        yaml.safe_load(r.configuration()["data"]["orchestrator.yaml"])
     )
 
     assert (config.grpc.enabled, config.grpc.port) == (True, 9100)
