@@ -41,6 +41,7 @@ from mesh.proxy import (
     upstream_failure,
     upstream_headers,
 )
+from mesh.tracing import Span, SpanKind, current_span, extract, inject, tracer
 from orchestrator.admission import Admission, Priority, priority_of
 from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointStore
@@ -104,6 +105,14 @@ class Gateway:
 
     async def forward(self, request: Request, route: str) -> Response:
         request_id = request_id_of(request.headers)
+        with tracer().start_as_current_span(
+            "tandem.gateway", context=extract(request.headers), kind=SpanKind.SERVER
+        ) as span:
+            span.set_attribute("tandem.request_id", request_id)
+            span.set_attribute("tandem.route", route)
+            return await self._forward(request, route, request_id, span)
+
+    async def _forward(self, request: Request, route: str, request_id: str, span: Span) -> Response:
         started = time.perf_counter()
         status = 500
         try:
@@ -130,6 +139,7 @@ class Gateway:
             status = CLIENT_CLOSED_REQUEST
             raise
         finally:
+            span.set_attribute("http.response.status_code", status)
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.request_duration.labels(route).observe(time.perf_counter() - started)
 
@@ -138,12 +148,17 @@ class Gateway:
     ) -> Response:
         exclude: frozenset[str] = frozenset()
         for attempt in range(1, _DECODE_ATTEMPTS + 1):
+            asked = time.perf_counter()
             try:
                 placement = await self.admission.admit(parsed.scheduling, priority, exclude)
             except OpenAIError:
                 if not exclude:
                     raise
                 break  # every endpoint left has been tried
+            span = current_span()
+            span.set_attribute("tandem.attempt", attempt)
+            span.set_attribute("tandem.admission_wait_ms", placement.waited_s * 1000)
+            span.set_attribute("tandem.placement_ms", (time.perf_counter() - asked) * 1000)
             decode = placement.result.decode.best.view.endpoint
             try:
                 return await self._send_to(request, parsed, placement.result, placement.loads)
@@ -177,6 +192,17 @@ class Gateway:
         headers[REQUEST_ID_HEADER] = request_id
         if prefill:
             headers[PREFILLER_HEADER] = ",".join(e.address for e in prefill)
+        span = current_span()
+        span.set_attributes(
+            {
+                "tandem.decode": decode.name,
+                "tandem.prefill": prefill[0].name if prefill else "",
+                "tandem.decision": result.decision.value,
+                "tandem.reason": result.reason,
+            }
+        )
+        inject(headers)
+        sent = time.perf_counter()
         if logger.enabled(logging.DEBUG):
             _log_routed(request_id, result)
         url = f"http://{decode.address}{request.url.path}"
@@ -199,6 +225,7 @@ class Gateway:
         except BaseException:
             self.router.release(loads)
             raise
+        span.set_attribute("tandem.upstream_headers_ms", (time.perf_counter() - sent) * 1000)
         self._record_prefill(loads, upstream.headers, prefill)
         if upstream.status_code == 503 and upstream.headers.get(NOT_STARTED_HEADER):
             # The sidecar could not reach its vLLM: nothing started, another pod may serve it.

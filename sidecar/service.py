@@ -45,6 +45,7 @@ from mesh.proxy import (
     upstream_failure,
     upstream_headers,
 )
+from mesh.tracing import Span, SpanKind, extract, inject, tracer
 from sidecar.allowlist import HostPort, PrefillAllowlist
 from sidecar.config import SidecarConfig
 from sidecar.flow import Next, after_prefill, tries_next_candidate
@@ -90,6 +91,13 @@ class Sidecar:
 
     async def inference(self, request: Request) -> Response:
         request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        with tracer().start_as_current_span(
+            "tandem.sidecar", context=extract(request.headers), kind=SpanKind.SERVER
+        ) as span:
+            span.set_attribute("tandem.request_id", request_id)
+            return await self._inference(request, request_id, span)
+
+    async def _inference(self, request: Request, request_id: str, span: Span) -> Response:
         headers = upstream_headers(request.headers, drop=frozenset({PREFILLER_HEADER}))
         headers[REQUEST_ID_HEADER] = request_id
         body = await request.body()
@@ -122,6 +130,8 @@ class Sidecar:
             exc.headers[REQUEST_ID_HEADER] = request_id
             raise
         self.metrics.requests.labels(leg.mode).inc()
+        span.set_attribute("tandem.mode", leg.mode)
+        span.set_attribute("http.response.status_code", response.status_code)
         response.headers.update(leg.report)
         response.headers[REQUEST_ID_HEADER] = request_id
         return response
@@ -149,11 +159,21 @@ class Sidecar:
         self, leg: _Leg, payload: dict[str, Any], candidates: list[HostPort], request_id: str
     ) -> Response:
         policy = self.config.prefill_failure_policy
-        outcome = await run_prefill(
-            self.prefill_client, candidates, leg.path, prefill_body(payload),
-            dict(leg.headers), self.metrics, request_id,
-            next_candidate=tries_next_candidate(policy),
-        )  # fmt: skip
+        with tracer().start_as_current_span("tandem.sidecar.prefill", kind=SpanKind.CLIENT) as span:
+            headers = dict(leg.headers)
+            inject(headers)
+            outcome = await run_prefill(
+                self.prefill_client, candidates, leg.path, prefill_body(payload), headers,
+                self.metrics, request_id, next_candidate=tries_next_candidate(policy),
+            )  # fmt: skip
+            span.set_attributes(
+                {
+                    "tandem.prefill_target": str(outcome.target or ""),
+                    "tandem.prefill_ms": outcome.seconds * 1000,
+                    "tandem.prefill_failed": ",".join(str(t) for t in outcome.failed),
+                    "tandem.prefill_failure": outcome.fallback_reason or "",
+                }
+            )
         if outcome.failed:
             leg.report[PREFILL_FAILED_HEADER] = ",".join(str(t) for t in outcome.failed)
         if outcome.params is not None and outcome.target is not None:
@@ -254,7 +274,20 @@ class Sidecar:
         return Response(body, status_code=upstream.status_code, headers=out_headers)
 
     async def _send(self, leg: _Leg, prefilled: PrefillOutcome | None) -> httpx.Response:
-        request = self.vllm.build_request("POST", leg.path, content=leg.body, headers=leg.headers)
+        with tracer().start_as_current_span("tandem.sidecar.decode", kind=SpanKind.CLIENT) as span:
+            span.set_attribute("tandem.kv_from", str(prefilled.target) if prefilled else "")
+            headers = dict(leg.headers)
+            inject(headers)
+            sent = time.perf_counter()
+            response = await self._send_traced(leg, prefilled, headers)
+            span.set_attribute("tandem.vllm_headers_ms", (time.perf_counter() - sent) * 1000)
+            span.set_attribute("http.response.status_code", response.status_code)
+            return response
+
+    async def _send_traced(
+        self, leg: _Leg, prefilled: PrefillOutcome | None, headers: dict[str, str]
+    ) -> httpx.Response:
+        request = self.vllm.build_request("POST", leg.path, content=leg.body, headers=headers)
         try:
             response = await self.vllm_transport.handle_async_request(request)
             response.request = request

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mesh.tracing import setup_tracing
 from tandem.commands.common import configure_logging, options_from, serve
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ def add_parser(subparsers: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     options = options_from(OrchestratorOptions, args)
     configure_logging(options.log_level)
+    setup_tracing("tandem-orchestrator")
     from orchestrator.app import create_app
     from orchestrator.config import GrpcConfig, OrchestratorConfigError, load_orchestrator_config
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from mesh.tracing import setup_tracing
 from tandem.commands.common import configure_logging, options_from, serve, split_list
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ def add_parser(subparsers: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     options = options_from(SidecarOptions, args)
     configure_logging(options.log_level)
+    setup_tracing("tandem-sidecar")
     from sidecar.app import create_app
     from sidecar.config import SidecarConfig
 
