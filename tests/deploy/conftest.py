@@ -19,6 +19,9 @@ KUBE_VERSION = "1.33.0"
 SERVING_NAME = "llama-8b"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
+OTLP_ENV = {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://127.0.0.1:4318"}
+"""Where a release sends its spans in the tracing scenario."""
+
 REQUIRED: dict[str, dict[str, Any]] = {
     "tandem-prefill": {"servingName": SERVING_NAME, "model": MODEL},
     "tandem-decode": {"servingName": SERVING_NAME, "model": MODEL},
@@ -57,6 +60,10 @@ SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
         "tandem-orchestrator": {"inferencePool": {"enabled": True}},
     },
     "no-dashboards": {chart: {"dashboards": {"enabled": False}} for chart in CHART_NAMES},
+    "tracing": {
+        "tandem-orchestrator": {"extraEnv": [OTLP_ENV]},
+        "tandem-decode": {"sidecar": {"env": [OTLP_ENV]}},
+    },
     "inference-pool-elsewhere": {
         "tandem-orchestrator": {
             "inferencePool": {"enabled": True, "endpointPicker": {"service": "tandem-epp"}},
