@@ -86,7 +86,8 @@ class _Parts:
 async def _lifespan(app: FastAPI, parts: _Parts) -> AsyncIterator[None]:
     config = parts.config
     upstream_transport = parts.transport or httpx.AsyncHTTPTransport(
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=_KEEPALIVE_CONNECTIONS)
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=_KEEPALIVE_CONNECTIONS),
+        verify=config.upstream_tls.verify(),
     )
     client = httpx.AsyncClient(
         transport=upstream_transport,
@@ -152,6 +153,7 @@ def _gateway(
         interval_s=config.scrape.interval_s,
         timeout_s=config.scrape.timeout_s,
         on_scrape=router.on_scrape,
+        scheme=config.upstream_tls.scheme,
     )
     gateway.kv_events = KVEventSubscriptions(
         lambda: router.scheduler.precise, router.metrics, clock

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mesh.discovery_config import KubernetesDiscoveryConfig
 from mesh.endpoints import ROLE_LABEL, Endpoint
+from mesh.tls import ClientTLS
 from orchestrator.circuit_breaker import CircuitBreakerConfig
 from orchestrator.scheduling.config import (
     EndpointPickerConfig,
@@ -126,6 +127,8 @@ class OrchestratorConfig(_Strict):
     scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+    upstream_tls: ClientTLS = Field(default_factory=ClientTLS)
+    """TLS (and mTLS) to the pods: requests to decode endpoints and every scrape."""
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     seed: int | None = None

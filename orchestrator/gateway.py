@@ -205,7 +205,7 @@ class Gateway:
         sent = time.perf_counter()
         if logger.enabled(logging.DEBUG):
             _log_routed(request_id, result)
-        url = f"http://{decode.address}{request.url.path}"
+        url = f"{self.config.upstream_tls.scheme}://{decode.address}{request.url.path}"
         try:
             upstream_request = self.client.build_request(
                 "POST", url, content=parsed.body, headers=headers, params=request.query_params
@@ -309,7 +309,8 @@ class Gateway:
             return self.models[1]
         for view in self.store.views(now):
             try:
-                reply = await self.client.get(f"http://{view.endpoint.address}/v1/models")
+                scheme = self.config.upstream_tls.scheme
+                reply = await self.client.get(f"{scheme}://{view.endpoint.address}/v1/models")
                 reply.raise_for_status()
                 models: dict[str, Any] = reply.json()
             except (httpx.HTTPError, ValueError):

@@ -98,8 +98,10 @@ class MetricsScraper:
         interval_s: float,
         timeout_s: float,
         on_scrape: Callable[[Endpoint, EngineMetrics | None, str | None], None] | None = None,
+        scheme: str = "http",
     ) -> None:
         self._store = store
+        self._scheme = scheme
         self._client = client
         self._clock = clock
         self._interval_s = interval_s
@@ -119,7 +121,7 @@ class MetricsScraper:
 
     async def scrape_once(self, endpoint: Endpoint) -> None:
         """Scrape one endpoint now and record the outcome."""
-        url = f"http://{endpoint.address}/metrics"
+        url = f"{self._scheme}://{endpoint.address}/metrics"
         try:
             response = await self._client.get(url, timeout=self._timeout_s)
             response.raise_for_status()

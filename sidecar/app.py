@@ -90,6 +90,7 @@ async def _lifespan(
         timeout=httpx.Timeout(config.prefill_timeout_s, connect=config.connect_timeout_s),
         limits=limits,
         transport=transport,
+        verify=config.prefill_tls.verify(),
     )
     app.state.sidecar = Sidecar(config, allowlist, vllm, vllm_transport, prefill, SidecarMetrics())
     discovery = (

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mesh.discovery_config import KubernetesDiscoveryConfig
+from mesh.tls import ClientTLS, ServerTLS
 
 PrefillFailurePolicy = Literal["local", "next-candidate", "fail"]
 KVLoadFailurePolicy = Literal["recompute", "fail"]
@@ -39,6 +40,10 @@ class SidecarConfig(BaseModel):
     `local` tries the next candidate, then prefills on this pod — no request is lost to a
     prefill-pool outage, at the cost of this pod's inter-token gaps; `next-candidate` tries
     the next candidates, then answers 502/503/504; `fail` answers at the first failure."""
+    tls: ServerTLS | None = None
+    """Serve TLS (with `client_ca_file`, mTLS: the orchestrator must present a certificate)."""
+    prefill_tls: ClientTLS = Field(default_factory=ClientTLS)
+    """TLS (and mTLS) to the prefill pods."""
     kv_load_failure_policy: KVLoadFailurePolicy = "recompute"
     """When the decode fails before its first token because its KV load failed (vLLM's
     `fail` policy): `recompute` prefills locally once, `fail` relays vLLM's error."""

@@ -77,6 +77,7 @@ async def run_prefill(
     request_id: str,
     *,
     next_candidate: bool = True,
+    scheme: str = "http",
 ) -> PrefillOutcome:
     """Try the candidates in order until one prefills the prompt (only the first unless
     `next_candidate`)."""
@@ -86,7 +87,8 @@ async def run_prefill(
     for position, target in enumerate(candidates if next_candidate else candidates[:1]):
         started = time.perf_counter()
         try:
-            reply = await client.post(f"http://{target}{path}", content=body, headers=headers)
+            url = f"{scheme}://{target}{path}"
+            reply = await client.post(url, content=body, headers=headers)
         except httpx.TimeoutException:
             reason = "prefill_timeout"
         except httpx.TransportError as exc:

@@ -165,6 +165,7 @@ class Sidecar:
             outcome = await run_prefill(
                 self.prefill_client, candidates, leg.path, prefill_body(payload), headers,
                 self.metrics, request_id, next_candidate=tries_next_candidate(policy),
+                scheme=self.config.prefill_tls.scheme,
             )  # fmt: skip
             span.set_attributes(
                 {

@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import ssl
 import sys
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from mesh.tls import ServerTLS
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -32,14 +35,49 @@ def configure_logging(level: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
 
 
-def serve(app: Any, host: str, port: int, log_level: str) -> int:
-    """Serve an ASGI app until SIGINT/SIGTERM (uvicorn shuts down gracefully)."""
+def serve(app: Any, host: str, port: int, log_level: str, tls: ServerTLS | None = None) -> int:
+    """Serve an ASGI app until SIGINT/SIGTERM (uvicorn shuts down gracefully); over TLS with
+    `tls`."""
     import uvicorn
 
     uvicorn.run(
-        app, host=host, port=port, log_level=log_level, access_log=False, timeout_keep_alive=30
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_keep_alive=30,
+        **(tls.uvicorn_options() if tls is not None else {}),
     )
     return 0
+
+
+def add_server_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """vLLM's own flags for serving TLS (`vllm serve --ssl-*`)."""
+    tls = parser.add_argument_group("TLS (vLLM's flags)")
+    tls.add_argument("--ssl-certfile", help="serve TLS with this certificate (PEM)")
+    tls.add_argument("--ssl-keyfile", help="and this private key")
+    tls.add_argument("--ssl-ca-certs", help="the CA that signs the callers' certificates")
+    tls.add_argument(
+        "--ssl-cert-reqs",
+        type=int,
+        default=0,
+        help="2: callers must present a certificate signed by --ssl-ca-certs (mutual TLS)",
+    )
+
+
+def server_tls(
+    certfile: str | None, keyfile: str | None, ca_certs: str | None, cert_reqs: int
+) -> ServerTLS | None:
+    """The `--ssl-*` flags as a server's TLS settings; None serves plain HTTP."""
+    if certfile is None and keyfile is None:
+        return None
+    if certfile is None or keyfile is None:
+        raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+    if cert_reqs == ssl.CERT_REQUIRED and ca_certs is None:
+        raise ValueError("--ssl-cert-reqs 2 needs --ssl-ca-certs")
+    client_ca = ca_certs if cert_reqs == ssl.CERT_REQUIRED else None
+    return ServerTLS(cert_file=certfile, key_file=keyfile, client_ca_file=client_ca)
 
 
 def add_workload_arguments(

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from mesh.tracing import setup_tracing
-from tandem.commands.common import configure_logging, options_from, serve, split_list
+from sidecar.config import SidecarConfig
+from tandem.commands.common import (
+    add_server_tls_arguments,
+    configure_logging,
+    options_from,
+    serve,
+    server_tls,
+    split_list,
+)
 
 if TYPE_CHECKING:
     from tandem.commands.common import Subparsers
@@ -33,6 +41,14 @@ class SidecarOptions:
     kv_load_failure_policy: str
     no_kv_failure_retry: bool
     log_level: str
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+    ssl_ca_certs: str | None
+    ssl_cert_reqs: int
+    prefill_tls: bool
+    prefill_ca_certs: str | None
+    prefill_certfile: str | None
+    prefill_keyfile: str | None
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -83,6 +99,14 @@ def add_parser(subparsers: Subparsers) -> None:
         help="the same as --kv-load-failure-policy fail",
     )
     parser.add_argument("--log-level", default="info")
+    add_server_tls_arguments(parser)
+    prefill_tls = parser.add_argument_group("TLS to the prefill pods")
+    prefill_tls.add_argument(
+        "--prefill-tls", action="store_true", help="call the prefill pods over TLS"
+    )
+    prefill_tls.add_argument("--prefill-ca-certs", help="the CA of their certificates (PEM)")
+    prefill_tls.add_argument("--prefill-certfile", help="this sidecar's certificate (mTLS)")
+    prefill_tls.add_argument("--prefill-keyfile", help="and its private key")
     parser.set_defaults(handler=run)
 
 
@@ -91,8 +115,22 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(options.log_level)
     setup_tracing("tandem-sidecar")
     from sidecar.app import create_app
-    from sidecar.config import SidecarConfig
 
+    try:
+        config = sidecar_config(options)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}".lstrip(": ")
+            for error in exc.errors()
+        )
+        print(f"tandem sidecar: {problems}", file=sys.stderr)
+        return 2
+    return serve(create_app(config), config.host, config.port, options.log_level, config.tls)
+
+
+def sidecar_config(options: SidecarOptions) -> SidecarConfig:
+    """The sidecar's settings from its command line (`ValidationError`, `ValueError`: what
+    is wrong with them)."""
     discovery = None
     if options.prefill_selector:
         discovery = {
@@ -102,26 +140,32 @@ def run(args: argparse.Namespace) -> int:
             "kubeconfig": options.kubeconfig,
         }
     kv_policy = "fail" if options.no_kv_failure_retry else options.kv_load_failure_policy
-    try:
-        config = SidecarConfig.model_validate(
-            {
-                "host": options.host,
-                "port": options.port,
-                "vllm_host": options.vllm_host,
-                "vllm_port": options.vllm_port,
-                "prefill_endpoints": split_list(options.prefill_endpoints),
-                "prefill_discovery": discovery,
-                "prefill_timeout_s": options.prefill_timeout,
-                "rewrite_cached_tokens": options.rewrite_cached_tokens,
-                "prefill_failure_policy": options.prefill_failure_policy,
-                "kv_load_failure_policy": kv_policy,
-            }
-        )
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}".lstrip(": ")
-            for error in exc.errors()
-        )
-        print(f"tandem sidecar: {problems}", file=sys.stderr)
-        return 2
-    return serve(create_app(config), config.host, config.port, options.log_level)
+    prefill_tls = options.prefill_tls or any(
+        value is not None for value in (options.prefill_ca_certs, options.prefill_certfile)
+    )
+    return SidecarConfig.model_validate(
+        {
+            "host": options.host,
+            "port": options.port,
+            "vllm_host": options.vllm_host,
+            "vllm_port": options.vllm_port,
+            "prefill_endpoints": split_list(options.prefill_endpoints),
+            "prefill_discovery": discovery,
+            "prefill_timeout_s": options.prefill_timeout,
+            "rewrite_cached_tokens": options.rewrite_cached_tokens,
+            "prefill_failure_policy": options.prefill_failure_policy,
+            "kv_load_failure_policy": kv_policy,
+            "tls": server_tls(
+                options.ssl_certfile,
+                options.ssl_keyfile,
+                options.ssl_ca_certs,
+                options.ssl_cert_reqs,
+            ),
+            "prefill_tls": {
+                "enabled": prefill_tls,
+                "ca_file": options.prefill_ca_certs,
+                "cert_file": options.prefill_certfile,
+                "key_file": options.prefill_keyfile,
+            },
+        }
+    )

@@ -16,7 +16,13 @@ from prefill.pod import prefill_pod
 from simulator.config import SimPodConfig, simulated_pod
 from simulator.faults import FaultConfig
 from simulator.profiles import PROFILES
-from tandem.commands.common import configure_logging, options_from, serve
+from tandem.commands.common import (
+    add_server_tls_arguments,
+    configure_logging,
+    options_from,
+    serve,
+    server_tls,
+)
 
 if TYPE_CHECKING:
     from tandem.commands.common import Subparsers
@@ -50,6 +56,10 @@ class SimOptions:
     fault_ready_delay: float
     print_vllm_command: bool
     log_level: str
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+    ssl_ca_certs: str | None
+    ssl_cert_reqs: int
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -107,6 +117,7 @@ def add_parser(subparsers: Subparsers) -> None:
         help="print the real `vllm serve` command line for this pod and exit",
     )
     sim.add_argument("--log-level", default="info")
+    add_server_tls_arguments(sim)
     sim.set_defaults(handler=run)
 
 
@@ -114,12 +125,15 @@ def run(args: argparse.Namespace) -> int:
     options = options_from(SimOptions, args)
     configure_logging(options.log_level)
     launch, config = sim_config(options)
+    tls = server_tls(
+        options.ssl_certfile, options.ssl_keyfile, options.ssl_ca_certs, options.ssl_cert_reqs
+    )
     if options.print_vllm_command:
         print(launch.shell_command())
         return 0
     from simulator.server import create_app
 
-    return serve(create_app(config), config.host, config.port, options.log_level)
+    return serve(create_app(config), config.host, config.port, options.log_level, tls)
 
 
 def _pod_launch(role: str, profile: str, served_model_name: str | None) -> VllmLaunch:
@@ -182,6 +196,10 @@ def _with_overrides(launch: VllmLaunch, config: SimPodConfig, options: SimOption
         ("--max-num-seqs", options.max_num_seqs),
         ("--max-num-batched-tokens", options.max_num_batched_tokens),
         ("--tokenizer", options.tokenizer),
+        ("--ssl-certfile", options.ssl_certfile),
+        ("--ssl-keyfile", options.ssl_keyfile),
+        ("--ssl-ca-certs", options.ssl_ca_certs),
+        ("--ssl-cert-reqs", options.ssl_cert_reqs or None),
     ):
         if value is not None:
             extra += [flag, str(value)]

@@ -77,7 +77,7 @@ def running_sidecar(
         **settings,
     )
     app = create_app(config)
-    with serve(app, port) as url:
+    with serve(app, port, tls=config.tls) as url:
         yield RunningSidecar(url, app)
 
 

@@ -13,6 +13,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from mesh.tls import ServerTLS
 from simulator.config import SimPodConfig
 from simulator.server import create_app
 
@@ -26,8 +27,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: FastAPI, port: int, startup_timeout_s: float = 20.0) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1:`port` for the duration of the block; yields its base URL."""
+def serve(
+    app: FastAPI, port: int, startup_timeout_s: float = 20.0, tls: ServerTLS | None = None
+) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1:`port` for the duration of the block (over TLS with `tls`);
+    yields its base URL."""
     # A stream a client holds open (a Kubernetes watch, say) is cut a second into the
     # shutdown: uvicorn would otherwise wait for it, and the join below would time out.
     config = uvicorn.Config(
@@ -37,6 +41,7 @@ def serve(app: FastAPI, port: int, startup_timeout_s: float = 20.0) -> Iterator[
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=1,
+        **(tls.uvicorn_options() if tls is not None else {}),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
@@ -47,7 +52,7 @@ def serve(app: FastAPI, port: int, startup_timeout_s: float = 20.0) -> Iterator[
             raise RuntimeError(f"server on port {port} did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls is not None else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=20)
@@ -66,9 +71,9 @@ def pod_config(**overrides: object) -> SimPodConfig:
 
 
 @contextmanager
-def running_pod(config: SimPodConfig) -> Iterator[str]:
+def running_pod(config: SimPodConfig, tls: ServerTLS | None = None) -> Iterator[str]:
     """A simulated pod serving on loopback; yields its base URL."""
-    with serve(create_app(config), config.port) as url:
+    with serve(create_app(config), config.port, tls=tls) as url:
         yield url
 
 
