@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from kvcache.events import DEFAULT_EVENTS_PORT, KVEventsConfig
+from mesh.tls import ServerTLS
 
 PoolRole = Literal["prefill", "decode", "both"]
 """Which pool a vLLM server serves in (`llm-d.ai/role`; `both`: an aggregated pod)."""
@@ -47,13 +48,15 @@ _KV_EVENTS_FIELDS = {"enable_kv_cache_events", "publisher", "endpoint", "replay_
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """An HTTP probe on vLLM's health route."""
+    """A probe of vLLM's health route: over HTTP, HTTPS, or (`path` None) only that the port
+    takes connections, where a server requires client certificates the kubelet lacks."""
 
-    path: str
+    path: str | None
     port: int
     initial_delay_s: int
     period_s: int
     failure_threshold: int
+    scheme: str = "HTTP"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,8 @@ class VllmLaunch:
     kv_buffer_device: str | None = None
     """Where the NixlConnector keeps KV for transfer (`cpu` on the CPU build)."""
     extra_env: tuple[tuple[str, str], ...] = field(default=())
+    tls: ServerTLS | None = None
+    """Serve TLS (`--ssl-*`); with a client CA, mutual TLS."""
 
     def kv_transfer_config(self) -> dict[str, object] | None:
         if self.kv_role is None:
@@ -152,7 +157,17 @@ class VllmLaunch:
         events = self.kv_events_argument()
         if events is not None:
             args += ["--kv-events-config", events]
-        return args + list(self.extra_args)
+        return args + self.tls_args() + list(self.extra_args)
+
+    def tls_args(self) -> list[str]:
+        """vLLM's `--ssl-*` flags for `tls`."""
+        tls = self.tls
+        if tls is None:
+            return []
+        args = ["--ssl-certfile", tls.cert_file, "--ssl-keyfile", tls.key_file]
+        if tls.client_ca_file is not None:
+            args += ["--ssl-ca-certs", tls.client_ca_file, "--ssl-cert-reqs", "2"]
+        return args
 
     def kv_events_argument(self) -> str | None:
         """The `--kv-events-config` JSON, or None when the pod publishes no events."""
@@ -181,9 +196,13 @@ class VllmLaunch:
         return f"{env} {command}" if env else command
 
     def probes(self) -> dict[str, Probe]:
-        """Startup tolerates model loading; readiness and liveness then watch /health."""
+        """Startup tolerates model loading; readiness and liveness then watch /health (under
+        mutual TLS, the open port: the kubelet has no client certificate)."""
+        tls = self.tls
+        path = None if tls is not None and tls.client_ca_file is not None else "/health"
+        scheme = "HTTPS" if tls is not None else "HTTP"
         return {
-            "startup": Probe("/health", self.port, 10, 10, 90),
-            "readiness": Probe("/health", self.port, 0, 5, 3),
-            "liveness": Probe("/health", self.port, 0, 10, 6),
+            "startup": Probe(path, self.port, 10, 10, 90, scheme),
+            "readiness": Probe(path, self.port, 0, 5, 3, scheme),
+            "liveness": Probe(path, self.port, 0, 10, 6, scheme),
         }

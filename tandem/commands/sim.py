@@ -125,15 +125,12 @@ def run(args: argparse.Namespace) -> int:
     options = options_from(SimOptions, args)
     configure_logging(options.log_level)
     launch, config = sim_config(options)
-    tls = server_tls(
-        options.ssl_certfile, options.ssl_keyfile, options.ssl_ca_certs, options.ssl_cert_reqs
-    )
     if options.print_vllm_command:
         print(launch.shell_command())
         return 0
     from simulator.server import create_app
 
-    return serve(create_app(config), config.host, config.port, options.log_level, tls)
+    return serve(create_app(config), config.host, config.port, options.log_level, launch.tls)
 
 
 def _pod_launch(role: str, profile: str, served_model_name: str | None) -> VllmLaunch:
@@ -196,10 +193,6 @@ def _with_overrides(launch: VllmLaunch, config: SimPodConfig, options: SimOption
         ("--max-num-seqs", options.max_num_seqs),
         ("--max-num-batched-tokens", options.max_num_batched_tokens),
         ("--tokenizer", options.tokenizer),
-        ("--ssl-certfile", options.ssl_certfile),
-        ("--ssl-keyfile", options.ssl_keyfile),
-        ("--ssl-ca-certs", options.ssl_ca_certs),
-        ("--ssl-cert-reqs", options.ssl_cert_reqs or None),
     ):
         if value is not None:
             extra += [flag, str(value)]
@@ -216,4 +209,7 @@ def _with_overrides(launch: VllmLaunch, config: SimPodConfig, options: SimOption
         kv_load_failure_policy=config.kv_load_failure_policy,
         max_model_len=config.max_model_len,
         extra_args=(*launch.extra_args, *extra),
+        tls=server_tls(
+            options.ssl_certfile, options.ssl_keyfile, options.ssl_ca_certs, options.ssl_cert_reqs
+        ),
     )

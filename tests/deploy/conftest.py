@@ -19,6 +19,8 @@ KUBE_VERSION = "1.33.0"
 SERVING_NAME = "llama-8b"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
+TLS_SECRET = "llama-tls"
+"""The Secret with the certificates in the tls scenario."""
 OTLP_ENV = {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://127.0.0.1:4318"}
 """Where a release sends its spans in the tracing scenario."""
 
@@ -60,6 +62,11 @@ SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
         "tandem-orchestrator": {"inferencePool": {"enabled": True}},
     },
     "no-dashboards": {chart: {"dashboards": {"enabled": False}} for chart in CHART_NAMES},
+    "tls": {
+        "tandem-prefill": {"tls": {"enabled": True, "secretName": TLS_SECRET}},
+        "tandem-decode": {"tls": {"enabled": True, "secretName": TLS_SECRET}},
+        "tandem-orchestrator": {"upstreamTls": {"enabled": True, "secretName": TLS_SECRET}},
+    },
     "tracing": {
         "tandem-orchestrator": {"extraEnv": [OTLP_ENV]},
         "tandem-decode": {"sidecar": {"env": [OTLP_ENV]}},

@@ -17,6 +17,7 @@ import yaml
 
 import orchestrator
 from decode.pod import decode_pod
+from mesh.tls import ServerTLS
 from mesh.vllm_launch import Probe, VllmLaunch
 from orchestrator.circuit_breaker import CircuitBreakerConfig
 from orchestrator.config import (
@@ -106,12 +107,31 @@ def launch_from_values(role: Role, values: Mapping[str, Any]) -> VllmLaunch:
         kv_events_port=events["port"] if events["enabled"] else None,
         kv_events_replay_port=events["replayPort"],
         extra_args=tuple(values["extraArgs"]),
+        tls=_served_tls(role, values["tls"]),
+    )
+
+
+def _served_tls(role: Role, tls: Mapping[str, Any]) -> ServerTLS | None:
+    """A prefill pod's vLLM serves the pool's TLS; a decode pod's sits behind its sidecar."""
+    if role != "prefill" or not tls["enabled"]:
+        return None
+    return ServerTLS(
+        cert_file="/etc/tandem-tls/tls.crt",
+        key_file="/etc/tandem-tls/tls.key",
+        client_ca_file="/etc/tandem-tls/ca.crt" if tls["mutual"] else None,
     )
 
 
 def probe_spec(probe: Probe) -> dict[str, Any]:
+    check: dict[str, Any]
+    if probe.path is None:
+        check = {"tcpSocket": {"port": probe.port}}
+    elif probe.scheme == "HTTPS":
+        check = {"httpGet": {"path": probe.path, "port": probe.port, "scheme": "HTTPS"}}
+    else:
+        check = {"httpGet": {"path": probe.path, "port": probe.port}}
     return {
-        "httpGet": {"path": probe.path, "port": probe.port},
+        **check,
         "initialDelaySeconds": probe.initial_delay_s,
         "periodSeconds": probe.period_s,
         "failureThreshold": probe.failure_threshold,
@@ -267,13 +287,13 @@ def test_vllm_container_gets_the_gpus_shm_and_h100_nodes(
     assert count == (4 if scenario == "tp4" else 1)
     assert resources["requests"] == {"nvidia.com/gpu": count, **user.get("requests", {})}
     assert resources["limits"] == {"nvidia.com/gpu": count, **user.get("limits", {})}
-    assert r.container("vllm")["volumeMounts"] == [{"name": "shm", "mountPath": "/dev/shm"}]
-    assert r.pod_spec["volumes"] == [
-        {
-            "name": "shm",
-            "emptyDir": {"medium": "Memory", "sizeLimit": r.values["shm"]["sizeLimit"]},
-        }
-    ]
+    assert r.container("vllm")["volumeMounts"][0] == {"name": "shm", "mountPath": "/dev/shm"}
+    assert r.pod_spec["volumes"][0] == {
+        "name": "shm",
+        "emptyDir": {"medium": "Memory", "sizeLimit": r.values["shm"]["sizeLimit"]},
+    }
+    served_tls = role == "prefill" and r.values["tls"]["enabled"]
+    assert len(r.container("vllm")["volumeMounts"]) == (2 if served_tls else 1)
     assert r.pod_spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert r.pod_spec["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -333,7 +353,7 @@ def test_decode_sidecar_is_a_native_sidecar_that_finds_the_prefill_pods(
     assert sidecar["restartPolicy"] == "Always"
     assert sidecar["image"] == TANDEM_IMAGE
     assert sidecar["command"] == ["tandem", "sidecar"]
-    assert sidecar["args"] == [
+    assert sidecar["args"][:12] == [
         "--host", "0.0.0.0",
         "--port", "8000",
         "--vllm-port", "8200",
@@ -342,7 +362,10 @@ def test_decode_sidecar_is_a_native_sidecar_that_finds_the_prefill_pods(
         "--prefill-port", "8000",
         "--namespace", NAMESPACE,
     ]  # fmt: skip
-    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+    tls = r.values["tls"]["enabled"]
+    assert len(sidecar["args"]) == (26 if tls else 12)  # TLS: tests/deploy/test_tls_chart.py
+    if not tls:
+        assert sidecar["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
     # A startup probe would hold vLLM's start: the sidecar's /health is vLLM's.
     assert "startupProbe" not in sidecar
     assert sidecar["securityContext"]["runAsNonRoot"] is True
@@ -661,6 +684,8 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     *[(f"tandem-{role}", {"model": ""}, "/model") for role in ROLES],
     *[(f"tandem-{role}", {"kv": {"leaseDurtion": 5}}, "'leaseDurtion'") for role in ROLES],
     ("tandem-decode", {"sidecar": {"image": "x"}}, "'image'"),
+    *[(f"tandem-{role}", {"tls": {"enabled": True}}, "/tls/secretName") for role in ROLES],
+    ("tandem-orchestrator", {"upstreamTls": {"enabled": True}}, "/upstreamTls/secretName"),
     ("tandem-orchestrator", {"service": {"type": "Ingress"}}, "/service/type"),
     ("tandem-orchestrator", {"grpc": {"port": 0}}, "/grpc/port"),
     ("tandem-orchestrator", {"grpc": {"enabled": False}}, "additional properties 'enabled'"),

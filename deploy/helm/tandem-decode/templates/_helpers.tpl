@@ -143,5 +143,42 @@ to vLLM on 8200 and sends remote prefills only to the prefill pods its selector 
   "--prefill-selector" (include "tandem-decode.prefillSelector" .)
   "--prefill-port" "8000"
   "--namespace" .Release.Namespace -}}
+{{- if .Values.tls.enabled -}}
+{{- $dir := include "tandem-decode.tlsDir" . -}}
+{{- $args = concat $args (fromYamlArray (include "tandem-decode.tlsArgs" .)) -}}
+{{- $args = concat $args (list "--prefill-ca-certs" (printf "%s/ca.crt" $dir) "--prefill-certfile" (printf "%s/tls.crt" $dir) "--prefill-keyfile" (printf "%s/tls.key" $dir)) -}}
+{{- end -}}
 {{- toYaml (concat $args .Values.sidecar.extraArgs) -}}
 {{- end -}}
+
+{{/* Where the TLS Secret is mounted, and vLLM's --ssl-* flags for it (mesh/vllm_launch.py
+VllmLaunch.tls_args). */}}
+{{- define "tandem-decode.tlsDir" -}}/etc/tandem-tls{{- end -}}
+{{- define "tandem-decode.tlsArgs" -}}
+{{- $dir := include "tandem-decode.tlsDir" . -}}
+{{- $args := list -}}
+{{- if .Values.tls.enabled -}}
+{{- $args = list "--ssl-certfile" (printf "%s/tls.crt" $dir) "--ssl-keyfile" (printf "%s/tls.key" $dir) -}}
+{{- if .Values.tls.mutual -}}
+{{- $args = concat $args (list "--ssl-ca-certs" (printf "%s/ca.crt" $dir) "--ssl-cert-reqs" "2") -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $args -}}
+{{- end -}}
+
+{{/* A probe of the serving port: /health over HTTP(S), or under mutual TLS only the open
+port (VllmLaunch.probes). */}}
+{{- define "tandem-decode.probeCheck" -}}
+{{- if and .Values.tls.enabled .Values.tls.mutual -}}
+tcpSocket:
+  port: 8000
+{{- else -}}
+httpGet:
+  path: /health
+  port: 8000
+  {{- if .Values.tls.enabled }}
+  scheme: HTTPS
+  {{- end }}
+{{- end -}}
+{{- end -}}
+

@@ -84,6 +84,7 @@ written by hand: toJson would sort its keys.
 {{- with (include "tandem-prefill.kvEventsConfig" .) -}}
 {{- $args = concat $args (list "--kv-events-config" .) -}}
 {{- end -}}
+{{- $args = concat $args (fromYamlArray (include "tandem-prefill.tlsArgs" .)) -}}
 {{- $args = concat $args $v.extraArgs -}}
 {{- toYaml $args -}}
 {{- end -}}
@@ -116,5 +117,38 @@ its KV cache events for the orchestrator's precise prefix index; empty when disa
 {{- if $v.maxModelLen -}}
 {{- $args = concat $args (list "--max-model-len" (toString (int $v.maxModelLen))) -}}
 {{- end -}}
+{{- $args = concat $args (fromYamlArray (include "tandem-prefill.tlsArgs" .)) -}}
 {{- toYaml $args -}}
 {{- end -}}
+
+{{/* Where the TLS Secret is mounted, and vLLM's --ssl-* flags for it (mesh/vllm_launch.py
+VllmLaunch.tls_args). */}}
+{{- define "tandem-prefill.tlsDir" -}}/etc/tandem-tls{{- end -}}
+{{- define "tandem-prefill.tlsArgs" -}}
+{{- $dir := include "tandem-prefill.tlsDir" . -}}
+{{- $args := list -}}
+{{- if .Values.tls.enabled -}}
+{{- $args = list "--ssl-certfile" (printf "%s/tls.crt" $dir) "--ssl-keyfile" (printf "%s/tls.key" $dir) -}}
+{{- if .Values.tls.mutual -}}
+{{- $args = concat $args (list "--ssl-ca-certs" (printf "%s/ca.crt" $dir) "--ssl-cert-reqs" "2") -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $args -}}
+{{- end -}}
+
+{{/* A probe of the serving port: /health over HTTP(S), or under mutual TLS only the open
+port (VllmLaunch.probes). */}}
+{{- define "tandem-prefill.probeCheck" -}}
+{{- if and .Values.tls.enabled .Values.tls.mutual -}}
+tcpSocket:
+  port: 8000
+{{- else -}}
+httpGet:
+  path: /health
+  port: 8000
+  {{- if .Values.tls.enabled }}
+  scheme: HTTPS
+  {{- end }}
+{{- end -}}
+{{- end -}}
+
