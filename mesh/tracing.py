@@ -53,12 +53,14 @@ def inject(headers: MutableMapping[str, str]) -> None:
 
 
 def setup_tracing(service: str) -> bool:
-    """Export spans over OTLP/HTTP when the environment names a collector; returns whether
+    """Export spans over OTLP/HTTP (JSON) when the environment names a collector; returns whether
     it does. `service` is the default `service.name` (`OTEL_SERVICE_NAME` overrides it)."""
     environ = os.environ
     if not any(environ.get(name) for name in OTLP_ENDPOINT_VARIABLES):
         return False
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    # OTLP/HTTP in its JSON encoding: the protobuf one's `opentelemetry.proto` modules are
+    # also shipped, older, by xds-protos (Envoy's ext_proc), and the two would collide.
+    from opentelemetry.exporter.otlp.json.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
