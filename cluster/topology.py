@@ -184,12 +184,10 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
             replace(pod.launch, port=port, side_channel_port=side_channel), spec, side_channel
         )
         if pod.role == "decode":
-            decode_pod_ = DecodePod(launch, sidecar_port=port + 1)
+            fronted = DecodePod(launch, sidecar_port=port + 1)
             plan.components.append(_pod(f"{pod.name}-vllm", launch, spec, side_channel))
-            plan.components.append(_sidecar(pod.name, decode_pod_, spec, prefill_addresses))
-            endpoints.append(
-                _endpoint(pod.name, spec.host, decode_pod_.sidecar_port, "decode", launch)
-            )
+            plan.components.append(_sidecar(pod.name, fronted, spec, prefill_addresses))
+            endpoints.append(_endpoint(pod.name, spec.host, fronted.sidecar_port, "decode", launch))
             port += 1
         else:
             plan.components.append(_pod(pod.name, launch, spec, side_channel))

@@ -369,12 +369,12 @@ class VirtualCluster:
             if not output.finished:
                 return
             params = output.kv_transfer_params
-            status = 500 if output.error is not None else 200
+            failure = reply_failure(500 if output.error is not None else 200, params)
             # As the sidecar decides (one candidate here: the orchestrator's first).
             step = after_prefill(
-                prefilled=params is not None and output.error is None,
+                prefilled=failure is None,
                 client_error=False,
-                failure=reply_failure(status, params),
+                failure=failure,
                 policy=self.sidecar_policy,
             )
             if step.next is Next.FAIL:

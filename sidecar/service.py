@@ -280,12 +280,12 @@ class Sidecar:
             headers = dict(leg.headers)
             inject(headers)
             sent = time.perf_counter()
-            response = await self._send_traced(leg, prefilled, headers)
+            response = await self._post_to_vllm(leg, prefilled, headers)
             span.set_attribute("tandem.vllm_headers_ms", (time.perf_counter() - sent) * 1000)
             span.set_attribute("http.response.status_code", response.status_code)
             return response
 
-    async def _send_traced(
+    async def _post_to_vllm(
         self, leg: _Leg, prefilled: PrefillOutcome | None, headers: dict[str, str]
     ) -> httpx.Response:
         request = self.vllm.build_request("POST", leg.path, content=leg.body, headers=headers)
