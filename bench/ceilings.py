@@ -18,7 +18,7 @@ from collections.abc import Hashable, Sequence
 
 from bench.generate import BenchRequest, PromptSet
 from bench.workload import ClusterShape, Workload
-from simulator.profiles import get_profile
+from costmodel.profiles import get_profile
 
 BLOCK_SIZE = 16
 """vLLM's default `--block-size` (GPU), the simulated pods' too."""

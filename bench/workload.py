@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from simulator.profiles import get_profile
+from costmodel.profiles import get_profile
 
 WORKLOAD_DIR = Path(__file__).parent / "workloads"
 

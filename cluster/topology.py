@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from cluster import real_engine
+from costmodel.profiles import profile_launch
 from decode.pod import DecodePod, decode_pod
 from mesh.vllm_launch import VllmLaunch
 from orchestrator.config import AdmissionConfig
@@ -23,7 +24,6 @@ from orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
     KV_EVENTS_REPLAY_PORT_LABEL,
 )
 from prefill.pod import PREFILL_VLLM_PORT, prefill_pod
-from simulator.profiles import profile_launch
 
 Engine = Literal["sim", "vllm"]
 ENGINES: tuple[Engine, ...] = ("sim", "vllm")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from costmodel.profiles import profile_launch
 from mesh.vllm_launch import KVLoadFailurePolicy, VllmLaunch
-from simulator.profiles import profile_launch
 
 DECODE_SIDECAR_PORT = 8000
 DECODE_VLLM_PORT = 8200

@@ -15,6 +15,7 @@
     circuit_breaker: {consecutive_failures: 5, open_s: 30, max_open_s: 300}
     admission: {max_queue_per_pool: 1024, max_wait_s: 2.0}
     grpc: {enabled: true, host: 0.0.0.0, port: 9002}   # the Pick API and gRPC health
+    scaling: {profile: llama-3.1-8b-h100-tp1, ttft_s: 0.5, itl_s: 0.05}  # desired replicas
 
 Validated at start; a bad file stops the process with a message naming the field. While
 running, a changed scheduler configuration is applied in place and an invalid one is refused
@@ -29,6 +30,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from costmodel.capacity import DEFAULT_MAX_NUM_BATCHED_TOKENS
+from costmodel.profiles import PROFILES
 from mesh.discovery_config import KubernetesDiscoveryConfig
 from mesh.endpoints import ROLE_LABEL, Endpoint
 from mesh.tls import ClientTLS
@@ -118,6 +121,56 @@ class ReloadConfig(_Strict):
     updates a mounted ConfigMap within about a minute (kubelet sync period plus cache TTL)."""
 
 
+class ScalingConfig(_Strict):
+    """Scaling signals (`orchestrator/scaling.py`): each pool's desired replicas, from the
+    load the orchestrator sees and what a pod of `profile` sustains within the SLO."""
+
+    profile: str
+    """The engine profile the pods run (`tandem sim --list-profiles`): its step-time
+    coefficients and KV capacity."""
+    pool_profiles: dict[str, str] = Field(default_factory=dict)
+    """Another profile for a pool whose pods differ (e.g. wider tensor parallelism in
+    decode)."""
+    time_scale: float = Field(1.0, gt=0)
+    """Wall seconds per model second of the pods (simulated pods run with `--time-scale`)."""
+    ttft_s: float = Field(0.5, gt=0)
+    itl_s: float = Field(0.05, gt=0)
+    """SLO targets, wall seconds: Dynamo's SLA planner's defaults (ai-dynamo/dynamo:
+    components/src/dynamo/planner/defaults.py, `SLAPlannerDefaults`: TTFT 500 ms, ITL 50 ms)."""
+    window_s: float = Field(30.0, gt=0)
+    """The routed prompt tokens' rate is averaged over this long."""
+    prefill_utilization: float = Field(0.8, gt=0, le=1)
+    """Busy share a prefill pod is sized for: at 0.8 a queue waits about twice a prefill's
+    own time (M/D/1), inside a TTFT target a few prefills long."""
+    kv_utilization: float = Field(0.8, gt=0, le=1)
+    """KV usage a decode pod is sized for, under Dynamo's load planner's scale-up threshold
+    (0.9, `LoadPlannerDefaults.decode_kv_scale_up_threshold`) and the saturation detector's
+    0.8."""
+    max_num_batched_tokens: int = Field(DEFAULT_MAX_NUM_BATCHED_TOKENS, ge=1)
+    """The pods' step token budget (vLLM's `--max-num-batched-tokens`)."""
+    min_replicas: int = Field(1, ge=0)
+    """Dynamo's planner keeps one pod per pool (`min_endpoint`)."""
+    max_replicas: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _known_profile(self) -> ScalingConfig:
+        pools = ("prefill", "decode", "both")
+        unknown_pools = sorted(set(self.pool_profiles) - set(pools))
+        if unknown_pools:
+            raise ValueError(f"pool_profiles: no pool {', '.join(unknown_pools)}; pools: "
+                             f"{', '.join(pools)}")  # fmt: skip
+        for profile in (self.profile, *self.pool_profiles.values()):
+            if profile not in PROFILES:
+                known = ", ".join(sorted(PROFILES))
+                raise ValueError(f"unknown engine profile {profile!r}; known: {known}")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas is above max_replicas")
+        return self
+
+    def profile_of(self, pool: str) -> str:
+        return self.pool_profiles.get(pool, self.profile)
+
+
 class OrchestratorConfig(_Strict):
     model: str | None = None
     scheduler: str | dict[str, Any] = "tandem"
@@ -131,6 +184,8 @@ class OrchestratorConfig(_Strict):
     """TLS (and mTLS) to the pods: requests to decode endpoints and every scrape."""
     circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    scaling: ScalingConfig | None = None
+    """Export each pool's desired replicas; off without an engine profile."""
     seed: int | None = None
     """Seeds the scheduler's tie-breaking, for repeatable benchmarks."""
 

@@ -67,6 +67,9 @@ class EndpointStore:
     def endpoints(self) -> list[Endpoint]:
         return [state.endpoint for state in self._states.values()]
 
+    def states(self) -> list[EndpointState]:
+        return list(self._states.values())
+
     def state(self, name: str) -> EndpointState | None:
         return self._states.get(name)
 

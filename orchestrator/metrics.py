@@ -128,6 +128,31 @@ class GatewayMetrics:
             "Envoy ext_proc streams (one per request through Envoy), by outcome.",
             ["outcome"], registry=r,
         )  # fmt: skip
+        self.pool_replicas = Gauge(
+            "tandem_pool_replicas", "Endpoints discovered in each pool.", ["pool"], registry=r
+        )
+        self.desired_replicas = Gauge(
+            "tandem_pool_desired_replicas",
+            "Pods each pool needs for the load it sees within the SLO (scaling signal).",
+            ["pool"], registry=r,
+        )  # fmt: skip
+        self.replicas_needed = Gauge(
+            "tandem_pool_replicas_needed",
+            "Pods each signal needs, as fractions of a pod "
+            "(prefill_rate, prefill_backlog, kv, itl).",
+            ["pool", "signal"], registry=r,
+        )  # fmt: skip
+        self.pool_prefill_rate = Gauge(
+            "tandem_pool_prefill_tokens_per_second",
+            "Uncached prompt tokens routed to each pool per second, over the scaling window.",
+            ["pool"], registry=r,
+        )  # fmt: skip
+        self.pod_prefill_rate = Gauge(
+            "tandem_pool_pod_prefill_capacity_tokens_per_second",
+            "Prompt tokens one pod of the pool prefills per second at the observed prompt "
+            "length (the step-time model).",
+            ["pool"], registry=r,
+        )  # fmt: skip
         self.config_reloads = Counter(
             "tandem_config_reloads", "Configuration changes seen, by result (applied, rejected).",
             ["result"], registry=r,

@@ -19,6 +19,7 @@ from orchestrator.circuit_breaker import BreakerState
 from orchestrator.config import OrchestratorConfig
 from orchestrator.endpoints import EndpointStore
 from orchestrator.metrics import GatewayMetrics
+from orchestrator.scaling import PoolNeeds, ScalingSignal, pool_of
 from orchestrator.scheduling.saturation import (
     PREFILL_POOL_ROLES,
     SaturationDetector,
@@ -82,6 +83,12 @@ class Router:
     capacity_listener: Callable[[], None] | None = None
     """Called whenever room may have opened (a request's prefill or answer ended, a scrape
     came in, the endpoints changed): admission's cue to place waiting requests."""
+    scaling: ScalingSignal | None = field(init=False)
+    """Each pool's desired replicas, where the configuration names the pods' profile."""
+
+    def __post_init__(self) -> None:
+        scaling = self.config.scaling
+        self.scaling = None if scaling is None else ScalingSignal(scaling)
 
     @property
     def encodes_sessions(self) -> bool:
@@ -120,8 +127,21 @@ class Router:
             self.scheduler.endpoint_capacity(endpoint.name, capacity)
         self._capacity_changed()
 
+    def pool_needs(self) -> dict[str, PoolNeeds]:
+        """Each pool's replicas and desired replicas now; empty without scaling signals."""
+        if self.scaling is None:
+            return {}
+        return self.scaling.needs(self.store.states(), self.clock())
+
     def refresh_gauges(self) -> None:
         now = self.clock()
+        for pool, needs in self.pool_needs().items():
+            self.metrics.pool_replicas.labels(pool).set(needs.replicas)
+            self.metrics.desired_replicas.labels(pool).set(needs.desired)
+            for signal, value in needs.needs.items():
+                self.metrics.replicas_needed.labels(pool, signal).set(value)
+            self.metrics.pool_prefill_rate.labels(pool).set(needs.prefill_tokens_per_s)
+            self.metrics.pod_prefill_rate.labels(pool).set(needs.pod_prefill_tokens_per_s)
         precise = self.scheduler.precise
         if precise is not None:
             self.metrics.precise_index_blocks.set(precise.index.num_hashes)
@@ -227,6 +247,10 @@ class Router:
             tokens = request.num_prompt_tokens
         now = self.clock()
         loads = Loads(decode, prefill, tokens)
+        if self.scaling is not None:
+            prefilling = self.store.state(prefill or decode)
+            if prefilling is not None:
+                self.scaling.record_prefill(pool_of(prefilling.endpoint), tokens, now)
         if self.store.acquire(decode, 0 if prefill else tokens, now):
             loads.probes.add(decode)
         if prefill and self.store.acquire(prefill, tokens, now):

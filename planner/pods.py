@@ -24,13 +24,13 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from costmodel.profiles import EngineProfile
 from kvcache.events import KVEvent
 from planner.events import EventLoop
 from simulator.config import SimPodConfig
 from simulator.decode_run import DecodeRun
 from simulator.engine import Engine
 from simulator.kv_connector import ProducerIdentity, RemoteLoad
-from simulator.profiles import EngineProfile
 from simulator.request import EngineRequest, RequestOutput, StepResult
 
 OutputHandler = Callable[[RequestOutput, Sequence[float]], None]

@@ -26,11 +26,11 @@ from bench.report import write_markdown, write_plots
 from bench.results import BenchResults, RunResult, SloTargets, write_results
 from bench.summary import summarize_run
 from bench.workload import ClusterShape, Workload
+from costmodel.profiles import get_profile
 from orchestrator.config import OrchestratorConfigError, load_scheduler
 from orchestrator.scheduling.config import EndpointPickerConfig
 from planner.cluster import PathModel, VirtualCluster
 from planner.harness import HARNESSES
-from simulator.profiles import get_profile
 
 DECIDER_TYPES = ("prefix-based-pd-decider", "load-aware-pd-decider")
 """Deciders whose `nonCachedTokens` floor `--thresholds` sets."""

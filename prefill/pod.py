@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from costmodel.profiles import profile_launch
 from mesh.vllm_launch import KVLoadFailurePolicy, VllmLaunch
-from simulator.profiles import profile_launch
 
 PREFILL_VLLM_PORT = 8000
 

@@ -6,6 +6,7 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from costmodel.profiles import EngineProfile, get_profile
 from kvcache.events import KVEventsConfig
 from kvcache.tokenizer import NUM_WORDS
 from mesh.vllm_launch import (
@@ -17,7 +18,6 @@ from mesh.vllm_launch import (
 )
 from simulator.engine import EngineConfig
 from simulator.faults import FaultConfig
-from simulator.profiles import EngineProfile, get_profile
 from simulator.scheduler import BatchingConfig
 
 VLLM_VERSION = "0.33.0"

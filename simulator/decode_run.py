@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from costmodel.step import decode_step_seconds
 from simulator.block_pool import BlockPool
-from simulator.costmodel import decode_step_seconds
 from simulator.request import EngineRequest, FinishReason, RequestOutput, RequestStatus
 from simulator.scheduler import BatchScheduler
 from simulator.stats import EngineStats

@@ -13,12 +13,13 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from costmodel.profiles import StepCoefficients
+from costmodel.step import PrefillChunk, StepShape, step_seconds
 from kvcache.events import KVEvent
 from kvcache.hashing import hash_prompt_blocks
 from mesh.logs import EventLog
 from mesh.vllm_launch import DEFAULT_KV_LEASE_DURATION_S, KVLoadFailurePolicy
 from simulator.block_pool import BlockPool
-from simulator.costmodel import PrefillChunk, StepShape, step_seconds
 from simulator.decode_run import DecodeRuns
 from simulator.kv_connector import (
     HeldKV,
@@ -29,7 +30,6 @@ from simulator.kv_connector import (
     producer_params,
     wants_remote_decode,
 )
-from simulator.profiles import StepCoefficients
 from simulator.request import (
     EngineRequest,
     FinishReason,

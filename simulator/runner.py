@@ -16,11 +16,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from costmodel.profiles import EngineProfile
 from kvcache.events import KVEvent
 from mesh.logs import EventLog
 from simulator.engine import Engine
 from simulator.kv_connector import KVReadError, RemoteLoad, RemotePrefill
-from simulator.profiles import EngineProfile
 from simulator.request import EngineRequest, FinishReason, RequestOutput, RequestStatus
 from simulator.transfer import KVTransferError, KVTransport
 

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.local import LocalCluster
-from simulator.profiles import get_profile
+from costmodel.profiles import get_profile
 
 
 def print_cluster(cluster: LocalCluster) -> None:

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cluster.topology import aggregated_pod
+from costmodel.profiles import PROFILES
 from decode.pod import decode_pod
 from mesh.vllm_launch import VllmLaunch
 from prefill.pod import prefill_pod
 from simulator.config import SimPodConfig, simulated_pod
 from simulator.faults import FaultConfig
-from simulator.profiles import PROFILES
 from tandem.commands.common import (
     add_server_tls_arguments,
     configure_logging,

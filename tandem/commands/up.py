@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from simulator.profiles import PROFILES
+from costmodel.profiles import PROFILES
 from tandem.commands.common import configure_logging, options_from
 
 if TYPE_CHECKING:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 import orchestrator
+from costmodel.profiles import PROFILES
 from decode.pod import decode_pod
 from mesh.tls import ServerTLS
 from mesh.vllm_launch import Probe, VllmLaunch
@@ -27,7 +28,6 @@ from orchestrator.config import (
 )
 from orchestrator.scheduling.config import build_scheduler
 from prefill.pod import prefill_pod
-from simulator.profiles import PROFILES
 from tandem.cli import build_parser
 from tandem.commands.common import options_from
 from tandem.commands.sim import SimOptions, sim_config

@@ -6,10 +6,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from costmodel.profiles import StepCoefficients
 from mesh.vllm_launch import KVLoadFailurePolicy
 from simulator.engine import Engine, EngineConfig
 from simulator.kv_connector import ProducerIdentity
-from simulator.profiles import StepCoefficients
 from simulator.request import EngineRequest, FinishReason, RequestOutput
 from simulator.scheduler import BatchingConfig
 

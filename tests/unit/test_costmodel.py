@@ -6,8 +6,8 @@ from itertools import pairwise
 
 import pytest
 
-from simulator.costmodel import PrefillChunk, StepShape, step_seconds
-from simulator.profiles import PROFILES, UnknownProfileError, get_profile
+from costmodel.profiles import PROFILES, UnknownProfileError, get_profile
+from costmodel.step import PrefillChunk, StepShape, step_seconds
 
 LLAMA_8B = get_profile("llama-3.1-8b-h100-tp1")
 QWEN_32B = get_profile("qwen3-32b-h100-tp2")

@@ -23,24 +23,30 @@ ALLOWED: dict[str, frozenset[str]] = {
     "proto": frozenset(),
     "kvcache": frozenset(),
     "mesh": frozenset({"kvcache"}),
+    # How fast a vLLM pod runs (profiles, step-time model, capacity within an SLO), and the
+    # vLLM server that runs a profile.
+    "costmodel": frozenset({"mesh"}),
     # The services: pods know nothing of the orchestrator; the sidecar nothing of either.
-    "simulator": frozenset({"kvcache", "mesh"}),
-    "orchestrator": frozenset({"kvcache", "mesh", "proto"}),
+    "simulator": frozenset({"costmodel", "kvcache", "mesh"}),
+    "orchestrator": frozenset({"costmodel", "kvcache", "mesh", "proto"}),
     "sidecar": frozenset({"mesh"}),
     # The pools' definitions (a vLLM launch each, from an engine profile), and clusters of them.
-    "prefill": frozenset({"mesh", "simulator"}),
-    "decode": frozenset({"mesh", "simulator"}),
-    "cluster": frozenset({"decode", "kvcache", "mesh", "orchestrator", "prefill", "simulator"}),
+    "prefill": frozenset({"costmodel", "mesh"}),
+    "decode": frozenset({"costmodel", "mesh"}),
+    "cluster": frozenset(
+        {"costmodel", "decode", "kvcache", "mesh", "orchestrator", "prefill", "simulator"}
+    ),
     # Measuring and planning.
-    "bench": frozenset({"cluster", "kvcache", "mesh", "orchestrator", "simulator"}),
+    "bench": frozenset({"cluster", "costmodel", "kvcache", "mesh", "orchestrator", "simulator"}),
     "planner": frozenset(
-        {"bench", "cluster", "kvcache", "mesh", "orchestrator", "sidecar", "simulator"}
+        {"bench", "cluster", "costmodel", "kvcache", "mesh", "orchestrator", "sidecar", "simulator"}
     ),
     # The command line uses everything.
     "tandem": frozenset(
         {
             "bench",
             "cluster",
+            "costmodel",
             "decode",
             "kvcache",
             "mesh",

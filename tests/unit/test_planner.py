@@ -15,6 +15,8 @@ from bench.generate import BenchRequest, build_prompts, build_requests, schedule
 from bench.records import Percentiles, RequestRecord, StageSummary
 from bench.results import RunResult
 from bench.workload import ClusterShape, Workload, load_workload
+from costmodel import profiles
+from costmodel.profiles import StepCoefficients
 from kvcache.hashing import external_hash
 from orchestrator.router import Router
 from orchestrator.scheduling.config import load_config_file
@@ -31,9 +33,7 @@ from planner.run import (
     shapes,
     with_threshold,
 )
-from simulator import profiles
 from simulator.engine import Engine
-from simulator.profiles import StepCoefficients
 from simulator.request import EngineRequest, RequestOutput
 
 CONFIGS = Path(__file__).resolve().parents[2] / "orchestrator" / "configs"

@@ -7,7 +7,7 @@ them from the model configs on Hugging Face, the H100 datasheet and published me
 * KV bytes per token = 2 (K and V) x layers x kv_heads x head_dim x 2 bytes (BF16).
 * KV capacity = 0.90 x 79.2 GiB x TP - weights - ~1.5 GiB per GPU of activations, cross-checked
   against llm-d's measured 8.52 GiB of KV for Qwen3-32B on one H100 at 0.90.
-* Step time (see `costmodel.py`): t_ovh, t_w (weights / ~2.7 TB/s effective HBM), c_lin
+* Step time (see `step.py`): t_ovh, t_w (weights / ~2.7 TB/s effective HBM), c_lin
   (2 x params / (TP x 989 TFLOPS x MFU)), c_attn, c_kv (KV bytes per token per GPU / 2.7 TB/s).
   Qwen3-32B's c_lin is pinned to the measured 15,928 prefill tok/s at 8k prompts
   (llm-d calibration matrix, vLLM v0.23.0).

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.profiles import StepCoefficients
+from costmodel.profiles import StepCoefficients
 
 
 @dataclass(frozen=True, slots=True)
