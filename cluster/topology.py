@@ -18,7 +18,7 @@ from cluster import real_engine
 from costmodel.profiles import profile_launch
 from decode.pod import DecodePod, decode_pod
 from mesh.vllm_launch import VllmLaunch
-from orchestrator.config import AdmissionConfig
+from orchestrator.config import DEFAULT_ITL_S, DEFAULT_TTFT_S, AdmissionConfig
 from orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
     KV_EVENTS_PORT_LABEL,
     KV_EVENTS_REPLAY_PORT_LABEL,
@@ -205,6 +205,15 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
         "admission": {"max_wait_s": max_wait_s * spec.time_scale},
         "seed": spec.seed,
     }
+    if spec.engine == "sim":
+        # Simulated pods run the profile's step-time model, so the scaling signals can size
+        # their pools: SLO targets of the model, in the pods' (scaled) wall time.
+        plan.orchestrator_config["scaling"] = {
+            "profile": spec.profile,
+            "time_scale": spec.time_scale,
+            "ttft_s": DEFAULT_TTFT_S * spec.time_scale,
+            "itl_s": DEFAULT_ITL_S * spec.time_scale,
+        }
     if spec.grpc_port is not None:
         plan.orchestrator_config["grpc"] = {
             "enabled": True,

@@ -121,6 +121,11 @@ class ReloadConfig(_Strict):
     updates a mounted ConfigMap within about a minute (kubelet sync period plus cache TTL)."""
 
 
+DEFAULT_TTFT_S, DEFAULT_ITL_S = 0.5, 0.05
+"""SLO targets the scaling signals size pools for: Dynamo's SLA planner's defaults
+(ai-dynamo/dynamo: components/src/dynamo/planner/defaults.py, `SLAPlannerDefaults`)."""
+
+
 class ScalingConfig(_Strict):
     """Scaling signals (`orchestrator/scaling.py`): each pool's desired replicas, from the
     load the orchestrator sees and what a pod of `profile` sustains within the SLO."""
@@ -133,10 +138,9 @@ class ScalingConfig(_Strict):
     decode)."""
     time_scale: float = Field(1.0, gt=0)
     """Wall seconds per model second of the pods (simulated pods run with `--time-scale`)."""
-    ttft_s: float = Field(0.5, gt=0)
-    itl_s: float = Field(0.05, gt=0)
-    """SLO targets, wall seconds: Dynamo's SLA planner's defaults (ai-dynamo/dynamo:
-    components/src/dynamo/planner/defaults.py, `SLAPlannerDefaults`: TTFT 500 ms, ITL 50 ms)."""
+    ttft_s: float = Field(DEFAULT_TTFT_S, gt=0)
+    itl_s: float = Field(DEFAULT_ITL_S, gt=0)
+    """SLO targets, wall seconds."""
     window_s: float = Field(30.0, gt=0)
     """The routed prompt tokens' rate is averaged over this long."""
     prefill_utilization: float = Field(0.8, gt=0, le=1)

@@ -168,3 +168,13 @@ def test_tandem_up_takes_a_grpc_port() -> None:
     args = build_parser().parse_args(["up", "--grpc-port", "9511"])
 
     assert options_from(UpOptions, args).grpc_port == 9511
+
+
+def test_simulated_pods_are_sized_by_their_profile_in_their_time() -> None:
+    spec = ClusterSpec(profile="qwen3-32b-h100-tp2", time_scale=4.0)
+    scaling = parse_orchestrator_config(plan_cluster(spec).orchestrator_config).scaling
+    assert scaling is not None
+    assert (scaling.profile, scaling.time_scale) == ("qwen3-32b-h100-tp2", 4.0)
+    assert (scaling.ttft_s, scaling.itl_s) == pytest.approx((2.0, 0.2))
+    real = plan_cluster(ClusterSpec(engine="vllm", model_dir=Path("model"))).orchestrator_config
+    assert "scaling" not in real  # the CPU engine runs no profile
