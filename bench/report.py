@@ -211,6 +211,7 @@ def _reference(results: BenchResults) -> str:
 
 def _run_table(run: RunResult) -> str:
     refusals = any(s.rejected for s in run.stages)
+    scaling = any(s.desired_replicas for s in run.stages)
     header = [
         "stage",
         "rate",
@@ -224,6 +225,7 @@ def _run_table(run: RunResult) -> str:
         *(["tail SLO attainment"] if run.tail_goodput is not None else []),
         *(["refused", "admitted SLO attainment"] if refusals else []),
         "hit rate (ceiling; KV bound)",
+        *(["desired replicas (mean)"] if scaling else []),
         "lag p99 (s)",
         "machine-limited",
     ]
@@ -241,6 +243,7 @@ def _run_table(run: RunResult) -> str:
             *([_percent(s.tail_slo_attainment)] if run.tail_goodput is not None else []),
             *([str(s.rejected), _percent(s.admitted_slo_attainment)] if refusals else []),
             _hit_rate(s),
+            *([_desired(s, run.shape)] if scaling else []),
             f"{s.generator_lag_p99_s:.3f}",
             "**yes**" if s.machine_limited else "no",
         ]
@@ -261,6 +264,17 @@ def _hit_rate(stage: StageSummary) -> str:
         if value is not None
     ]
     return _percent(stage.hit_rate) + (f" ({'; '.join(bounds)})" if bounds else "")
+
+
+def _desired(stage: StageSummary, shape: dict[str, int]) -> str:
+    """Each pool's mean desired replicas over the stage, against the pods it has."""
+    desired = stage.desired_replicas or {}
+    return (
+        ", ".join(
+            f"{pool} {value:.1f} of {shape.get(pool, 0)}" for pool, value in sorted(desired.items())
+        )
+        or _MISSING
+    )
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -338,7 +352,50 @@ def write_plots(directory: Path, results: BenchResults) -> list[Path]:
         path = directory / filename
         figure.savefig(path, dpi=110)
         written.append(path)
+    if any(s.desired_replicas for run in results.runs for s in run.stages):
+        path = directory / "desired_replicas.png"
+        _desired_figure(results).savefig(path, dpi=110)
+        written.append(path)
     return written
+
+
+_POOL_STYLES = {"prefill": "--", "decode": "-", "both": ":"}
+
+
+def _desired_figure(results: BenchResults) -> Figure:
+    """Each pool's mean desired replicas against the offered load, one panel per cluster,
+    with the pods the cluster has as a thin grey line."""
+    clusters = list(results.clusters)
+    figure = Figure(figsize=(max(7.0, 4.6 * len(clusters) + 0.6), 5.0), layout="constrained")
+    axes = figure.subplots(1, len(clusters), sharey=True, squeeze=False)[0]
+    colors = {p: f"C{i % 10}" for i, p in enumerate(results.policies)}
+    for ax, cluster in zip(axes, clusters, strict=True):
+        shape = results.clusters.get(cluster, {})
+        for run in (r for r in results.runs if r.cluster == cluster):
+            rates = [s.rate for s in run.stages]
+            for pool, style in _POOL_STYLES.items():
+                values = [(s.desired_replicas or {}).get(pool, math.nan) for s in run.stages]
+                if all(math.isnan(v) for v in values):
+                    continue
+                ax.plot(rates, values, style, marker="o", markersize=4,
+                        color=colors[run.policy], label=f"{run.policy}: {pool}")  # fmt: skip
+        for pool, count in shape.items():
+            if count and pool in _POOL_STYLES:
+                ax.axhline(count, linestyle=_POOL_STYLES[pool], color="grey", linewidth=0.8)
+        ax.set_title(f"{cluster} ({_shape(shape)}; grey: pods it has)", fontsize=10)
+        ax.set_xlabel("offered load (requests / model s)")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("desired replicas (stage mean)")
+    handles, labels = [], []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize=8)
+    figure.suptitle(f"Scaling signals: desired replicas per pool — {results.workload}")
+    return figure
 
 
 def _figure(

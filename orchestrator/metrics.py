@@ -153,6 +153,12 @@ class GatewayMetrics:
             "length (the step-time model).",
             ["pool"], registry=r,
         )  # fmt: skip
+        self.token_ratio = Gauge(
+            "tandem_pool_prompt_token_ratio",
+            "Prompt tokens each pool's pods computed per token the orchestrator predicted "
+            "(the scaling signals' calibration).",
+            ["pool"], registry=r,
+        )  # fmt: skip
         self.config_reloads = Counter(
             "tandem_config_reloads", "Configuration changes seen, by result (applied, rejected).",
             ["result"], registry=r,

@@ -45,6 +45,8 @@ class Loads:
     prefill: str | None
     tokens: int
     prefill_done: bool = False
+    pool: str | None = None
+    """The pool that prefills it, where the scaling signals count it."""
     probes: set[str] = field(default_factory=set)
     """Endpoints whose half-open circuit breaker this request probes, until its outcome
     there is known."""
@@ -112,6 +114,8 @@ class Router:
         for name in removed:
             self.scheduler.forget_endpoint(name)
             self.metrics.forget_endpoint(name)
+            if self.scaling is not None:
+                self.scaling.forget_endpoint(name)
         if added or removed:
             logger.info("endpoints_changed", added=added, removed=removed)
         self._capacity_changed()
@@ -125,6 +129,8 @@ class Router:
         if metrics is not None and metrics.num_gpu_blocks and metrics.block_size:
             capacity = metrics.num_gpu_blocks * metrics.block_size
             self.scheduler.endpoint_capacity(endpoint.name, capacity)
+        if metrics is not None and self.scaling is not None:
+            self.scaling.observe_scrape(endpoint, metrics)
         self._capacity_changed()
 
     def pool_needs(self) -> dict[str, PoolNeeds]:
@@ -142,6 +148,7 @@ class Router:
                 self.metrics.replicas_needed.labels(pool, signal).set(value)
             self.metrics.pool_prefill_rate.labels(pool).set(needs.prefill_tokens_per_s)
             self.metrics.pod_prefill_rate.labels(pool).set(needs.pod_prefill_tokens_per_s)
+            self.metrics.token_ratio.labels(pool).set(needs.token_ratio)
         precise = self.scheduler.precise
         if precise is not None:
             self.metrics.precise_index_blocks.set(precise.index.num_hashes)
@@ -250,7 +257,8 @@ class Router:
         if self.scaling is not None:
             prefilling = self.store.state(prefill or decode)
             if prefilling is not None:
-                self.scaling.record_prefill(pool_of(prefilling.endpoint), tokens, now)
+                loads.pool = pool_of(prefilling.endpoint)
+                self.scaling.record_prefill(loads.pool, tokens, now)
         if self.store.acquire(decode, 0 if prefill else tokens, now):
             loads.probes.add(decode)
         if prefill and self.store.acquire(prefill, tokens, now):
@@ -278,6 +286,8 @@ class Router:
             self.store.release_tokens(loads.prefill or loads.decode, loads.tokens)
             if loads.prefill:
                 self.store.release(loads.prefill)
+            if self.scaling is not None and loads.pool is not None:
+                self.scaling.record_prefilled(loads.pool, loads.tokens)
             self._capacity_changed()
 
     def release(self, loads: Loads) -> None:

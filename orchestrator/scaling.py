@@ -16,6 +16,13 @@ needed by each signal, as fractions of a pod:
 - `itl`: the pool's running sequences and the context they read, spread over as many pods
   as keep one decode step within the ITL target.
 
+The orchestrator counts prompt tokens before any pod has tokenized them (about 4 characters
+a token, `gateway.chars_per_token`, unless it tokenizes), so both prefill signals are
+calibrated by each pool's own count: the prompt tokens its pods report computing
+(`vllm:prompt_tokens_by_source{source="local_compute"}`) over those the orchestrator
+predicted for the prefills that have ended there, since it started (held within 1/4 and 4,
+and 1 until `CALIBRATION_MIN_TOKENS` have been predicted).
+
 A prefill pod only prefills; a decode or aggregated pod decodes, and prefills what is routed
 to it whole. A pool's desired replicas are its prefill need (the larger of rate and backlog)
 plus its decode need (the larger of KV and ITL), rounded up and held within
@@ -37,9 +44,14 @@ from mesh.endpoints import Endpoint, Role
 from orchestrator.config import ScalingConfig
 from orchestrator.endpoints import EndpointState
 from orchestrator.scheduling.saturation import PREFILL_POOL_ROLES
+from orchestrator.scheduling.types import EngineMetrics
 
 POOLS = ("prefill", "decode", "both")
 SIGNALS = ("prefill_rate", "prefill_backlog", "kv", "itl")
+CALIBRATION_MIN_TOKENS = 50_000
+"""Predicted tokens of ended prefills a pool needs before its calibration is trusted: a
+dozen long prompts, so that one scrape's lag does not swing it."""
+CALIBRATION_BOUNDS = (0.25, 4.0)
 
 
 def pool_of(endpoint: Endpoint) -> str:
@@ -62,6 +74,8 @@ class PoolNeeds:
     """Uncached prompt tokens routed to the pool per second, over the window."""
     pod_prefill_tokens_per_s: float
     """What one pod prefills per second at the window's mean prompt length."""
+    token_ratio: float = 1.0
+    """Prompt tokens the pool's pods computed per token the orchestrator predicted."""
 
 
 @dataclass(slots=True)
@@ -73,6 +87,12 @@ class ScalingSignal:
     _routed: deque[tuple[float, str, int]] = field(default_factory=deque)
     """(when, pool, uncached prompt tokens) of the requests routed within the window."""
     _first_routed_s: float | None = None
+    _computed: dict[str, tuple[str, float, float]] = field(default_factory=dict)
+    """Each endpoint's pool and its computed-prompt-tokens counter: first and last seen."""
+    _retired: dict[str, float] = field(default_factory=dict)
+    """Prompt tokens computed by endpoints since gone (or restarted), by pool."""
+    _predicted: dict[str, float] = field(default_factory=dict)
+    """Uncached prompt tokens the orchestrator predicted for prefills that ended, by pool."""
 
     def __post_init__(self) -> None:
         profiles = {pool: get_profile(self.config.profile_of(pool)) for pool in POOLS}
@@ -86,6 +106,40 @@ class ScalingSignal:
         self._routed.append((now, pool, max(0, tokens)))
         self._forget(now)
 
+    def record_prefilled(self, pool: str, tokens: int) -> None:
+        """A prefill the orchestrator predicted at `tokens` uncached prompt tokens ended."""
+        self._predicted[pool] = self._predicted.get(pool, 0.0) + tokens
+
+    def observe_scrape(self, endpoint: Endpoint, metrics: EngineMetrics) -> None:
+        """A scrape's count of the prompt tokens the pod has computed, where it reports one."""
+        counter = metrics.computed_prompt_tokens
+        if counter is None:
+            return
+        known = self._computed.get(endpoint.name)
+        if known is not None and counter >= known[2]:
+            self._computed[endpoint.name] = (known[0], known[1], counter)
+            return
+        if known is not None:  # the pod restarted: keep what it counted before
+            self.forget_endpoint(endpoint.name)
+        self._computed[endpoint.name] = (pool_of(endpoint), counter, counter)
+
+    def forget_endpoint(self, name: str) -> None:
+        known = self._computed.pop(name, None)
+        if known is not None:
+            pool, first, last = known
+            self._retired[pool] = self._retired.get(pool, 0.0) + last - first
+
+    def token_ratio(self, pool: str) -> float:
+        """Prompt tokens the pool's pods computed per token the orchestrator predicted."""
+        predicted = self._predicted.get(pool, 0.0)
+        computed = self._retired.get(pool, 0.0) + sum(
+            last - first for where, first, last in self._computed.values() if where == pool
+        )
+        if predicted < CALIBRATION_MIN_TOKENS or computed <= 0:
+            return 1.0
+        low, high = CALIBRATION_BOUNDS
+        return min(high, max(low, computed / predicted))
+
     def needs(self, states: Iterable[EndpointState], now: float) -> dict[str, PoolNeeds]:
         """Each pool that has endpoints: its replicas, needs and desired replicas."""
         self._forget(now)
@@ -96,13 +150,13 @@ class ScalingSignal:
 
     def _pool(self, pool: str, states: list[EndpointState], now: float) -> PoolNeeds:
         c = self.config
-        routed = [tokens for _, where, tokens in self._routed if where == pool]
-        span = self._span(now)
-        demand = sum(routed) / span
+        ratio = self.token_ratio(pool)
+        routed = [tokens * ratio for _, where, tokens in self._routed if where == pool]
+        demand = sum(routed) / self._span(now)
         mean_prompt = sum(routed) / len(routed) if routed else 1
         step = self._steps[pool]
         pod_rate = prefill_tokens_per_s(step, round(mean_prompt), c.max_num_batched_tokens)
-        backlog = sum(state.in_flight_tokens for state in states)
+        backlog = ratio * sum(state.in_flight_tokens for state in states)
         needs = {
             "prefill_rate": demand / (pod_rate * c.prefill_utilization),
             "prefill_backlog": backlog / (pod_rate * c.ttft_s),
@@ -132,6 +186,7 @@ class ScalingSignal:
             needs=needs,
             prefill_tokens_per_s=demand,
             pod_prefill_tokens_per_s=pod_rate,
+            token_ratio=ratio,
         )
 
     def _span(self, now: float) -> float:

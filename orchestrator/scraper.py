@@ -31,13 +31,14 @@ RUNNING = ("vllm:num_requests_running",)
 KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 CACHE_INFO = "vllm:cache_config_info"
 WAITING_BY_REASON = "vllm:num_requests_waiting_by_reason"
+PROMPT_TOKENS_BY_SOURCE = "vllm:prompt_tokens_by_source"
 
 
 class MetricsParseError(ValueError):
     """The /metrics text lacks what the scheduler needs."""
 
 
-_WANTED = (*WAITING, *RUNNING, *KV_USAGE, CACHE_INFO, WAITING_BY_REASON)
+_WANTED = (*WAITING, *RUNNING, *KV_USAGE, CACHE_INFO, WAITING_BY_REASON, PROMPT_TOKENS_BY_SOURCE)
 
 
 def _wanted_lines(text: str) -> str:
@@ -51,6 +52,7 @@ def parse_engine_metrics(text: str, scraped_at: float) -> EngineMetrics:
     values: dict[str, float] = {}
     block_size = num_gpu_blocks = None
     waiting_for_capacity: float | None = None
+    computed: float | None = None
     for family in text_string_to_metric_families(_wanted_lines(text)):
         for sample in family.samples:
             if sample.name == CACHE_INFO:
@@ -59,6 +61,9 @@ def parse_engine_metrics(text: str, scraped_at: float) -> EngineMetrics:
             elif sample.name == WAITING_BY_REASON:
                 if sample.labels.get("reason") == "capacity":
                     waiting_for_capacity = (waiting_for_capacity or 0.0) + sample.value
+            elif sample.name == f"{PROMPT_TOKENS_BY_SOURCE}_total":
+                if sample.labels.get("source") == "local_compute":
+                    computed = (computed or 0.0) + sample.value
             elif sample.name in (*WAITING, *RUNNING, *KV_USAGE):
                 values[sample.name] = values.get(sample.name, 0.0) + sample.value
     missing = [names[0] for names in (WAITING, RUNNING, KV_USAGE) if _first(values, names) is None]
@@ -72,6 +77,7 @@ def parse_engine_metrics(text: str, scraped_at: float) -> EngineMetrics:
         block_size=block_size,
         num_gpu_blocks=num_gpu_blocks,
         waiting_for_capacity=None if waiting_for_capacity is None else int(waiting_for_capacity),
+        computed_prompt_tokens=computed,
     )
 
 

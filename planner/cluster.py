@@ -14,7 +14,10 @@ the live path adds around them:
   bandwidth + latency), as the live simulated pods wait; NIXL lease heartbeats every
   lease/6 as the live consumer sends them;
 * **KV events** (with `precise-prefix-cache-producer`): each pod's step's events reach the
-  precise index `kv_event_lag_s` later, in order.
+  precise index `kv_event_lag_s` later, in order;
+* **scaling signals** (given a `ScalingConfig`): every `scaling_sample_s` the router's
+  desired replicas per pool are sampled, as a HorizontalPodAutoscaler would read them, and
+  averaged per stage.
 
 Each request produces the same `RequestRecord` the live load generator writes, so `tandem
 plan` and `tandem bench` summarize identically.
@@ -35,7 +38,7 @@ from cluster.topology import pool_pods
 from kvcache.events import EventBatch, KVEvent
 from mesh.endpoints import ROLE_LABEL, Endpoint
 from mesh.errors import OpenAIError
-from orchestrator.config import OrchestratorConfig
+from orchestrator.config import OrchestratorConfig, ScalingConfig
 from orchestrator.endpoints import EndpointStore
 from orchestrator.inference_request import parse_inference_request
 from orchestrator.metrics import GatewayMetrics
@@ -72,6 +75,9 @@ class PathModel:
     kv_event_lag_s: float = 0.002
     """From a pod's step to its KV events in the precise index (ZMQ and the orchestrator's
     loop; `tandem_kv_event_lag_seconds` measures the live figure)."""
+    scaling_sample_s: float = 1.0
+    """How often the desired replicas are read (a Prometheus scrape is 15-30 s; finer here,
+    for the stage means)."""
 
     def scaled(self, time_scale: float) -> PathModel:
         """The path of a live run at `time_scale` (wall costs shrink in model time)."""
@@ -82,6 +88,7 @@ class PathModel:
             staleness_s=self.staleness_s / time_scale,
             expiry_tick_s=self.expiry_tick_s,
             kv_event_lag_s=self.kv_event_lag_s / time_scale,
+            scaling_sample_s=self.scaling_sample_s,
         )
 
 
@@ -122,6 +129,10 @@ class VirtualCluster:
     """Body and ids of the prompts a pooled harness repeats, by (slot, max tokens)."""
     _kv_seq: dict[str, int] = field(default_factory=dict)
     """Each pod's last KV event batch number."""
+    _stage: int | None = None
+    """The stage of the latest arrival: the one the scaling samples belong to."""
+    _desired: dict[int, dict[str, list[int]]] = field(default_factory=dict)
+    """Desired replicas sampled during each stage, by pool."""
 
     @classmethod
     def build(
@@ -136,12 +147,14 @@ class VirtualCluster:
         seed: int = 0,
         on_done: Callable[[RequestRecord], None] | None = None,
         fast_forward: bool = True,
+        scaling: ScalingConfig | None = None,
     ) -> VirtualCluster:
         path = path or PathModel()
         loop = EventLoop()
         config = OrchestratorConfig.model_validate(
-            {"scrape": {"interval_s": path.scrape_interval_s, "staleness_s": path.staleness_s}}
-        )
+            {"scrape": {"interval_s": path.scrape_interval_s, "staleness_s": path.staleness_s},
+             "scaling": scaling}
+        )  # fmt: skip
         # As `tandem bench` runs the orchestrator: seeded tie-breaks, no model configured.
         router_scheduler = build_scheduler(scheduler, rng=random.Random(seed), prefix_seed="")
         router = Router(
@@ -190,6 +203,8 @@ class VirtualCluster:
             if pod.role == "decode":
                 interval = pod.engine.held.heartbeat_interval
                 self.loop.at(now + interval, self._heartbeat_loop, pod, epoch)
+        if self.router.scaling is not None:
+            self.loop.at(now + self.path.scaling_sample_s, self._scaling_loop, epoch)
 
     def _ticking(self, epoch: int) -> bool:
         return self._pending > 0 and epoch == self._epoch
@@ -244,6 +259,13 @@ class VirtualCluster:
             flight.record.error = f"no answer {drain_limit_s:g} s after the last arrival"
             self._finish(flight)
 
+    def desired_replicas(self) -> dict[int, dict[str, float]]:
+        """Mean desired replicas per pool over each stage (empty without scaling signals)."""
+        return {
+            stage: {pool: sum(values) / len(values) for pool, values in pools.items()}
+            for stage, pools in self._desired.items()
+        }
+
     def utilization(self) -> dict[str, float]:
         """Share of the elapsed virtual time each pod spent in steps."""
         elapsed = self.loop.now or 1.0
@@ -260,6 +282,7 @@ class VirtualCluster:
             scraped_at=self.loop.now,
             block_size=engine.config.block_size,
             num_gpu_blocks=engine.config.num_gpu_blocks,
+            computed_prompt_tokens=engine.stats.prompt_tokens_by_source["local_compute"],
         )
         self.router.store.record_scrape(pod.name, metrics)
         endpoint = self.router.store.state(pod.name)
@@ -282,6 +305,14 @@ class VirtualCluster:
         self._scrape(pod)
         if self._ticking(epoch):
             self.loop.after(self.path.scrape_interval_s, self._scrape_loop, pod, epoch)
+
+    def _scaling_loop(self, epoch: int) -> None:
+        if self._stage is not None:
+            samples = self._desired.setdefault(self._stage, {})
+            for pool, needs in self.router.pool_needs().items():
+                samples.setdefault(pool, []).append(needs.desired)
+        if self._ticking(epoch):
+            self.loop.after(self.path.scaling_sample_s, self._scaling_loop, epoch)
 
     def _expiry_loop(self, pod: VirtualPod, epoch: int) -> None:
         if pod.engine.expire_held(self.loop.now):
@@ -307,6 +338,7 @@ class VirtualCluster:
 
     def _arrive(self, request: BenchRequest, offset_s: float = 0.0) -> None:
         now = self.loop.now
+        self._stage = request.stage
         body, prompt = self._prompt(request)
         record = RequestRecord(
             request_id=request.request_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench.ceilings import hit_rate_ceilings, hit_rate_kv_bounds, kv_capacity
@@ -27,7 +27,7 @@ from bench.results import BenchResults, RunResult, SloTargets, write_results
 from bench.summary import summarize_run
 from bench.workload import ClusterShape, Workload
 from costmodel.profiles import get_profile
-from orchestrator.config import OrchestratorConfigError, load_scheduler
+from orchestrator.config import OrchestratorConfigError, ScalingConfig, load_scheduler
 from orchestrator.scheduling.config import EndpointPickerConfig
 from planner.cluster import PathModel, VirtualCluster
 from planner.harness import HARNESSES
@@ -198,6 +198,24 @@ class _Outcome:
     records: list[RequestRecord]
     note: str
     seconds: float
+    desired_replicas: dict[int, dict[str, float]] = field(default_factory=dict)
+    """Mean desired replicas per pool, by stage."""
+
+
+SCALING_WINDOW_S = 5.0
+"""The scaling signals' rate window in a plan: well inside a stage (20-30 s in the shipped
+workloads), so each stage's mean reads its own load."""
+
+
+def scaling_config(workload: Workload) -> ScalingConfig:
+    """The scaling signals for a workload's pods and SLO, in model time."""
+    return ScalingConfig(
+        profile=workload.profile_for("decode"),
+        pool_profiles={role: workload.profile_for(role) for role in ("prefill", "both")},
+        ttft_s=workload.slo.ttft_ms / 1000,
+        itl_s=workload.slo.itl_ms / 1000,
+        window_s=SCALING_WINDOW_S,
+    )
 
 
 def _simulate(
@@ -212,12 +230,14 @@ def _simulate(
     cluster = VirtualCluster.build(
         job.shape, workload.role_profiles(), job.config, prompts, workload.model,
         path=options.path, seed=options.seed, on_done=on_done,
+        scaling=scaling_config(workload),
     )  # fmt: skip
     starts = None
     if options.harness == "inference-perf":
         starts = stage_starts(schedule(workload, quick=options.quick))
     records = cluster.run(requests, stage_starts=starts)
-    return _Outcome(records, _utilization_note(cluster), time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return _Outcome(records, _utilization_note(cluster), seconds, cluster.desired_replicas())
 
 
 def _label(job: _Job) -> str:
@@ -270,14 +290,17 @@ def run_plan(
                 shape=job.shape.model_dump(exclude_defaults=True),
                 policy=job.label,
                 gpus=workload.gpus_of(job.shape),
-                stages=summarize_run(
-                    outcome.records,
-                    stages,
-                    workload,
-                    None,
-                    ceilings,
-                    bounds[kv_capacity(workload, job.shape)],
-                ),
+                stages=[
+                    replace(summary, desired_replicas=outcome.desired_replicas.get(summary.stage))
+                    for summary in summarize_run(
+                        outcome.records,
+                        stages,
+                        workload,
+                        None,
+                        ceilings,
+                        bounds[kv_capacity(workload, job.shape)],
+                    )
+                ],
                 records=outcome.records,
                 notes=[outcome.note, f"simulated in {outcome.seconds:.1f} s of wall time"],
             )

@@ -28,6 +28,9 @@ class EngineMetrics:
     waiting_for_capacity: int | None = None
     """vllm:num_requests_waiting_by_reason{reason="capacity"}, where the engine reports it:
     the waiting requests that lack room, not those waiting for their KV to arrive."""
+    computed_prompt_tokens: float | None = None
+    """vllm:prompt_tokens_by_source{source="local_compute"}, where the engine reports it: the
+    prompt tokens it has computed itself since it started (a counter)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -635,3 +635,30 @@ def test_a_conversation_s_next_turn_waits_for_the_answer_and_the_think_time(
         # partial block is a hit.
         assert record.cached_tokens is not None
         assert record.cached_tokens >= prompts.tokens(requests[request.follows]) - 16
+
+
+def test_the_desired_replicas_of_each_pool_track_the_load_of_the_ladder(tmp_path: Path) -> None:
+    # Long prompts, all prefilled remotely: the prefill pool's need grows with the rate,
+    # while a few output tokens leave one decode pod enough.
+    workload = write_workload(
+        tmp_path, "llama-3.1-8b-h100-tp1",
+        "gpus: 2\nclusters: {pd-1-1: {prefill: 1, decode: 1}}\n"
+        "data: {type: random, num_prompts: 200, input_len: 6000, output_len: 4, seed: 1}\n"
+        "load: {type: poisson, stages: [{rate: 1, duration: 8}, {rate: 4, duration: 8},"
+        " {rate: 10, duration: 8}]}\n"
+        "slo: {ttft_ms: 1000, itl_ms: 50}\n",
+    )  # fmt: skip
+
+    plan = run_plan(PlanOptions(workload, ("token-load",), ("pd-1-1",), tmp_path / "out"))
+
+    [run] = plan.results.runs
+    desired = [stage.desired_replicas or {} for stage in run.stages]
+    prefill = [pools["prefill"] for pools in desired]
+    assert prefill == sorted(prefill)
+    assert prefill[0] <= 1.5 < 2.5 <= prefill[-1]
+    assert max(pools["decode"] for pools in desired) <= 1.5
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"decode {desired[0]['decode']:.1f} of 1, prefill {prefill[0]:.1f} of 1" in report
+    assert (tmp_path / "out" / "desired_replicas.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["runs"][0]["stages"][-1]["desired_replicas"]["prefill"] == prefill[-1]

@@ -211,3 +211,30 @@ def test_without_a_scaling_section_no_pool_is_sized() -> None:
     assert router.pool_needs() == {}
     router.refresh_gauges()
     assert "tandem_pool_desired_replicas{" not in generate_latest(router.metrics.registry).decode()
+
+
+def test_the_pools_own_token_counts_calibrate_the_orchestrators_estimate() -> None:
+    signal, store = _signal()
+    [prefill, _] = [e for e in store.endpoints() if e.role == "prefill"]
+    signal.observe_scrape(prefill, EngineMetrics(0, 0, 0.0, 0.0, computed_prompt_tokens=1000))
+    for tick in range(10):  # predicted at 8,000 tokens each, the pod computed 5,000
+        signal.record_prefill("prefill", 8000, float(tick))
+        signal.record_prefilled("prefill", 8000)
+    assert signal.token_ratio("prefill") == 1.0  # nothing counted by the pod yet
+    signal.observe_scrape(
+        prefill, EngineMetrics(0, 0, 0.0, 9.0, computed_prompt_tokens=1000 + 50_000)
+    )
+    assert signal.token_ratio("prefill") == pytest.approx(5 / 8)
+    needs = signal.needs(store.states(), 10.0)["prefill"]
+    assert needs.prefill_tokens_per_s == pytest.approx(5000)
+    assert needs.token_ratio == pytest.approx(5 / 8)
+    # A restarted pod's counter starts again: what it counted before is kept.
+    signal.observe_scrape(prefill, EngineMetrics(0, 0, 0.0, 11.0, computed_prompt_tokens=200))
+    signal.observe_scrape(prefill, EngineMetrics(0, 0, 0.0, 12.0, computed_prompt_tokens=400))
+    assert signal.token_ratio("prefill") == pytest.approx(50_200 / 80_000)
+    # Other pools keep their own ratio; a wild one is held within bounds.
+    signal.record_prefilled("decode", 60_000)
+    [decode, _] = [e for e in store.endpoints() if e.role == "decode"]
+    signal.observe_scrape(decode, EngineMetrics(0, 0, 0.0, 0.0, computed_prompt_tokens=0))
+    signal.observe_scrape(decode, EngineMetrics(0, 0, 0.0, 1.0, computed_prompt_tokens=10**7))
+    assert signal.token_ratio("decode") == 4.0
