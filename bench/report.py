@@ -384,8 +384,9 @@ def _desired_figure(results: BenchResults) -> Figure:
                 ax.axhline(count, linestyle=_POOL_STYLES[pool], color="grey", linewidth=0.8)
         ax.set_title(f"{cluster} ({_shape(shape)}; grey: pods it has)", fontsize=10)
         ax.set_xlabel("offered load (requests / model s)")
+        ax.set_yscale("log", base=2)  # past saturation a backlog's need grows by multiples
         ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("desired replicas (stage mean)")
+    axes[0].set_ylabel("desired replicas (stage mean, log)")
     handles, labels = [], []
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
