@@ -56,6 +56,13 @@ class SimPodConfig(BaseModel):
     """The NixlConnector's role; None runs without a KV connector (kv_transfer_params ignored)."""
     kv_lease_duration: int = Field(DEFAULT_KV_LEASE_DURATION_S, ge=1)
     kv_load_failure_policy: KVLoadFailurePolicy = "fail"
+    kv_drain_timeout: float | None = Field(None, ge=0.0)
+    """Model seconds a stopping pod, once its HTTP server has finished its requests, keeps the
+    KV side channel open for decoders to read the blocks it still holds for them. Unset: the
+    lease (`kv_lease_duration`), by when every hold no decoder heartbeats has expired anyway
+    (vllm-project/vllm: docs/design/kv_cache_lease.md). tandem's own setting: vLLM's
+    `--shutdown-timeout` waits for requests in flight, not for KV transfers (vllm-project/vllm
+    PR #36666)."""
     natural_output_len: int = Field(256, ge=1)
     """Tokens a request generates before the simulated model emits EOS (unless ignore_eos)."""
     tokenizer: str | None = None
@@ -76,6 +83,13 @@ class SimPodConfig(BaseModel):
     @property
     def model_name(self) -> str:
         return self.served_model_name or self.engine_profile.model
+
+    @property
+    def drain_timeout_s(self) -> float:
+        """How long a stopping pod waits for decoders to read its held KV, in model seconds."""
+        if self.kv_drain_timeout is None:
+            return float(self.kv_lease_duration)
+        return self.kv_drain_timeout
 
     def engine_config(self) -> EngineConfig:
         """The pure engine's configuration derived from this pod's settings."""

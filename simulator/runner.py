@@ -4,7 +4,8 @@ Model time runs `time_scale` times slower than wall time, so a small machine can
 hardware; everything the pod reports (metrics, timestamps) is in model time. One task steps
 the engine; each remote KV load runs as its own task (read over the side channel, wait the
 modelled transfer time, report back); a heartbeat task keeps producers' leases alive for
-remote-prefill requests still queued here.
+remote-prefill requests still queued here. A stopping producer waits for its consumers to
+read what it holds (`drain_held_kv`) before the loops stop.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from costmodel.profiles import EngineProfile
@@ -47,6 +49,20 @@ class ModelClock:
         await asyncio.sleep(model_seconds * self.time_scale)
 
 
+@dataclass(frozen=True, slots=True)
+class KVDrain:
+    """How a stopping producer's wait for its consumers ended."""
+
+    held: int
+    """KV block sets held for remote decoders when the wait began."""
+    expired: int
+    """Of those, how many were freed by their lease running out rather than read."""
+    left: int
+    """Still held when it ended; more than 0 only when it timed out."""
+    waited_s: float
+    """Model seconds the wait took."""
+
+
 class EngineRunner:
     """Owns the engine loop and routes each request's outputs to its stream."""
 
@@ -68,6 +84,7 @@ class EngineRunner:
         self.dead_reason: str | None = None
         self._streams: dict[str, asyncio.Queue[RequestOutput]] = {}
         self._wake = asyncio.Event()
+        self._holds_freed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -89,6 +106,24 @@ class EngineRunner:
     @property
     def alive(self) -> bool:
         return self.dead_reason is None
+
+    async def drain_held_kv(self, timeout_s: float) -> KVDrain:
+        """Wait until consumers have read and released every KV block set held for them (or
+        its lease ran out), for at most `timeout_s` model seconds. Call it before `stop`: the
+        side channel and the expiry loop free the blocks."""
+        start, stats = self.clock.now(), self.engine.stats.transfer
+        held, expired_before = len(self.engine.held.requests), stats.num_kv_expired_reqs
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s * self.clock.time_scale):
+                while self.engine.held.requests:
+                    self._holds_freed.clear()
+                    await self._holds_freed.wait()
+        return KVDrain(
+            held=held,
+            expired=stats.num_kv_expired_reqs - expired_before,
+            left=len(self.engine.held.requests),
+            waited_s=self.clock.now() - start,
+        )
 
     # -- requests --------------------------------------------------------------------------
 
@@ -152,6 +187,7 @@ class EngineRunner:
             released = self.engine.release_held(str(message["request_id"]))
             if released:
                 self._wake.set()
+                self._holds_freed.set()
             return {"ok": True, "released": released}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
@@ -168,6 +204,7 @@ class EngineRunner:
                 result = self.engine.step(max(self.clock.now(), last_end))
                 for load in self.engine.take_remote_loads():
                     self._spawn(self._remote_load(load))
+                self._holds_freed.set()  # a step frees the holds whose lease ran out
                 await self.clock.sleep_until(result.end)
                 last_end = result.end
                 if self._on_kv_events is not None:
@@ -240,6 +277,7 @@ class EngineRunner:
             await self.clock.sleep(1.0)
             if self.engine.expire_held(self.clock.now()):
                 self._wake.set()
+                self._holds_freed.set()
 
     def _deliver(self, output: RequestOutput) -> None:
         stream = self._streams.get(output.request_id)

@@ -26,7 +26,7 @@ from simulator.kv_connector import ProducerIdentity
 from simulator.kv_events import KVEventPublisher
 from simulator.metrics import build_registry
 from simulator.routes import PodState, router
-from simulator.runner import EngineRunner, ModelClock
+from simulator.runner import EngineRunner, KVDrain, ModelClock
 from simulator.serving import OpenAIServing
 from simulator.transfer import KVTransport, SideChannelClient, SideChannelServer
 
@@ -190,6 +190,10 @@ async def _lifespan(app: FastAPI, parts: _PodParts) -> AsyncIterator[None]:
     )
     try:
         yield
+        # uvicorn has stopped accepting connections and finished the requests in flight; the
+        # side channel stays open until decoders have read the KV this pod still holds.
+        if config.kv_role is not None:
+            _log_drain(await runner.drain_held_kv(config.drain_timeout_s))
     finally:
         if stall_signal:
             asyncio.get_running_loop().remove_signal_handler(METRICS_STALL_SIGNAL)
@@ -197,6 +201,19 @@ async def _lifespan(app: FastAPI, parts: _PodParts) -> AsyncIterator[None]:
         await side_channel.stop()
         if publisher is not None:
             await publisher.stop()
+
+
+def _log_drain(drain: KVDrain) -> None:
+    fields = {
+        "held": drain.held,
+        "expired": drain.expired,
+        "left": drain.left,
+        "waited_s": f"{drain.waited_s:.3f}",
+    }
+    if drain.left:
+        logger.warning("kv_drain_timed_out", **fields)
+    else:
+        logger.info("kv_drained", **fields)
 
 
 def _on_signal(signum: signal.Signals, handler: Callable[[], None]) -> bool:

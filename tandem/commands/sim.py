@@ -6,7 +6,11 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from cluster.topology import aggregated_pod
@@ -44,6 +48,7 @@ class SimOptions:
     max_num_batched_tokens: int | None
     kv_lease_duration: int | None
     kv_load_failure_policy: str | None
+    kv_drain_timeout: float | None
     natural_output_len: int | None
     tokenizer: str | None
     kv_events_config: str | None
@@ -87,6 +92,13 @@ def add_parser(subparsers: Subparsers) -> None:
     sim.add_argument("--max-num-batched-tokens", type=int)
     sim.add_argument("--kv-lease-duration", type=int)
     sim.add_argument("--kv-load-failure-policy", choices=("fail", "recompute"))
+    sim.add_argument(
+        "--kv-drain-timeout",
+        type=float,
+        help="on SIGTERM, once the requests in flight are answered, how long to keep serving "
+        "decoders' reads of the KV blocks still held for them (model seconds, like the lease; "
+        "default: the lease)",
+    )
     sim.add_argument("--natural-output-len", type=int)
     sim.add_argument("--tokenizer", help="path to a Hugging Face tokenizer.json")
     sim.add_argument(
@@ -130,7 +142,25 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from simulator.server import create_app
 
-    return serve(create_app(config), config.host, config.port, options.log_level, launch.tls)
+    with _sigterm_ends_in_success():
+        return serve(create_app(config), config.host, config.port, options.log_level, launch.tls)
+
+
+@contextmanager
+def _sigterm_ends_in_success() -> Iterator[None]:
+    """Exit 0 once SIGTERM has stopped the pod gracefully (requests answered, held KV read), as
+    a stop that was asked for. uvicorn handles the signal, then raises it again for the handler
+    installed before it (uvicorn/server.py, `capture_signals`): this one, which ends the process
+    with status 0 (at once, when the signal comes before uvicorn has started)."""
+    previous = signal.signal(signal.SIGTERM, _exit_with_success)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_with_success(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _pod_launch(role: str, profile: str, served_model_name: str | None) -> VllmLaunch:
@@ -164,6 +194,7 @@ def sim_config(options: SimOptions) -> tuple[VllmLaunch, SimPodConfig]:
         "max_num_batched_tokens": options.max_num_batched_tokens,
         "kv_lease_duration": options.kv_lease_duration,
         "kv_load_failure_policy": options.kv_load_failure_policy,
+        "kv_drain_timeout": options.kv_drain_timeout,
         "natural_output_len": options.natural_output_len,
         "tokenizer": options.tokenizer,
         "enable_request_id_headers": options.enable_request_id_headers or None,

@@ -65,6 +65,9 @@ def pod_config(**overrides: object) -> SimPodConfig:
         "side_channel_port": free_port(),
         "enable_prompt_tokens_details": True,
         "enable_server_load_tracking": True,
+        # A pod stopped at the end of a test does not wait for decoders to read the KV it
+        # still holds (many tests leave some behind on purpose); tests of the drain set it.
+        "kv_drain_timeout": 0.0,
     }
     values.update(overrides)
     return SimPodConfig.model_validate(values)

@@ -182,3 +182,26 @@ httpGet:
 {{- end -}}
 {{- end -}}
 
+
+{{/*
+The preStop hook that drains vLLM before it gets SIGTERM (files/drain.py, read by python3 from
+the command line), against vLLM's own /metrics on its port behind the sidecar.
+*/}}
+{{- define "tandem-decode.drainCommand" -}}
+{{- $d := .Values.drain -}}
+{{- $args := list "python3" "-c" (.Files.Get "files/drain.py")
+  "--url" "http://127.0.0.1:8200/metrics"
+  "--sleep" (toString (int $d.preStopSleepSeconds))
+  "--grace" (toString (int $d.graceSeconds))
+  "--timeout" (toString (int $d.timeoutSeconds)) -}}
+{{- toYaml $args -}}
+{{- end -}}
+
+{{/* Seconds between the deletion and SIGKILL: room for the drain hook and vLLM's exit. */}}
+{{- define "tandem-decode.terminationGracePeriod" -}}
+{{- $d := .Values.drain -}}
+{{- if and $d.enabled (le (int $d.terminationGracePeriodSeconds) (int $d.timeoutSeconds)) -}}
+{{- fail (printf "drain.terminationGracePeriodSeconds (%d) must exceed drain.timeoutSeconds (%d): Kubernetes kills the pod when the grace period ends, drain hook or not" (int $d.terminationGracePeriodSeconds) (int $d.timeoutSeconds)) -}}
+{{- end -}}
+{{- int $d.terminationGracePeriodSeconds -}}
+{{- end -}}

@@ -152,3 +152,35 @@ httpGet:
 {{- end -}}
 {{- end -}}
 
+
+{{/*
+The preStop hook that drains the pod before vLLM gets SIGTERM (files/drain.py, read by
+python3 from the command line), against the pod's own /metrics; over TLS with the mounted
+certificates when the pod serves TLS.
+*/}}
+{{- define "tandem-prefill.drainCommand" -}}
+{{- $d := .Values.drain -}}
+{{- $dir := include "tandem-prefill.tlsDir" . -}}
+{{- $scheme := ternary "https" "http" .Values.tls.enabled -}}
+{{- $args := list "python3" "-c" (.Files.Get "files/drain.py")
+  "--url" (printf "%s://127.0.0.1:8000/metrics" $scheme)
+  "--sleep" (toString (int $d.preStopSleepSeconds))
+  "--grace" (toString (int $d.graceSeconds))
+  "--timeout" (toString (int $d.timeoutSeconds)) -}}
+{{- if .Values.tls.enabled -}}
+{{- $args = concat $args (list "--cafile" (printf "%s/ca.crt" $dir)) -}}
+{{- if .Values.tls.mutual -}}
+{{- $args = concat $args (list "--certfile" (printf "%s/tls.crt" $dir) "--keyfile" (printf "%s/tls.key" $dir)) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $args -}}
+{{- end -}}
+
+{{/* Seconds between the deletion and SIGKILL: room for the drain hook and vLLM's exit. */}}
+{{- define "tandem-prefill.terminationGracePeriod" -}}
+{{- $d := .Values.drain -}}
+{{- if and $d.enabled (le (int $d.terminationGracePeriodSeconds) (int $d.timeoutSeconds)) -}}
+{{- fail (printf "drain.terminationGracePeriodSeconds (%d) must exceed drain.timeoutSeconds (%d): Kubernetes kills the pod when the grace period ends, drain hook or not" (int $d.terminationGracePeriodSeconds) (int $d.timeoutSeconds)) -}}
+{{- end -}}
+{{- int $d.terminationGracePeriodSeconds -}}
+{{- end -}}
