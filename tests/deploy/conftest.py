@@ -71,6 +71,30 @@ SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
         "tandem-orchestrator": {"extraEnv": [OTLP_ENV]},
         "tandem-decode": {"sidecar": {"env": [OTLP_ENV]}},
     },
+    "autoscaling-keda": {
+        **{
+            chart: {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 12}}
+            for chart in ("tandem-prefill", "tandem-decode")
+        },
+        "tandem-orchestrator": {
+            "scaling": {
+                "profile": "qwen3-32b-h100-tp2",
+                "poolProfiles": {"decode": "llama-3.1-70b-h100-tp4"},
+                "ttftSeconds": 1.5,
+                "maxReplicas": 12,
+            }
+        },
+    },
+    "autoscaling-hpa": {
+        chart: {
+            "autoscaling": {
+                "enabled": True,
+                "kind": "hpa",
+                "orchestratorSelector": 'service="llama-8b-orchestrator"',
+            }
+        }
+        for chart in ("tandem-prefill", "tandem-decode")
+    },
     "inference-pool-elsewhere": {
         "tandem-orchestrator": {
             "inferencePool": {"enabled": True, "endpointPicker": {"service": "tandem-epp"}},

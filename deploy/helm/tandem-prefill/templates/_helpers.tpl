@@ -184,3 +184,14 @@ certificates when the pod serves TLS.
 {{- end -}}
 {{- int $d.terminationGracePeriodSeconds -}}
 {{- end -}}
+
+{{/*
+The pods the prefill pool needs, from every orchestrator replica's scaling signals: each replica
+sees its own share of the routed prompts (summed), all of them the same pods' KV and batches
+(the largest taken); the same sum the orchestrator's tandem_pool_desired_replicas makes alone.
+*/}}
+{{- define "tandem-prefill.desiredReplicasQuery" -}}
+{{- $sel := .Values.autoscaling.orchestratorSelector | default (printf "namespace=%q" .Release.Namespace) -}}
+{{- $pool := printf "tandem_pool_replicas_needed{pool=\"prefill\",%s" $sel -}}
+ceil(sum(max by (instance) ({{ $pool }},signal=~"prefill_rate|prefill_backlog"})) + max({{ $pool }},signal=~"kv|itl"}))
+{{- end -}}
