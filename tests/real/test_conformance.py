@@ -93,6 +93,7 @@ def test_real_pods_expose_what_tandem_reads(pd_cluster: RealCluster, pod: str) -
     assert metrics.num_gpu_blocks is not None
     assert metrics.num_gpu_blocks > 0
     assert metrics.waiting_for_capacity == 0
+    assert metrics.computed_prompt_tokens is not None  # the scaling signals' calibration
 
 
 def test_simulated_pod_exposes_no_vllm_family_the_engine_lacks(
