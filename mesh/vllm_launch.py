@@ -82,6 +82,9 @@ class VllmLaunch:
     kv_events_port: int | None = KV_EVENTS_PORT
     """None: the pod publishes no KV events."""
     kv_events_replay_port: int | None = KV_EVENTS_REPLAY_PORT
+    otlp_traces_endpoint: str | None = None
+    """Where vLLM exports its own spans (`--otlp-traces-endpoint`, an OTLP collector), under
+    the trace context the sidecar sends; None: it records none."""
     extra_args: tuple[str, ...] = field(default=())
     python: str | None = None
     """Start the server as `python -m vllm.entrypoints.openai.api_server` with this Python
@@ -157,6 +160,8 @@ class VllmLaunch:
         events = self.kv_events_argument()
         if events is not None:
             args += ["--kv-events-config", events]
+        if self.otlp_traces_endpoint is not None:
+            args += ["--otlp-traces-endpoint", self.otlp_traces_endpoint]
         return args + self.tls_args() + list(self.extra_args)
 
     def tls_args(self) -> list[str]:

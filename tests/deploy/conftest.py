@@ -22,7 +22,9 @@ MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 TLS_SECRET = "llama-tls"
 """The Secret with the certificates in the tls scenario."""
 OTLP_ENV = {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://127.0.0.1:4318"}
-"""Where a release sends its spans in the tracing scenario."""
+OTLP_GRPC = "http://127.0.0.1:4317"
+"""Where a release sends its spans in the tracing scenario (tandem's over OTLP/HTTP, vLLM's
+over OTLP/gRPC)."""
 
 REQUIRED: dict[str, dict[str, Any]] = {
     "tandem-prefill": {"servingName": SERVING_NAME, "model": MODEL},
@@ -69,7 +71,11 @@ SCENARIOS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "tracing": {
         "tandem-orchestrator": {"extraEnv": [OTLP_ENV]},
-        "tandem-decode": {"sidecar": {"env": [OTLP_ENV]}},
+        "tandem-prefill": {"tracing": {"otlpTracesEndpoint": OTLP_GRPC}},
+        "tandem-decode": {
+            "sidecar": {"env": [OTLP_ENV]},
+            "tracing": {"otlpTracesEndpoint": OTLP_GRPC},
+        },
     },
     "autoscaling-keda": {
         **{

@@ -108,6 +108,7 @@ def launch_from_values(role: Role, values: Mapping[str, Any]) -> VllmLaunch:
         kv_events_replay_port=events["replayPort"],
         extra_args=tuple(values["extraArgs"]),
         tls=_served_tls(role, values["tls"]),
+        otlp_traces_endpoint=values["tracing"]["otlpTracesEndpoint"] or None,
     )
 
 

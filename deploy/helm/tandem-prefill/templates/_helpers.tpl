@@ -84,6 +84,9 @@ written by hand: toJson would sort its keys.
 {{- with (include "tandem-prefill.kvEventsConfig" .) -}}
 {{- $args = concat $args (list "--kv-events-config" .) -}}
 {{- end -}}
+{{- with $v.tracing.otlpTracesEndpoint -}}
+{{- $args = concat $args (list "--otlp-traces-endpoint" .) -}}
+{{- end -}}
 {{- $args = concat $args (fromYamlArray (include "tandem-prefill.tlsArgs" .)) -}}
 {{- $args = concat $args $v.extraArgs -}}
 {{- toYaml $args -}}
