@@ -5,13 +5,15 @@ Requests are streamed completions (`stream_options.include_usage`, `ignore_eos`,
 first chunk with text, ITL the gaps between later chunks, end-to-end the time to [DONE]; all
 converted to model seconds by the time scale. The generator also watches itself: how late it
 sends requests, and how busy the machine's CPUs are, so a report can say when the machine,
-not the system under test, set the numbers.
+not the system under test, set the numbers; and, where the target is a tandem orchestrator
+with scaling signals, each pool's desired replicas as the run goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +56,38 @@ class CpuSampler:
     def busy_between(self, start: float, end: float) -> float | None:
         values = [busy for at, busy in self.samples if start <= at <= end]
         return sum(values) / len(values) if values else None
+
+
+_DESIRED = re.compile(r'^tandem_pool_desired_replicas\{pool="([a-z]+)"\} (\S+)$', re.MULTILINE)
+
+
+@dataclass(slots=True)
+class DesiredReplicasSampler:
+    """Each pool's desired replicas as the orchestrator at `metrics_url` exports them
+    (`tandem_pool_desired_replicas`), sampled during a run; none from a target without them."""
+
+    metrics_url: str
+    samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+
+    async def sample(self, client: httpx.AsyncClient, at: float) -> None:
+        try:
+            text = (await client.get(self.metrics_url, timeout=5.0)).text
+        except httpx.HTTPError:
+            return
+        desired = {pool: float(value) for pool, value in _DESIRED.findall(text)}
+        if desired:
+            self.samples.append((at, desired))
+
+    def mean_between(self, start: float, end: float) -> dict[str, float] | None:
+        """Each pool's mean over the samples taken from `start` to `end` (model seconds)."""
+        taken = [desired for at, desired in self.samples if start <= at <= end]
+        pools = {pool for desired in taken for pool in desired}
+        if not pools:
+            return None
+        return {
+            pool: sum(d[pool] for d in taken if pool in d) / sum(pool in d for d in taken)
+            for pool in sorted(pools)
+        }
 
 
 async def _one(
@@ -125,6 +159,8 @@ async def run_load(
     *,
     on_done: Callable[[RequestRecord], None] | None = None,
     cpu: CpuSampler | None = None,
+    desired: DesiredReplicasSampler | None = None,
+    sample_interval_s: float = 1.0,
 ) -> list[RequestRecord]:
     """Send every request at its arrival time (scaled to wall time), a conversation's later
     turns each a think time after the turn before has ended; return their records."""
@@ -150,7 +186,12 @@ async def run_load(
                 cpu.sample(model_clock())
                 await asyncio.sleep(0.5)
 
-        watcher = asyncio.create_task(watch_cpu())
+        async def watch_desired() -> None:
+            while desired is not None:
+                await desired.sample(client, model_clock())
+                await asyncio.sleep(sample_interval_s)
+
+        watchers = [asyncio.create_task(watch()) for watch in (watch_cpu, watch_desired)]
         following = next_turns(requests)
 
         def record_of(request: BenchRequest, scheduled_s: float) -> RequestRecord:
@@ -185,5 +226,6 @@ async def run_load(
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(converse(request)))
         await asyncio.gather(*tasks)
-        watcher.cancel()
+        for watcher in watchers:
+            watcher.cancel()
     return records

@@ -19,7 +19,7 @@ import httpx
 from rich.progress import Progress
 
 from bench.ceilings import hit_rate_ceilings, hit_rate_kv_bounds, kv_capacity
-from bench.client import CpuSampler, run_load
+from bench.client import CpuSampler, DesiredReplicasSampler, run_load
 from bench.generate import (
     BenchRequest,
     PromptSet,
@@ -87,9 +87,10 @@ def _run_one(
     options: BenchOptions,
     progress: Progress,
     label: str,
-) -> tuple[list[RequestRecord], CpuSampler]:
+) -> tuple[list[RequestRecord], CpuSampler, DesiredReplicasSampler]:
     task = progress.add_task(label, total=len(requests))
     cpu = CpuSampler()
+    desired = DesiredReplicasSampler(f"{url}/metrics")
     records = asyncio.run(
         run_load(
             f"{url}/v1/completions",
@@ -99,9 +100,10 @@ def _run_one(
             options.time_scale,
             on_done=lambda _: progress.advance(task),
             cpu=cpu,
+            desired=desired,
         )
     )
-    return records, cpu
+    return records, cpu, desired
 
 
 def orchestrator_notes(url: str) -> list[str]:
@@ -153,7 +155,7 @@ def run_bench(options: BenchOptions) -> BenchResults:
             label = f"{cluster_name} / {policy}"
             notes: list[str] = []
             if options.target:
-                records, cpu = _run_one(
+                records, cpu, desired = _run_one(
                     options.target.rstrip("/"),
                     workload.model,
                     requests,
@@ -169,7 +171,7 @@ def run_bench(options: BenchOptions) -> BenchResults:
                 spec = _spec(cluster_shape, workload, policy, options)
                 run_dir = options.output / "runs" / f"{cluster_name}-{policy}"
                 with LocalCluster(spec, run_dir) as cluster:
-                    records, cpu = _run_one(
+                    records, cpu, desired = _run_one(
                         cluster.url, None, requests, prompts, options, progress, label
                     )
                     notes = orchestrator_notes(cluster.url)
@@ -182,7 +184,7 @@ def run_bench(options: BenchOptions) -> BenchResults:
                     prompts, requests, kv_capacity(workload, workload.clusters[cluster_name])
                 )
             )
-            summaries = summarize_run(records, stages, workload, cpu, ceilings, kv_bounds)
+            summaries = summarize_run(records, stages, workload, cpu, ceilings, kv_bounds, desired)
             runs.append(
                 RunResult.from_stages(
                     cluster=cluster_name,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
@@ -243,6 +244,13 @@ class BusyShare(Protocol):
     def busy_between(self, start: float, end: float) -> float | None: ...
 
 
+class DesiredReplicas(Protocol):
+    """What a live run's sampler of the orchestrator's scaling signals tells: each pool's
+    mean desired replicas over a span."""
+
+    def mean_between(self, start: float, end: float) -> dict[str, float] | None: ...
+
+
 def hit_rate(records: Sequence[RequestRecord]) -> float | None:
     served = [r for r in records if r.success and r.cached_tokens is not None]
     prompt = sum(r.prompt_tokens for r in served)
@@ -256,9 +264,11 @@ def summarize_run(
     cpu: BusyShare | None,
     ceilings: Mapping[int, float] | None = None,
     kv_bounds: Mapping[int, float] | None = None,
+    desired: DesiredReplicas | None = None,
 ) -> list[StageSummary]:
     """Per-stage summaries; `cpu` (absent in virtual time) flags machine-limited stages;
-    `ceilings` and `kv_bounds` are the stages' hit-rate ceilings and bounds (`bench.ceilings`)."""
+    `ceilings` and `kv_bounds` are the stages' hit-rate ceilings and bounds (`bench.ceilings`);
+    `desired`, the orchestrator's desired replicas per pool over each stage."""
     summaries = []
     start = 0.0
     for index, stage in stages:
@@ -266,20 +276,21 @@ def summarize_run(
         if index >= 0:
             in_stage = [r for r in records if r.stage == index]
             busy = cpu.busy_between(start, end) if cpu is not None else None
-            summaries.append(
-                summarize_stage(
-                    stage=index,
-                    rate=stage.rate,
-                    duration_s=stage.duration,
-                    records=in_stage,
-                    slo_ttft_s=workload.slo.ttft_ms / 1000,
-                    slo_itl_s=workload.slo.itl_ms / 1000,
-                    slo_itl_p99_s=workload.slo.itl_p99_s,
-                    hit_rate=hit_rate(in_stage),
-                    cpu_saturated=busy is not None and busy >= CPU_SATURATED,
-                    hit_rate_ceiling=(ceilings or {}).get(index),
-                    hit_rate_kv_bound=(kv_bounds or {}).get(index),
-                )
+            summary = summarize_stage(
+                stage=index,
+                rate=stage.rate,
+                duration_s=stage.duration,
+                records=in_stage,
+                slo_ttft_s=workload.slo.ttft_ms / 1000,
+                slo_itl_s=workload.slo.itl_ms / 1000,
+                slo_itl_p99_s=workload.slo.itl_p99_s,
+                hit_rate=hit_rate(in_stage),
+                cpu_saturated=busy is not None and busy >= CPU_SATURATED,
+                hit_rate_ceiling=(ceilings or {}).get(index),
+                hit_rate_kv_bound=(kv_bounds or {}).get(index),
             )
+            if desired is not None:
+                summary = replace(summary, desired_replicas=desired.mean_between(start, end))
+            summaries.append(summary)
         start = end
     return summaries

@@ -37,10 +37,13 @@ def test_quick_bench_writes_results_report_and_plots(tmp_path: Path) -> None:
         assert all(record.output_tokens == 8 for record in run.records)
         assert [stage.stage for stage in run.stages] == [0, 1]
         assert all(stage.hit_rate is not None for stage in run.stages)
+        # The orchestrator's scaling signals, sampled as the stages ran.
+        assert all((stage.desired_replicas or {}).get("both", 0) >= 1 for stage in run.stages)
     assert json.loads((out / "results.json").read_text())
     assert "## Highest stage" in (out / "report.md").read_text()
     plots = sorted(out.glob("*.png"))
     assert [p.name for p in plots] == [
-        "hit_rate.png", "output_throughput.png", "success_rate.png", "ttft_p50.png"
+        "desired_replicas.png", "hit_rate.png", "output_throughput.png", "success_rate.png",
+        "ttft_p50.png",
     ]  # fmt: skip
     assert all(p.read_bytes().startswith(PNG_SIGNATURE) for p in plots)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import pytest
 
+from bench.client import DesiredReplicasSampler
 from bench.records import Percentiles, RequestRecord, StageSummary
 from bench.summary import (
     completion_window_s,
@@ -350,3 +354,26 @@ def test_histogram_quantiles_are_the_upper_bounds_of_their_buckets() -> None:
         0.001, 0.01, float("inf"),
     )  # fmt: skip
     assert histogram_quantiles(exposition, "other_seconds", (0.5,)) is None
+
+
+def test_the_desired_replicas_sampler_reads_the_orchestrators_gauges_and_averages_a_span() -> None:
+    expositions = iter([
+        'tandem_pool_desired_replicas{pool="prefill"} 2.0\n'
+        'tandem_pool_desired_replicas{pool="decode"} 1.0\n',
+        'tandem_pool_desired_replicas{pool="prefill"} 4.0\n',
+        "vllm:num_requests_running 3.0\n",  # a target without scaling signals
+    ])  # fmt: skip
+    transport = httpx.MockTransport(lambda _: httpx.Response(200, text=next(expositions)))
+    sampler = DesiredReplicasSampler("http://127.0.0.1:1/metrics")
+
+    async def sample_three() -> None:
+        async with httpx.AsyncClient(transport=transport) as client:
+            for at in (1.0, 2.0, 3.0):
+                await sampler.sample(client, at)
+
+    asyncio.run(sample_three())
+
+    assert sampler.samples == [(1.0, {"prefill": 2.0, "decode": 1.0}), (2.0, {"prefill": 4.0})]
+    assert sampler.mean_between(0.0, 5.0) == {"decode": 1.0, "prefill": 3.0}
+    assert sampler.mean_between(1.5, 5.0) == {"prefill": 4.0}
+    assert sampler.mean_between(2.5, 5.0) is None
