@@ -126,6 +126,10 @@ DEFAULT_TTFT_S, DEFAULT_ITL_S = 0.5, 0.05
 (ai-dynamo/dynamo: components/src/dynamo/planner/defaults.py, `SLAPlannerDefaults`)."""
 
 
+SCALING_POOLS = ("prefill", "decode", "both")
+"""The pools the scaling signals size: prefill-only pods, decode pods, aggregated pods."""
+
+
 class ScalingConfig(_Strict):
     """Scaling signals (`orchestrator/scaling.py`): each pool's desired replicas, from the
     load the orchestrator sees and what a pod of `profile` sustains within the SLO."""
@@ -158,11 +162,10 @@ class ScalingConfig(_Strict):
 
     @model_validator(mode="after")
     def _known_profile(self) -> ScalingConfig:
-        pools = ("prefill", "decode", "both")
-        unknown_pools = sorted(set(self.pool_profiles) - set(pools))
+        unknown_pools = sorted(set(self.pool_profiles) - set(SCALING_POOLS))
         if unknown_pools:
             raise ValueError(f"pool_profiles: no pool {', '.join(unknown_pools)}; pools: "
-                             f"{', '.join(pools)}")  # fmt: skip
+                             f"{', '.join(SCALING_POOLS)}")  # fmt: skip
         for profile in (self.profile, *self.pool_profiles.values()):
             if profile not in PROFILES:
                 known = ", ".join(sorted(PROFILES))

@@ -41,12 +41,12 @@ from dataclasses import dataclass, field
 from costmodel.capacity import decode_pods_for_itl, prefill_tokens_per_s, scaled
 from costmodel.profiles import StepCoefficients, get_profile
 from mesh.endpoints import Endpoint, Role
-from orchestrator.config import ScalingConfig
+from orchestrator.config import SCALING_POOLS, ScalingConfig
 from orchestrator.endpoints import EndpointState
 from orchestrator.scheduling.saturation import PREFILL_POOL_ROLES
 from orchestrator.scheduling.types import EngineMetrics
 
-POOLS = ("prefill", "decode", "both")
+POOLS = SCALING_POOLS
 SIGNALS = ("prefill_rate", "prefill_backlog", "kv", "itl")
 CALIBRATION_MIN_TOKENS = 50_000
 """Predicted tokens of ended prefills a pool needs before its calibration is trusted: a

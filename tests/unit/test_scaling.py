@@ -238,3 +238,18 @@ def test_the_pools_own_token_counts_calibrate_the_orchestrators_estimate() -> No
     signal.observe_scrape(decode, EngineMetrics(0, 0, 0.0, 0.0, computed_prompt_tokens=0))
     signal.observe_scrape(decode, EngineMetrics(0, 0, 0.0, 1.0, computed_prompt_tokens=10**7))
     assert signal.token_ratio("decode") == 4.0
+
+
+def test_a_pool_profile_names_a_pool() -> None:
+    with pytest.raises(OrchestratorConfigError, match="pool_profiles: no pool aggregated"):
+        parse_orchestrator_config(
+            {"scaling": {"profile": PROFILE, "pool_profiles": {"aggregated": PROFILE}}}
+        )
+
+
+def test_a_pool_of_other_pods_is_sized_by_its_own_profile() -> None:
+    signal, store = _signal(pool_profiles={"decode": "llama-3.1-70b-h100-tp4"})
+    needs = signal.needs(store.states(), 1.0)
+    big = get_profile("llama-3.1-70b-h100-tp4").step
+    assert needs["prefill"].pod_prefill_tokens_per_s == pytest.approx(prefill_tokens_per_s(STEP, 1))
+    assert needs["decode"].pod_prefill_tokens_per_s == pytest.approx(prefill_tokens_per_s(big, 1))
