@@ -114,6 +114,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"tandem: {exc}", file=sys.stderr)
         return 1
     finally:
-        print("stopping ...", file=sys.stderr)
+        # Pods drain as they stop (a prefill pod waits for its KV to be read); a second
+        # Ctrl-C kills what is left at once.
+        signal.signal(signal.SIGTERM, lambda *_: cluster.hurry())
+        signal.signal(signal.SIGINT, lambda *_: cluster.hurry())
+        print("stopping ... (Ctrl-C again to kill at once)", file=sys.stderr)
         cluster.stop()
     return 0

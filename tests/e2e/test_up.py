@@ -114,3 +114,23 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path, layout: tuple[str, ...]) ->
     assert wait_until(lambda: not any(_alive(pid) for pid in children), timeout_s=10)
     assert _port_free(port)
     assert all(_port_free(base_port + offset) for offset in range(4))
+
+
+def test_a_second_signal_while_stopping_kills_what_is_left_at_once(tmp_path: Path) -> None:
+    with tandem_up(tmp_path, "--aggregated", "1") as (process, _, _):
+        children = _children(process.pid)
+        direct = sorted(
+            int(child)
+            for task in Path(f"/proc/{process.pid}/task").glob("*/children")
+            for child in task.read_text().split()
+        )
+        os.kill(direct[0], signal.SIGSTOP)  # a child that will not stop by itself
+        process.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: "stopping" in (tmp_path / "up.log").read_text(), timeout_s=10)
+        assert process.poll() is None  # waiting for the child, up to its grace period
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=5) == 0
+
+    log = (tmp_path / "up.log").read_text()
+    assert "Traceback" not in log
+    assert wait_until(lambda: not any(_alive(pid) for pid in children), timeout_s=10)
