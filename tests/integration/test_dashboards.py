@@ -22,7 +22,7 @@ def expositions() -> dict[str, str]:
             {"name": "prefill-0", "host": "127.0.0.1", "port": pd.prefill.port, "role": "prefill"},
             {"name": "decode-0", "host": "127.0.0.1", "port": sidecar_port, "role": "decode"},
         ]
-        with gateway(endpoints) as url:
+        with gateway(endpoints, scaling={"profile": "llama-3.1-8b-h100-tp1"}) as url:
             assert wait_until(lambda: healthy(url) == 2)
             body = {"model": MODEL, "prompt": words(600), "max_tokens": 4}
             assert complete(url, body).status_code == 200
