@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -387,16 +388,23 @@ def _desired_figure(results: BenchResults) -> Figure:
         ax.set_yscale("log", base=2)  # past saturation a backlog's need grows by multiples
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("desired replicas (stage mean, log)")
-    handles, labels = [], []
+    handles, labels = _legend_entries(axes)
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize=8)
+    figure.suptitle(f"Scaling signals: desired replicas per pool — {results.workload}")
+    return figure
+
+
+def _legend_entries(axes: Sequence[Axes]) -> tuple[list[Any], list[str]]:
+    """Every panel's legend entries, each label once, in the order the panels show them."""
+    handles: list[Any] = []
+    labels: list[str] = []
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
-    if handles:
-        figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize=8)
-    figure.suptitle(f"Scaling signals: desired replicas per pool — {results.workload}")
-    return figure
+    return handles, labels
 
 
 def _figure(
@@ -427,12 +435,7 @@ def _figure(
         elif ylabel.endswith("(%)"):
             ax.set_ylim(0, 105)
     axes[0].set_ylabel(ylabel)
-    handles, labels = [], []
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
+    handles, labels = _legend_entries(axes)
     # Policies first, in run order; then the markers (machine-limited, published figures).
     order = sorted(range(len(labels)), key=lambda i: labels[i] not in policies)
     if handles:

@@ -5,7 +5,6 @@ same sum over several orchestrator replicas that each see a share of the traffic
 from __future__ import annotations
 
 import math
-import random
 from typing import Any
 
 import helm_python
@@ -15,14 +14,12 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.config import ScalingConfig, parse_orchestrator_config
-from orchestrator.endpoints import EndpointStore
-from orchestrator.metrics import GatewayMetrics
 from orchestrator.router import Router
-from orchestrator.scheduling.config import build_scheduler
 from orchestrator.scheduling.types import EngineMetrics
 from tests.deploy.conftest import NAMESPACE, RELEASE, REQUIRED, Rendered
 from tests.support.endpoints import pool
 from tests.support.promql import evaluate
+from tests.support.routers import router as make_router
 
 POOLS = {"tandem-prefill": "prefill", "tandem-decode": "decode"}
 
@@ -114,17 +111,11 @@ def test_the_query_picks_the_orchestrator_it_is_told_to(
 def _orchestrator(prefill_tokens: int, kv_usage: float) -> Router:
     """An orchestrator replica that routed one long prompt still being prefilled, over
     decode pods at `kv_usage`."""
-    config = parse_orchestrator_config(
+    router = make_router(
         {"scheduler": "token-load",  # always disaggregates
-         "scaling": {"profile": "llama-3.1-8b-h100-tp1", "ttft_s": 0.05, "window_s": 10.0}}
-    )  # fmt: skip
-    router = Router(
-        config=config,
-        scheduler=build_scheduler(config.scheduler_config(), rng=random.Random(1)),
-        store=EndpointStore(config.scrape.staleness_s),
-        metrics=GatewayMetrics(),
+         "scaling": {"profile": "llama-3.1-8b-h100-tp1", "ttft_s": 0.05, "window_s": 10.0}},
         clock=lambda: 10.0,
-    )
+    )  # fmt: skip
     endpoints = pool("prefill", 2, 1) + pool("decode", 3, 2)
     router.on_endpoints(endpoints)
     for endpoint in endpoints:

@@ -3,29 +3,17 @@ tokens that pod is predicted not to hold, until its first byte."""
 
 from __future__ import annotations
 
-import random
-
-from orchestrator.config import parse_orchestrator_config
-from orchestrator.endpoints import EndpointStore
-from orchestrator.metrics import GatewayMetrics
 from orchestrator.router import Router
-from orchestrator.scheduling.config import build_scheduler
 from orchestrator.scheduling.types import EngineMetrics
 from tests.support.endpoints import pool
+from tests.support.routers import router as make_router
 from tests.unit.scheduling.support import group_prompt, make_request
 
 NOW = 10.0
 
 
 def _router() -> Router:
-    config = parse_orchestrator_config({"scheduler": "token-load"})  # always disaggregates
-    router = Router(
-        config=config,
-        scheduler=build_scheduler(config.scheduler_config(), rng=random.Random(1)),
-        store=EndpointStore(config.scrape.staleness_s),
-        metrics=GatewayMetrics(),
-        clock=lambda: NOW,
-    )
+    router = make_router({"scheduler": "token-load"}, clock=lambda: NOW)  # always disaggregates
     endpoints = pool("prefill", 1, 1) + pool("decode", 1, 2)
     router.on_endpoints(endpoints)
     for endpoint in endpoints:

@@ -4,7 +4,6 @@ desired replicas from the load the orchestrator sees."""
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 from prometheus_client import generate_latest
@@ -14,12 +13,10 @@ from costmodel.profiles import get_profile
 from costmodel.step import decode_step_seconds
 from orchestrator.config import OrchestratorConfigError, ScalingConfig, parse_orchestrator_config
 from orchestrator.endpoints import EndpointStore
-from orchestrator.metrics import GatewayMetrics
-from orchestrator.router import Router
 from orchestrator.scaling import ScalingSignal
-from orchestrator.scheduling.config import build_scheduler
 from orchestrator.scheduling.types import EngineMetrics
 from tests.support.endpoints import pool
+from tests.support.routers import router as make_router
 from tests.unit.scheduling.support import make_request
 
 PROFILE = "llama-3.1-8b-h100-tp1"
@@ -170,14 +167,8 @@ def test_the_scaling_section_names_a_known_profile() -> None:
 
 def test_the_router_counts_each_prefill_where_it_runs_and_exports_the_gauges() -> None:
     now = 10.0
-    config = parse_orchestrator_config(
-        {"scheduler": "token-load", "scaling": {"profile": PROFILE, "window_s": 10.0}}
-    )  # token-load always disaggregates
-    router = Router(
-        config=config,
-        scheduler=build_scheduler(config.scheduler_config(), rng=random.Random(1)),
-        store=EndpointStore(config.scrape.staleness_s),
-        metrics=GatewayMetrics(),
+    router = make_router(  # token-load always disaggregates
+        {"scheduler": "token-load", "scaling": {"profile": PROFILE, "window_s": 10.0}},
         clock=lambda: now,
     )
     endpoints = pool("prefill", 1, 1) + pool("decode", 2, 2)
@@ -199,14 +190,7 @@ def test_the_router_counts_each_prefill_where_it_runs_and_exports_the_gauges() -
 
 
 def test_without_a_scaling_section_no_pool_is_sized() -> None:
-    config = parse_orchestrator_config({})
-    router = Router(
-        config=config,
-        scheduler=build_scheduler(config.scheduler_config(), rng=random.Random(1)),
-        store=EndpointStore(2.0),
-        metrics=GatewayMetrics(),
-        clock=lambda: 0.0,
-    )
+    router = make_router({})
     router.on_endpoints(pool("decode", 1, 1))
     assert router.pool_needs() == {}
     router.refresh_gauges()
