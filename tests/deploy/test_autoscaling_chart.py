@@ -159,7 +159,7 @@ def test_the_query_gives_what_one_orchestrator_asks_for(
     desired = _desired(router, POOLS[chart])
     assert desired > 1  # the signals are busy: the bounds play no part
 
-    [(labels, value)] = evaluate(query, _scraped({"10.0.0.1:8000": router})).items()
+    [(labels, value)] = evaluate(query, _scraped({"127.0.0.11:8000": router})).items()
 
     assert labels == ()
     assert value == desired
@@ -171,7 +171,7 @@ def test_the_query_sums_what_replicas_route_and_counts_the_pods_once(
     chart = {name: rendered[name, "autoscaling-keda"] for name in POOLS}
     one = _orchestrator(prefill_tokens=60_000, kv_usage=0.7)
     other = _orchestrator(prefill_tokens=30_000, kv_usage=0.7)
-    samples = _scraped({"10.0.0.1:8000": one, "10.0.0.2:8000": other})
+    samples = _scraped({"127.0.0.11:8000": one, "127.0.0.12:8000": other})
 
     [prefill] = evaluate(_query(chart["tandem-prefill"]), samples).values()
     [decode] = evaluate(_query(chart["tandem-decode"]), samples).values()
