@@ -279,20 +279,21 @@ class Router:
         elif change is BreakerState.CLOSED:
             logger.info("circuit_closed", endpoint=endpoint)
 
-    def prefill_done(self, loads: Loads) -> None:
-        """The first byte came back: the prompt no longer loads whoever prefilled it."""
+    def prefill_done(self, loads: Loads, *, computed: bool = True) -> None:
+        """The first byte came back (`computed`), or the request ended without one: the
+        prompt no longer loads whoever prefilled it."""
         if not loads.prefill_done:
             loads.prefill_done = True
             self.store.release_tokens(loads.prefill or loads.decode, loads.tokens)
             if loads.prefill:
                 self.store.release(loads.prefill)
-            if self.scaling is not None and loads.pool is not None:
+            if computed and self.scaling is not None and loads.pool is not None:
                 self.scaling.record_prefilled(loads.pool, loads.tokens)
             self._capacity_changed()
 
     def release(self, loads: Loads) -> None:
         """The answer ended (or failed)."""
-        self.prefill_done(loads)
+        self.prefill_done(loads, computed=False)  # a no-op after a first byte
         self.store.release(loads.decode)
         for endpoint in loads.probes:
             self.store.abandon_probe(endpoint)

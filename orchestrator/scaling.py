@@ -164,7 +164,8 @@ class ScalingSignal:
             "itl": 0.0,
         }
         if pool != "prefill":
-            scraped = [state.metrics for state in states if state.metrics is not None]
+            # Pods that stopped answering scrapes say nothing of the load now.
+            scraped = [s.metrics for s in states if s.healthy and s.metrics is not None]
             running = sum(m.running for m in scraped)
             pod_tokens = self._kv_capacity_tokens[pool]
             context = sum(

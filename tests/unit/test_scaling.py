@@ -237,3 +237,42 @@ def test_a_pool_of_other_pods_is_sized_by_its_own_profile() -> None:
     big = get_profile("llama-3.1-70b-h100-tp4").step
     assert needs["prefill"].pod_prefill_tokens_per_s == pytest.approx(prefill_tokens_per_s(STEP, 1))
     assert needs["decode"].pod_prefill_tokens_per_s == pytest.approx(prefill_tokens_per_s(big, 1))
+
+
+def test_a_request_that_ended_before_its_first_byte_does_not_calibrate() -> None:
+    router = make_router(
+        {"scheduler": "token-load", "scaling": {"profile": PROFILE}}, clock=lambda: 1.0
+    )
+    endpoints = pool("prefill", 1, 1) + pool("decode", 1, 2)
+    router.on_endpoints(endpoints)
+    for endpoint in endpoints:
+        router.store.record_scrape(endpoint.name, EngineMetrics(0, 0, 0.0, 1.0))
+    [prefill] = [e for e in endpoints if e.role == "prefill"]
+    predicted = 0
+
+    def route(first_byte: bool) -> None:
+        nonlocal predicted
+        request = make_request(f"prompt {predicted} {first_byte} " + "word " * 3000)
+        loads = router.acquire(request, router.schedule(request))
+        if first_byte:
+            router.prefill_done(loads)
+            predicted += loads.tokens
+        router.release(loads)  # after a failure (refused, timed out): nothing computed
+
+    router.on_scrape(prefill, EngineMetrics(0, 0, 0.0, 1.0, computed_prompt_tokens=0), None)
+    for _ in range(20):
+        route(first_byte=False)
+    for _ in range(20):
+        route(first_byte=True)
+    router.on_scrape(prefill, EngineMetrics(0, 0, 0.0, 2.0, computed_prompt_tokens=60_000), None)
+    assert router.scaling is not None
+    assert router.scaling.token_ratio("prefill") == pytest.approx(60_000 / predicted)
+
+
+def test_a_pod_that_stopped_answering_scrapes_adds_no_decode_need() -> None:
+    signal, store = _signal()
+    decoders = [e.name for e in store.endpoints() if e.role == "decode"]
+    for name in decoders:
+        store.record_scrape(name, EngineMetrics(0, 50, 0.9, 1.0))
+    store.record_scrape_failure(decoders[0], "ConnectError", definitive=True)
+    assert signal.needs(store.states(), 1.0)["decode"].needs["kv"] == pytest.approx(0.9 / 0.8)
