@@ -126,8 +126,8 @@ class Router:
         if error is not None:
             self.metrics.scrape_errors.labels(endpoint.name).inc()
             return
-        if metrics is not None and metrics.num_gpu_blocks and metrics.block_size:
-            capacity = metrics.num_gpu_blocks * metrics.block_size
+        capacity = None if metrics is None else metrics.kv_capacity_tokens
+        if capacity is not None:
             self.scheduler.endpoint_capacity(endpoint.name, capacity)
         if metrics is not None and self.scaling is not None:
             self.scaling.observe_scrape(endpoint, metrics)

@@ -167,12 +167,8 @@ class ScalingSignal:
             # Pods that stopped answering scrapes say nothing of the load now.
             scraped = [s.metrics for s in states if s.healthy and s.metrics is not None]
             running = sum(m.running for m in scraped)
-            pod_tokens = self._kv_capacity_tokens[pool]
-            context = sum(
-                m.kv_usage * (m.num_gpu_blocks * m.block_size if m.num_gpu_blocks and m.block_size
-                              else pod_tokens)
-                for m in scraped
-            )  # fmt: skip
+            pod_tokens = self._kv_capacity_tokens[pool]  # where a pod does not say its own
+            context = sum(m.kv_usage * (m.kv_capacity_tokens or pod_tokens) for m in scraped)
             needs["kv"] = sum(m.kv_usage for m in scraped) / c.kv_utilization
             needs["itl"] = decode_pods_for_itl(step, running, round(context), c.itl_s)
         total = max(needs["prefill_rate"], needs["prefill_backlog"]) + max(

@@ -32,6 +32,13 @@ class EngineMetrics:
     """vllm:prompt_tokens_by_source{source="local_compute"}, where the engine reports it: the
     prompt tokens it has computed itself since it started (a counter)."""
 
+    @property
+    def kv_capacity_tokens(self) -> int | None:
+        """Tokens the pod's KV cache holds, where its cache geometry is known."""
+        if not self.num_gpu_blocks or not self.block_size:
+            return None
+        return self.num_gpu_blocks * self.block_size
+
 
 @dataclass(frozen=True, slots=True)
 class EndpointView:
