@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.generate import BenchRequest, PromptSet, next_turns
 from bench.records import RequestRecord
@@ -58,7 +58,7 @@ class CpuSampler:
         return sum(values) / len(values) if values else None
 
 
-_DESIRED = re.compile(r'^tandem_pool_desired_replicas\{pool="([a-z]+)"\} (\S+)$', re.MULTILINE)
+DESIRED_REPLICAS = "tandem_pool_desired_replicas"
 
 
 @dataclass(slots=True)
@@ -74,12 +74,18 @@ class DesiredReplicasSampler:
             text = (await client.get(self.metrics_url, timeout=5.0)).text
         except httpx.HTTPError:
             return
-        desired = {pool: float(value) for pool, value in _DESIRED.findall(text)}
+        desired = {
+            sample.labels["pool"]: sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == DESIRED_REPLICAS
+            for sample in family.samples
+        }
         if desired:
             self.samples.append((at, desired))
 
-    def mean_between(self, start: float, end: float) -> dict[str, float] | None:
-        """Each pool's mean over the samples taken from `start` to `end` (model seconds)."""
+    def during(self, stage: int, start: float, end: float) -> dict[str, float] | None:
+        """Each pool's mean over the samples taken from `start` to `end` (model seconds),
+        the span of `stage` (`bench.summary.StageDesiredReplicas`: a live run goes by time)."""
         taken = [desired for at, desired in self.samples if start <= at <= end]
         pools = {pool for desired in taken for pool in desired}
         if not pools:

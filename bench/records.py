@@ -95,5 +95,5 @@ class StageSummary:
     hit_rate_kv_bound: float | None = None
     """What `hit_rate` could be with the cluster's KV capacity (`bench.ceilings`)."""
     desired_replicas: dict[str, float] | None = None
-    """Mean of the orchestrator's desired replicas per pool over the stage (`tandem plan`
-    samples its scaling signals); None where not sampled."""
+    """Mean of the orchestrator's desired replicas per pool over the stage, as its scaling
+    signals said (`tandem plan` and `tandem bench` sample them); None where not sampled."""

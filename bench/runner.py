@@ -184,7 +184,10 @@ def run_bench(options: BenchOptions) -> BenchResults:
                     prompts, requests, kv_capacity(workload, workload.clusters[cluster_name])
                 )
             )
-            summaries = summarize_run(records, stages, workload, cpu, ceilings, kv_bounds, desired)
+            summaries = summarize_run(
+                records, stages, workload, cpu, ceilings, kv_bounds,
+                desired=desired.during,
+            )  # fmt: skip
             runs.append(
                 RunResult.from_stages(
                     cluster=cluster_name,

@@ -8,7 +8,7 @@ stage and the counters it scraped, and gets back numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -244,11 +244,9 @@ class BusyShare(Protocol):
     def busy_between(self, start: float, end: float) -> float | None: ...
 
 
-class DesiredReplicas(Protocol):
-    """What a live run's sampler of the orchestrator's scaling signals tells: each pool's
-    mean desired replicas over a span."""
-
-    def mean_between(self, start: float, end: float) -> dict[str, float] | None: ...
+StageDesiredReplicas = Callable[[int, float, float], dict[str, float] | None]
+"""Each pool's mean desired replicas during a stage, given the stage and its span (start,
+end): sampled by time in a live run, by stage in virtual time."""
 
 
 def hit_rate(records: Sequence[RequestRecord]) -> float | None:
@@ -264,7 +262,7 @@ def summarize_run(
     cpu: BusyShare | None,
     ceilings: Mapping[int, float] | None = None,
     kv_bounds: Mapping[int, float] | None = None,
-    desired: DesiredReplicas | None = None,
+    desired: StageDesiredReplicas | None = None,
 ) -> list[StageSummary]:
     """Per-stage summaries; `cpu` (absent in virtual time) flags machine-limited stages;
     `ceilings` and `kv_bounds` are the stages' hit-rate ceilings and bounds (`bench.ceilings`);
@@ -290,7 +288,7 @@ def summarize_run(
                 hit_rate_kv_bound=(kv_bounds or {}).get(index),
             )
             if desired is not None:
-                summary = replace(summary, desired_replicas=desired.mean_between(start, end))
+                summary = replace(summary, desired_replicas=desired(index, start, end))
             summaries.append(summary)
         start = end
     return summaries

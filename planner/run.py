@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.ceilings import hit_rate_ceilings, hit_rate_kv_bounds, kv_capacity
@@ -290,17 +290,15 @@ def run_plan(
                 shape=job.shape.model_dump(exclude_defaults=True),
                 policy=job.label,
                 gpus=workload.gpus_of(job.shape),
-                stages=[
-                    replace(summary, desired_replicas=outcome.desired_replicas.get(summary.stage))
-                    for summary in summarize_run(
-                        outcome.records,
-                        stages,
-                        workload,
-                        None,
-                        ceilings,
-                        bounds[kv_capacity(workload, job.shape)],
-                    )
-                ],
+                stages=summarize_run(
+                    outcome.records,
+                    stages,
+                    workload,
+                    None,
+                    ceilings,
+                    bounds[kv_capacity(workload, job.shape)],
+                    desired=lambda stage, *_, means=outcome.desired_replicas: means.get(stage),
+                ),
                 records=outcome.records,
                 notes=[outcome.note, f"simulated in {outcome.seconds:.1f} s of wall time"],
             )

@@ -374,6 +374,6 @@ def test_the_desired_replicas_sampler_reads_the_orchestrators_gauges_and_average
     asyncio.run(sample_three())
 
     assert sampler.samples == [(1.0, {"prefill": 2.0, "decode": 1.0}), (2.0, {"prefill": 4.0})]
-    assert sampler.mean_between(0.0, 5.0) == {"decode": 1.0, "prefill": 3.0}
-    assert sampler.mean_between(1.5, 5.0) == {"prefill": 4.0}
-    assert sampler.mean_between(2.5, 5.0) is None
+    assert sampler.during(0, 0.0, 5.0) == {"decode": 1.0, "prefill": 3.0}
+    assert sampler.during(0, 1.5, 5.0) == {"prefill": 4.0}
+    assert sampler.during(0, 2.5, 5.0) is None
