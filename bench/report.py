@@ -367,9 +367,8 @@ def _desired_figure(results: BenchResults) -> Figure:
     """Each pool's mean desired replicas against the offered load, one panel per cluster,
     with the pods the cluster has as a thin grey line."""
     clusters = list(results.clusters)
-    figure = Figure(figsize=(max(7.0, 4.6 * len(clusters) + 0.6), 5.0), layout="constrained")
-    axes = figure.subplots(1, len(clusters), sharey=True, squeeze=False)[0]
-    colors = {p: f"C{i % 10}" for i, p in enumerate(results.policies)}
+    figure, axes = _panels(len(clusters))
+    colors = _policy_colors(results)
     for ax, cluster in zip(axes, clusters, strict=True):
         shape = results.clusters.get(cluster, {})
         for run in (r for r in results.runs if r.cluster == cluster):
@@ -395,6 +394,17 @@ def _desired_figure(results: BenchResults) -> Figure:
     return figure
 
 
+def _panels(count: int) -> tuple[Figure, Sequence[Axes]]:
+    """A figure of `count` side-by-side panels (one per cluster) sharing their y axis."""
+    figure = Figure(figsize=(max(7.0, 4.6 * count + 0.6), 5.0), layout="constrained")
+    return figure, list(figure.subplots(1, count, sharey=True, squeeze=False)[0])
+
+
+def _policy_colors(results: BenchResults) -> dict[str, str]:
+    """One colour per policy, in run order, the same in every plot."""
+    return {policy: f"C{i % 10}" for i, policy in enumerate(results.policies)}
+
+
 def _legend_entries(axes: Sequence[Axes]) -> tuple[list[Any], list[str]]:
     """Every panel's legend entries, each label once, in the order the panels show them."""
     handles: list[Any] = []
@@ -416,10 +426,9 @@ def _figure(
     log_y: bool,
 ) -> Figure:
     clusters = list(results.clusters) or ["(no runs)"]
-    figure = Figure(figsize=(max(7.0, 4.6 * len(clusters) + 0.6), 5.0), layout="constrained")
-    axes = figure.subplots(1, len(clusters), sharey=True, squeeze=False)[0]
+    figure, axes = _panels(len(clusters))
     policies = results.policies
-    colors = {p: f"C{i % 10}" for i, p in enumerate(policies)}
+    colors = _policy_colors(results)
     for ax, cluster in zip(axes, clusters, strict=True):
         runs = [r for r in results.runs if r.cluster == cluster]
         for run in runs:

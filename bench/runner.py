@@ -185,9 +185,8 @@ def run_bench(options: BenchOptions) -> BenchResults:
                 )
             )
             summaries = summarize_run(
-                records, stages, workload, cpu, ceilings, kv_bounds,
-                desired=desired.during,
-            )  # fmt: skip
+                records, stages, workload, cpu, ceilings, kv_bounds, desired=desired.during
+            )
             runs.append(
                 RunResult.from_stages(
                     cluster=cluster_name,
