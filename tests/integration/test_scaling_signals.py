@@ -61,7 +61,6 @@ def test_desired_prefill_replicas_follow_the_prefill_queue() -> None:
                     )
                     time.sleep(0.05)
                 statuses = [answer.result().status_code for answer in answers]
-            drained_at = time.monotonic()
 
             assert statuses == [200] * BURST
             assert peak_backlog > 2  # the queue held more than two pods clear within the TTFT
@@ -75,5 +74,4 @@ def test_desired_prefill_replicas_follow_the_prefill_queue() -> None:
                 lambda: _gauge(url, "tandem_pool_desired_replicas", pool="prefill") == 1,
                 timeout_s=10,
             )
-            assert time.monotonic() - drained_at < 10
             assert _gauge(url, "tandem_pool_desired_replicas", pool="decode") == 1
