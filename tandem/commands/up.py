@@ -97,7 +97,15 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(options.run_dir) if options.run_dir else default_run_dir()
     cluster = LocalCluster(spec, run_dir)
 
+    def hurry(signum: int, _frame: object) -> None:
+        cluster.hurry()
+
     def terminate(signum: int, _frame: object) -> None:
+        # Stopping starts now (here, or inside a start that had not finished): pods drain as
+        # they stop (a prefill pod waits for its KV to be read), and a second signal kills
+        # what is left at once.
+        signal.signal(signal.SIGTERM, hurry)
+        signal.signal(signal.SIGINT, hurry)
         raise KeyboardInterrupt
 
     # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then
@@ -114,10 +122,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"tandem: {exc}", file=sys.stderr)
         return 1
     finally:
-        # Pods drain as they stop (a prefill pod waits for its KV to be read); a second
-        # Ctrl-C kills what is left at once.
-        signal.signal(signal.SIGTERM, lambda *_: cluster.hurry())
-        signal.signal(signal.SIGINT, lambda *_: cluster.hurry())
+        signal.signal(signal.SIGTERM, hurry)
+        signal.signal(signal.SIGINT, hurry)
         print("stopping ... (Ctrl-C again to kill at once)", file=sys.stderr)
         cluster.stop()
     return 0
