@@ -30,12 +30,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from mesh.errors import OpenAIError
-from mesh.logs import EventLog
-from orchestrator.config import AdmissionConfig
-from orchestrator.metrics import GatewayMetrics
-from orchestrator.router import Loads, Pools, Router
-from orchestrator.scheduling.types import PDDecision, SchedulingRequest, SchedulingResult
+from tandem.errors import OpenAIError
+from tandem.logs import EventLog
+from tandem.orchestrator.config import AdmissionConfig
+from tandem.orchestrator.metrics import GatewayMetrics
+from tandem.orchestrator.router import Loads, Pools, Router
+from tandem.orchestrator.scheduling.types import PDDecision, SchedulingRequest, SchedulingResult
 
 logger = EventLog(__name__)
 

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from orchestrator.gateway import Gateway
-from orchestrator.router import can_decode
+from tandem.orchestrator.gateway import Gateway
+from tandem.orchestrator.router import can_decode
 
 api = APIRouter()
 

@@ -1,7 +1,7 @@
 """The orchestrator's app factory: it wires the gateway's parts, and its lifespan owns the
 HTTP client, discovery, scraping, KV event subscriptions, the config reloader and, when
 enabled, the gRPC server (on the same event loop, around the same router). The routes are
-`orchestrator.api`'s."""
+`tandem.orchestrator.api`'s."""
 
 from __future__ import annotations
 
@@ -17,22 +17,22 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-from mesh.discovery import KubernetesEndpoints
-from mesh.endpoints import EndpointSource, StaticEndpoints
-from mesh.http import install_error_handlers
-from orchestrator.admission import Admission
-from orchestrator.api import api
-from orchestrator.config import OrchestratorConfig
-from orchestrator.endpoints import EndpointStore
-from orchestrator.gateway import Gateway
-from orchestrator.grpc_server import GrpcServer, start_grpc_server
-from orchestrator.kv_events import KVEventSubscriptions
-from orchestrator.metrics import GatewayMetrics
-from orchestrator.reload import ConfigReloader
-from orchestrator.router import Router
-from orchestrator.scheduling.config import EndpointPickerConfig, build_scheduler
-from orchestrator.scheduling.scheduler import Scheduler
-from orchestrator.scraper import MetricsScraper
+from tandem.discovery.endpoints import EndpointSource, StaticEndpoints
+from tandem.discovery.kubernetes import KubernetesEndpoints
+from tandem.http.handlers import install_error_handlers
+from tandem.orchestrator.admission import Admission
+from tandem.orchestrator.api import api
+from tandem.orchestrator.config import OrchestratorConfig
+from tandem.orchestrator.endpoints import EndpointStore
+from tandem.orchestrator.gateway import Gateway
+from tandem.orchestrator.grpc_server import GrpcServer, start_grpc_server
+from tandem.orchestrator.kv_events import KVEventSubscriptions
+from tandem.orchestrator.metrics import GatewayMetrics
+from tandem.orchestrator.reload import ConfigReloader
+from tandem.orchestrator.router import Router
+from tandem.orchestrator.scheduling.config import EndpointPickerConfig, build_scheduler
+from tandem.orchestrator.scheduling.scheduler import Scheduler
+from tandem.orchestrator.scraper import MetricsScraper
 
 _KEEPALIVE_CONNECTIONS = 512
 

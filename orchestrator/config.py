@@ -30,25 +30,21 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from costmodel.capacity import DEFAULT_MAX_NUM_BATCHED_TOKENS
-from costmodel.profiles import PROFILES
-from mesh.discovery_config import KubernetesDiscoveryConfig
-from mesh.endpoints import ROLE_LABEL, Endpoint
-from mesh.tls import ClientTLS
-from orchestrator.circuit_breaker import CircuitBreakerConfig
-from orchestrator.scheduling.config import (
+from tandem.costmodel.capacity import DEFAULT_MAX_NUM_BATCHED_TOKENS
+from tandem.costmodel.profiles import PROFILES
+from tandem.discovery.config import KubernetesDiscoveryConfig
+from tandem.discovery.endpoints import ROLE_LABEL, Endpoint
+from tandem.errors import OrchestratorConfigError, SchedulerConfigError, field_problems
+from tandem.http.tls import ClientTLS
+from tandem.orchestrator.circuit_breaker import CircuitBreakerConfig
+from tandem.orchestrator.scheduling.config import (
     EndpointPickerConfig,
-    SchedulerConfigError,
     load_config_file,
     parse_config,
 )
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 SHIPPED_SCHEDULERS = tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-
-
-class OrchestratorConfigError(ValueError):
-    """The orchestrator configuration is invalid; the message names the field."""
 
 
 class _Strict(BaseModel):
@@ -242,11 +238,7 @@ def parse_orchestrator_config(document: dict[str, Any]) -> OrchestratorConfig:
     try:
         return OrchestratorConfig.model_validate(document)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"])
-            problems.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
-        raise OrchestratorConfigError("; ".join(problems)) from None
+        raise OrchestratorConfigError(field_problems(exc.errors())) from None
 
 
 def load_orchestrator_config(path: str | Path) -> OrchestratorConfig:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mesh.endpoints import Endpoint
-from orchestrator.circuit_breaker import BreakerState, CircuitBreaker, CircuitBreakerConfig
-from orchestrator.scheduling.types import EndpointView, EngineMetrics
+from tandem.discovery.endpoints import Endpoint
+from tandem.orchestrator.circuit_breaker import BreakerState, CircuitBreaker, CircuitBreakerConfig
+from tandem.orchestrator.scheduling.types import EndpointView, EngineMetrics
 
 
 @dataclass(slots=True)

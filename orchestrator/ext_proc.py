@@ -56,18 +56,18 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
-from mesh.errors import REJECT_REASON_HEADER, OpenAIError, error_body
-from mesh.logs import EventLog
-from mesh.protocol import PREFILLER_HEADER, REQUEST_ID_HEADER, request_id_of
-from orchestrator.config import OrchestratorConfig
-from orchestrator.gateway import ROUTES
-from orchestrator.inference_request import parse_inference_request
-from orchestrator.router import Loads, Router
-from orchestrator.scheduling.plugins.session_affinity_scorer import (
+from tandem.errors import REJECT_REASON_HEADER, OpenAIError, error_body
+from tandem.http.protocol import PREFILLER_HEADER, REQUEST_ID_HEADER, request_id_of
+from tandem.logs import EventLog
+from tandem.orchestrator.config import OrchestratorConfig
+from tandem.orchestrator.gateway import ROUTES
+from tandem.orchestrator.inference_request import parse_inference_request
+from tandem.orchestrator.router import Loads, Router
+from tandem.orchestrator.scheduling.plugins.session_affinity_scorer import (
     SESSION_TOKEN_HEADER,
     encode_session_token,
 )
-from orchestrator.scheduling.types import SchedulingRequest, SchedulingResult
+from tandem.orchestrator.scheduling.types import SchedulingRequest, SchedulingResult
 
 logger = EventLog(__name__)
 

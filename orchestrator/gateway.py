@@ -21,10 +21,9 @@ import httpx
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 
-from mesh.endpoints import Endpoint
-from mesh.errors import CLIENT_CLOSED_REQUEST, ClientDisconnected, OpenAIError
-from mesh.logs import EventLog
-from mesh.protocol import (
+from tandem.discovery.endpoints import Endpoint
+from tandem.errors import CLIENT_CLOSED_REQUEST, ClientDisconnected, OpenAIError
+from tandem.http.protocol import (
     ERROR_STAGE_HEADER,
     NOT_STARTED_HEADER,
     PREFILL_FAILED_HEADER,
@@ -34,27 +33,28 @@ from mesh.protocol import (
     SIDECAR_REPORT_HEADERS,
     request_id_of,
 )
-from mesh.proxy import (
+from tandem.http.proxy import (
     cancel_on_disconnect,
     downstream_headers,
     relay_stream,
     upstream_failure,
     upstream_headers,
 )
-from mesh.tracing import Span, SpanKind, current_span, extract, inject, tracer
-from orchestrator.admission import Admission, Priority, priority_of
-from orchestrator.config import OrchestratorConfig
-from orchestrator.endpoints import EndpointStore
-from orchestrator.inference_request import InferenceRequest, parse_inference_request
-from orchestrator.kv_events import KVEventSubscriptions
-from orchestrator.metrics import GatewayMetrics
-from orchestrator.router import Loads, Router, log_placement
-from orchestrator.scheduling.plugins.session_affinity_scorer import (
+from tandem.http.tracing import Span, SpanKind, current_span, extract, inject, tracer
+from tandem.logs import EventLog
+from tandem.orchestrator.admission import Admission, Priority, priority_of
+from tandem.orchestrator.config import OrchestratorConfig
+from tandem.orchestrator.endpoints import EndpointStore
+from tandem.orchestrator.inference_request import InferenceRequest, parse_inference_request
+from tandem.orchestrator.kv_events import KVEventSubscriptions
+from tandem.orchestrator.metrics import GatewayMetrics
+from tandem.orchestrator.router import Loads, Router, log_placement
+from tandem.orchestrator.scheduling.plugins.session_affinity_scorer import (
     SESSION_TOKEN_HEADER,
     encode_session_token,
 )
-from orchestrator.scheduling.types import SchedulingResult
-from orchestrator.scraper import MetricsScraper
+from tandem.orchestrator.scheduling.types import SchedulingResult
+from tandem.orchestrator.scraper import MetricsScraper
 
 logger = EventLog(__name__)
 

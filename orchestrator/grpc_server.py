@@ -16,10 +16,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from mesh.logs import EventLog
-from orchestrator import ext_proc, pick_service
-from orchestrator.config import OrchestratorConfig
-from orchestrator.router import Router
+from tandem.logs import EventLog
+from tandem.orchestrator import ext_proc, pick_service
+from tandem.orchestrator.config import OrchestratorConfig
+from tandem.orchestrator.router import Router
 
 logger = EventLog(__name__)
 

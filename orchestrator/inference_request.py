@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.errors import OpenAIError
-from mesh.protocol import json_object, strip_tandem_fields
-from orchestrator.scheduling.types import EnginePrompt, SchedulingRequest
+from tandem.errors import OpenAIError
+from tandem.http.protocol import json_object, strip_tandem_fields
+from tandem.orchestrator.scheduling.types import EnginePrompt, SchedulingRequest
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """Following every endpoint's KV events into the precise prefix index.
 
 With a `precise-prefix-cache-producer` configured, one task per endpoint subscribes to the
-pod's KV event publisher (ZMQ SUB, `kvcache.events`) as discovery adds it and stops as
+pod's KV event publisher (ZMQ SUB, `tandem.kvcache.events`) as discovery adds it and stops as
 discovery removes it:
 
 1. subscribe (live batches queue up from now on);
@@ -25,11 +25,12 @@ from collections.abc import Callable
 import zmq
 import zmq.asyncio
 
-from kvcache.events import END_SEQ, EventBatch, EventFormatError, decode_batch, decode_message
-from mesh.endpoints import Endpoint
-from mesh.logs import EventLog
-from orchestrator.metrics import GatewayMetrics
-from orchestrator.scheduling.framework import PreciseMatcher
+from tandem.discovery.endpoints import Endpoint
+from tandem.errors import EventFormatError
+from tandem.kvcache.events import END_SEQ, EventBatch, decode_batch, decode_message
+from tandem.logs import EventLog
+from tandem.orchestrator.metrics import GatewayMetrics
+from tandem.orchestrator.scheduling.framework import PreciseMatcher
 
 logger = EventLog(__name__)
 

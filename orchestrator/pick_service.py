@@ -21,19 +21,19 @@ from typing import Any, NoReturn
 
 import grpc
 
-from mesh.endpoints import Role
-from mesh.errors import OpenAIError
-from mesh.protocol import request_id_of
-from orchestrator.config import OrchestratorConfig
-from orchestrator.inference_request import parse_inference_request
-from orchestrator.router import Router, log_placement
-from orchestrator.scheduling.types import (
+from tandem.discovery.endpoints import Role
+from tandem.errors import OpenAIError
+from tandem.http.protocol import request_id_of
+from tandem.orchestrator.config import OrchestratorConfig
+from tandem.orchestrator.inference_request import parse_inference_request
+from tandem.orchestrator.router import Router, log_placement
+from tandem.orchestrator.scheduling.types import (
     PDDecision,
     ProfileResult,
     SchedulingResult,
     ScoredEndpoint,
 )
-from proto.tandem.v1 import pick_pb2, pick_pb2_grpc
+from tandem.v1 import pick_pb2, pick_pb2_grpc
 
 SERVICE_NAME: str = pick_pb2.DESCRIPTOR.services_by_name["Picker"].full_name
 """`tandem.v1.Picker`, the name gRPC health reports the service under."""

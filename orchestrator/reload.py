@@ -17,14 +17,14 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-from mesh.logs import EventLog
-from orchestrator.config import (
+from tandem.errors import OrchestratorConfigError, SchedulerConfigError
+from tandem.logs import EventLog
+from tandem.orchestrator.config import (
     SHIPPED_SCHEDULERS,
     OrchestratorConfig,
-    OrchestratorConfigError,
     load_orchestrator_config,
 )
-from orchestrator.scheduling.config import EndpointPickerConfig, SchedulerConfigError
+from tandem.orchestrator.scheduling.config import EndpointPickerConfig
 
 logger = EventLog("tandem.reload")
 

@@ -12,24 +12,23 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from mesh.endpoints import Endpoint, Role
-from mesh.errors import OpenAIError
-from mesh.logs import EventLog
-from orchestrator.circuit_breaker import BreakerState
-from orchestrator.config import OrchestratorConfig
-from orchestrator.endpoints import EndpointStore
-from orchestrator.metrics import GatewayMetrics
-from orchestrator.scaling import PoolNeeds, ScalingSignal, pool_of
-from orchestrator.scheduling.saturation import (
+from tandem.discovery.endpoints import Endpoint, Role
+from tandem.errors import OpenAIError, SchedulingError
+from tandem.logs import EventLog
+from tandem.orchestrator.circuit_breaker import BreakerState
+from tandem.orchestrator.config import OrchestratorConfig
+from tandem.orchestrator.endpoints import EndpointStore
+from tandem.orchestrator.metrics import GatewayMetrics
+from tandem.orchestrator.scaling import PoolNeeds, ScalingSignal, pool_of
+from tandem.orchestrator.scheduling.saturation import (
     PREFILL_POOL_ROLES,
     SaturationDetector,
     in_prefill_pool,
 )
-from orchestrator.scheduling.scheduler import Scheduler
-from orchestrator.scheduling.types import (
+from tandem.orchestrator.scheduling.scheduler import Scheduler
+from tandem.orchestrator.scheduling.types import (
     EndpointView,
     EngineMetrics,
-    SchedulingError,
     SchedulingRequest,
     SchedulingResult,
 )

@@ -38,13 +38,13 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from costmodel.capacity import decode_pods_for_itl, prefill_tokens_per_s, scaled
-from costmodel.profiles import StepCoefficients, get_profile
-from mesh.endpoints import Endpoint, Role
-from orchestrator.config import SCALING_POOLS, ScalingConfig
-from orchestrator.endpoints import EndpointState
-from orchestrator.scheduling.saturation import PREFILL_POOL_ROLES
-from orchestrator.scheduling.types import EngineMetrics
+from tandem.costmodel.capacity import decode_pods_for_itl, prefill_tokens_per_s, scaled
+from tandem.costmodel.profiles import StepCoefficients, get_profile
+from tandem.discovery.endpoints import Endpoint, Role
+from tandem.orchestrator.config import SCALING_POOLS, ScalingConfig
+from tandem.orchestrator.endpoints import EndpointState
+from tandem.orchestrator.scheduling.saturation import PREFILL_POOL_ROLES
+from tandem.orchestrator.scheduling.types import EngineMetrics
 
 POOLS = SCALING_POOLS
 SIGNALS = ("prefill_rate", "prefill_backlog", "kv", "itl")

@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from mesh.endpoints import Endpoint
-from mesh.logs import EventLog
-from orchestrator.endpoints import EndpointStore
-from orchestrator.scheduling.types import EngineMetrics
+from tandem.discovery.endpoints import Endpoint
+from tandem.errors import MetricsParseError
+from tandem.logs import EventLog
+from tandem.orchestrator.endpoints import EndpointStore
+from tandem.orchestrator.scheduling.types import EngineMetrics
 
 logger = EventLog(__name__)
 
@@ -32,10 +33,6 @@ KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 CACHE_INFO = "vllm:cache_config_info"
 WAITING_BY_REASON = "vllm:num_requests_waiting_by_reason"
 PROMPT_TOKENS_BY_SOURCE = "vllm:prompt_tokens_by_source"
-
-
-class MetricsParseError(ValueError):
-    """The /metrics text lacks what the scheduler needs."""
 
 
 _WANTED = (*WAITING, *RUNNING, *KV_USAGE, CACHE_INFO, WAITING_BY_REASON, PROMPT_TOKENS_BY_SOURCE)

@@ -1,12 +1,14 @@
 """Generate the Python stubs of tandem's gRPC API from its .proto sources.
 
-    python -m proto.generate            # (re)write the stubs next to each .proto
-    python -m proto.generate --check    # exit 1, listing the stubs that differ
+    python proto/generate.py            # (re)write the stubs under tandem/
+    python proto/generate.py --check    # exit 1, listing the stubs that differ
 
-The same as `python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=.
-<file>.proto` run from the repository root: paths are relative to the root, so the stubs
-import each other as `proto.tandem.v1...`. The output depends on the grpcio-tools version
-(pinned in pyproject.toml's dev extra), which is why the stubs are committed and checked.
+The same as `python -m grpc_tools.protoc -I proto --python_out=. --pyi_out=.
+--grpc_python_out=. proto/<file>.proto` run from the repository root: a .proto's path under
+proto/ is its Python module's (`proto/tandem/v1/pick.proto` → `tandem.v1.pick_pb2`), so the
+stubs land in tandem's package and import each other as `tandem.v1...`. The output depends on
+the grpcio-tools version (pinned in pyproject.toml's dev extra), which is why the stubs are
+committed and checked.
 """
 
 from __future__ import annotations
@@ -21,30 +23,31 @@ from pathlib import Path
 from grpc_tools import protoc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PROTOS = ("proto/tandem/v1/pick.proto",)
-"""The API's sources, relative to the repository root."""
+PROTO_DIR = REPO_ROOT / "proto"
+PROTOS = ("tandem/v1/pick.proto",)
+"""The API's sources, relative to proto/ (and their stubs' paths, relative to the root)."""
 STUB_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
 
 def stub_paths() -> list[str]:
-    """Every generated file, relative to the repository root."""
+    """Every generated file, relative to the repository root (or an output folder)."""
     return [p.removesuffix(".proto") + suffix for p in PROTOS for suffix in STUB_SUFFIXES]
 
 
 def generate(out_dir: Path) -> None:
-    """Write the stubs of every .proto under `out_dir`, laid out like the repository."""
+    """Write the stubs of every .proto under `out_dir`, laid out as in the repository."""
     # `python -m grpc_tools.protoc` adds the bundled well-known types to the include path;
     # the in-process entry point does not, so add them here to give the same output.
     well_known = resources.files("grpc_tools") / "_proto"
     status = protoc.main(
         [
             "grpc_tools.protoc",
-            f"-I{REPO_ROOT}",
+            f"-I{PROTO_DIR}",
             f"-I{well_known}",
             f"--python_out={out_dir}",
             f"--pyi_out={out_dir}",
             f"--grpc_python_out={out_dir}",
-            *(str(REPO_ROOT / path) for path in PROTOS),
+            *(str(PROTO_DIR / path) for path in PROTOS),
         ]
     )
     if status != 0:
@@ -65,7 +68,7 @@ def differing_stubs(root: Path = REPO_ROOT) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m proto.generate", description="Generate tandem's gRPC Python stubs."
+        prog="python proto/generate.py", description="Generate tandem's gRPC Python stubs."
     )
     parser.add_argument(
         "--check", action="store_true",
@@ -79,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in stale:
         print(f"{path}: differs from what its .proto generates", file=sys.stderr)
     if stale:
-        print("regenerate with: python -m proto.generate", file=sys.stderr)
+        print("regenerate with: python proto/generate.py", file=sys.stderr)
     return 1 if stale else 0
 
 

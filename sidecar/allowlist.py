@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from mesh.endpoints import Endpoint, Role
+from tandem.discovery.endpoints import Endpoint, Role
 
 PREFILL_CAPABLE = frozenset(
     {None, Role.PREFILL, Role.BOTH, Role.PREFILL_DECODE, Role.ENCODE_PREFILL,

@@ -1,6 +1,6 @@
 """The routing sidecar's app factory: the lifespan owns the two pooled HTTP clients and the
 discovery that feeds the prefill allowlist; every route goes to the `Sidecar`
-(`sidecar.service`): inference requests through the P/D flow, the rest to the local vLLM."""
+(`tandem.sidecar.service`): inference requests through the P/D flow, the rest to the local vLLM."""
 
 from __future__ import annotations
 
@@ -13,14 +13,19 @@ from dataclasses import dataclass
 import httpx
 from fastapi import FastAPI, Request, Response
 
-from mesh.discovery import KubernetesEndpoints
-from mesh.endpoints import EndpointSource
-from mesh.http import install_error_handlers
-from mesh.logs import EventLog
-from sidecar.allowlist import DiscoveredAllowlist, HostPort, PrefillAllowlist, StaticAllowlist
-from sidecar.config import SidecarConfig
-from sidecar.metrics import SidecarMetrics
-from sidecar.service import INFERENCE_PATHS, Sidecar
+from tandem.discovery.endpoints import EndpointSource
+from tandem.discovery.kubernetes import KubernetesEndpoints
+from tandem.http.handlers import install_error_handlers
+from tandem.logs import EventLog
+from tandem.sidecar.allowlist import (
+    DiscoveredAllowlist,
+    HostPort,
+    PrefillAllowlist,
+    StaticAllowlist,
+)
+from tandem.sidecar.config import SidecarConfig
+from tandem.sidecar.metrics import SidecarMetrics
+from tandem.sidecar.service import INFERENCE_PATHS, Sidecar
 
 logger = EventLog(__name__)
 

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mesh.discovery_config import KubernetesDiscoveryConfig
-from mesh.tls import ClientTLS, ServerTLS
+from tandem.discovery.config import KubernetesDiscoveryConfig
+from tandem.http.tls import ClientTLS, ServerTLS
 
 PrefillFailurePolicy = Literal["local", "next-candidate", "fail"]
 KVLoadFailurePolicy = Literal["recompute", "fail"]

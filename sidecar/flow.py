@@ -1,6 +1,7 @@
 """The sidecar's decisions, pure: what a prefill pod's answer means, and what the decode pod
-does after the prefill leg. The sidecar's HTTP code (`sidecar.service`, `sidecar.prefill`) and
-the virtual-time cluster of `tandem plan` both follow these, so the two cannot drift apart.
+does after the prefill leg. The sidecar's HTTP code (`tandem.sidecar.service`,
+`tandem.sidecar.prefill`) and the virtual-time cluster of `tandem plan` both follow these, so
+the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sidecar.config import PrefillFailurePolicy
+from tandem.sidecar.config import PrefillFailurePolicy
 
 PrefillFailure = Literal[
     "prefill_timeout", "prefill_unreachable", "prefill_5xx", "no_kv_transfer_params",

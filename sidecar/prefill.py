@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 
-from mesh.logs import EventLog
-from sidecar.allowlist import HostPort
-from sidecar.flow import PrefillFailure, reply_failure
-from sidecar.metrics import SidecarMetrics
+from tandem.logs import EventLog
+from tandem.sidecar.allowlist import HostPort
+from tandem.sidecar.flow import PrefillFailure, reply_failure
+from tandem.sidecar.metrics import SidecarMetrics
 
 logger = EventLog(__name__)
 

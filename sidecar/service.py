@@ -1,5 +1,5 @@
 """The routing sidecar's request flow on a decode pod: remote prefill, KV handoff, local
-decode (its app and lifespan are `sidecar.app`'s).
+decode (its app and lifespan are `tandem.sidecar.app`'s).
 
 Requests arrive on the pod's serving port (8000) from the orchestrator. Without
 `x-prefiller-host-port` they pass straight through to the local vLLM (8200). With it, the
@@ -26,9 +26,8 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mesh.errors import OpenAIError
-from mesh.logs import EventLog
-from mesh.protocol import (
+from tandem.errors import OpenAIError
+from tandem.http.protocol import (
     ERROR_STAGE_HEADER,
     NOT_STARTED_HEADER,
     PREFILL_FAILED_HEADER,
@@ -38,19 +37,20 @@ from mesh.protocol import (
     json_object,
     strip_tandem_fields,
 )
-from mesh.proxy import (
+from tandem.http.proxy import (
     cancel_on_disconnect,
     downstream_headers,
     relay_stream,
     upstream_failure,
     upstream_headers,
 )
-from mesh.tracing import Span, SpanKind, extract, inject, tracer
-from sidecar.allowlist import HostPort, PrefillAllowlist
-from sidecar.config import SidecarConfig
-from sidecar.flow import Next, after_prefill, tries_next_candidate
-from sidecar.metrics import SidecarMetrics
-from sidecar.prefill import PrefillOutcome, prefill_body, run_prefill
+from tandem.http.tracing import Span, SpanKind, extract, inject, tracer
+from tandem.logs import EventLog
+from tandem.sidecar.allowlist import HostPort, PrefillAllowlist
+from tandem.sidecar.config import SidecarConfig
+from tandem.sidecar.flow import Next, after_prefill, tries_next_candidate
+from tandem.sidecar.metrics import SidecarMetrics
+from tandem.sidecar.prefill import PrefillOutcome, prefill_body, run_prefill
 
 logger = EventLog(__name__)
 

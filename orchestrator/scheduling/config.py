@@ -23,8 +23,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mesh.logs import EventLog
-from orchestrator.scheduling.framework import (
+from tandem.errors import SchedulerConfigError, field_problems
+from tandem.logs import EventLog
+from tandem.orchestrator.scheduling.framework import (
     Decider,
     Filter,
     Picker,
@@ -33,20 +34,20 @@ from orchestrator.scheduling.framework import (
     ProfileHandler,
     Scorer,
 )
-from orchestrator.scheduling.plugins import builtin_registry
-from orchestrator.scheduling.plugins.max_score_picker import MaxScorePicker, PickerParameters
-from orchestrator.scheduling.plugins.profile_handlers import (
+from tandem.orchestrator.scheduling.plugins import builtin_registry
+from tandem.orchestrator.scheduling.plugins.max_score_picker import MaxScorePicker, PickerParameters
+from tandem.orchestrator.scheduling.plugins.profile_handlers import (
     DeciderRefs,
     DisaggParameters,
     DisaggProfileHandler,
     SingleProfileHandler,
     SingleProfileParameters,
 )
-from orchestrator.scheduling.prefix_index import PrefixIndex
-from orchestrator.scheduling.profile import Profile, WeightedScorer
-from orchestrator.scheduling.registry import PluginRegistry
-from orchestrator.scheduling.saturation import SaturationDetectorConfig
-from orchestrator.scheduling.scheduler import Scheduler
+from tandem.orchestrator.scheduling.prefix_index import PrefixIndex
+from tandem.orchestrator.scheduling.profile import Profile, WeightedScorer
+from tandem.orchestrator.scheduling.registry import PluginRegistry
+from tandem.orchestrator.scheduling.saturation import SaturationDetectorConfig
+from tandem.orchestrator.scheduling.scheduler import Scheduler
 
 logger = EventLog(__name__)
 
@@ -54,10 +55,6 @@ API_VERSIONS = ("llm-d.ai/v1alpha1", "inference.networking.x-k8s.io/v1alpha1")
 IGNORED_SECTIONS = ("dataLayer", "flowControl", "requestHandler", "parser")
 KNOWN_FEATURE_GATES = ("flowControl", "haPopulateNonLeaderDatastore")
 """llm-d's gates; accepted and ignored (an unknown gate stops llm-d's EPP, and tandem)."""
-
-
-class SchedulerConfigError(ValueError):
-    """The scheduler configuration is invalid; the message names the field."""
 
 
 class PluginSpec(BaseModel):
@@ -95,24 +92,12 @@ class EndpointPickerConfig(BaseModel):
     per-endpoint cap on requests in flight."""
 
 
-def _field(location: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in location:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _validation_message(prefix: str, exc: ValidationError) -> str:
-    problems = [f"{prefix}{_field(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
-    return "; ".join(problems)
-
-
 def parse_config(document: Mapping[str, Any]) -> EndpointPickerConfig:
     """Validate the document's shape (not yet its plugins)."""
     try:
         config = EndpointPickerConfig.model_validate(dict(document))
     except ValidationError as exc:
-        raise SchedulerConfigError(_validation_message("", exc)) from None
+        raise SchedulerConfigError(field_problems(exc.errors())) from None
     if config.kind != "EndpointPickerConfig":
         raise SchedulerConfigError(f"kind: must be EndpointPickerConfig, got {config.kind!r}")
     if config.apiVersion not in API_VERSIONS:
@@ -159,7 +144,9 @@ def _instantiate(config: EndpointPickerConfig, registry: PluginRegistry) -> dict
         try:
             plugins[name] = plugin_type.from_parameters(name, spec.parameters)
         except ValidationError as exc:
-            raise SchedulerConfigError(_validation_message(f"{where}.parameters.", exc)) from None
+            raise SchedulerConfigError(
+                field_problems(exc.errors(), f"{where}.parameters.")
+            ) from None
     return plugins
 
 

@@ -22,10 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from mesh.endpoints import Endpoint
-from orchestrator.scheduling.precise_index import PreciseIndex
-from orchestrator.scheduling.prefix_index import PrefixIndex
-from orchestrator.scheduling.types import (
+from tandem.discovery.endpoints import Endpoint
+from tandem.orchestrator.scheduling.precise_index import PreciseIndex
+from tandem.orchestrator.scheduling.prefix_index import PrefixIndex
+from tandem.orchestrator.scheduling.types import (
     EndpointView,
     PDDecision,
     ProfileResult,

@@ -1,8 +1,8 @@
 """Precise prefix index: which endpoint holds which KV block, from the engines' own events.
 
 Each endpoint's vLLM publishes `BlockStored` / `BlockRemoved` / `AllBlocksCleared` as its
-prefix cache changes (`kvcache.events`); applied here, they say exactly which blocks a pod
-holds, named by the engine's own block hashes (`kvcache.hashing`). A request's prompt,
+prefix cache changes (`tandem.kvcache.events`); applied here, they say exactly which blocks a pod
+holds, named by the engine's own block hashes (`tandem.kvcache.hashing`). A request's prompt,
 tokenized and hashed the way the engine will, then matches block by block.
 
 - **Copies**: an engine may hold two copies of a block (two requests computed it at once) and
@@ -29,8 +29,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
-from mesh.logs import EventLog
+from tandem.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch
+from tandem.logs import EventLog
 
 logger = EventLog(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from orchestrator.scheduling.framework import Cycle, Filter, Picker, Scorer
-from orchestrator.scheduling.types import EndpointView, ProfileResult, ScoredEndpoint
+from tandem.orchestrator.scheduling.framework import Cycle, Filter, Picker, Scorer
+from tandem.orchestrator.scheduling.types import EndpointView, ProfileResult, ScoredEndpoint
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mesh.endpoints import Role
-from orchestrator.scheduling.types import EndpointView, EngineMetrics
+from tandem.discovery.endpoints import Role
+from tandem.orchestrator.scheduling.types import EndpointView, EngineMetrics
 
 
 class SaturationDetectorConfig(BaseModel):

@@ -6,16 +6,16 @@ import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 
-from orchestrator.scheduling.framework import (
+from tandem.orchestrator.scheduling.framework import (
     Cycle,
     PreciseMatcher,
     ProfileHandler,
     SessionRecorder,
 )
-from orchestrator.scheduling.prefix_index import PrefixIndex
-from orchestrator.scheduling.profile import Profile
-from orchestrator.scheduling.saturation import SaturationDetectorConfig
-from orchestrator.scheduling.types import (
+from tandem.orchestrator.scheduling.prefix_index import PrefixIndex
+from tandem.orchestrator.scheduling.profile import Profile
+from tandem.orchestrator.scheduling.saturation import SaturationDetectorConfig
+from tandem.orchestrator.scheduling.types import (
     EndpointView,
     SchedulingRequest,
     SchedulingResult,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mesh.endpoints import Endpoint
+from tandem.discovery.endpoints import Endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,13 +138,3 @@ class SchedulingResult:
         if self.decision is PDDecision.DISAGGREGATE and self.prefill is not None:
             return self.prefill.picks
         return ()
-
-
-class SchedulingError(Exception):
-    """No endpoint can take the request; `status` is what the client gets (503 or 429)."""
-
-    def __init__(self, status: int, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.reason = reason

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from cluster.local import LocalCluster
-from cluster.topology import ClusterSpec
+from tandem.cluster.local import LocalCluster
+from tandem.cluster.topology import ClusterSpec
 from tests.support.servers import free_port
 
 RESULTS: dict[str, dict[str, Any]] = {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from kvcache.tokenizer import SYNTHETIC_WORDS
+from tandem.kvcache.tokenizer import SYNTHETIC_WORDS
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from cluster.local import LocalCluster
+from tandem.cluster.local import LocalCluster
 from tests.chaos.conftest import record
 from tests.chaos.load import LoadResult, run_load
 from tests.support.servers import parse_samples

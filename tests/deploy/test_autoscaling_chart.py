@@ -13,9 +13,9 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.config import ScalingConfig, parse_orchestrator_config
-from orchestrator.router import Router
-from orchestrator.scheduling.types import EngineMetrics
+from tandem.orchestrator.config import ScalingConfig, parse_orchestrator_config
+from tandem.orchestrator.router import Router
+from tandem.orchestrator.scheduling.types import EngineMetrics
 from tests.deploy.conftest import NAMESPACE, RELEASE, REQUIRED, Rendered
 from tests.support.endpoints import pool
 from tests.support.promql import evaluate

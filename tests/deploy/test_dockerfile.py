@@ -1,5 +1,6 @@
-"""deploy/Dockerfile, read as text (it is not built here): one non-root image with every
-package of the project and nothing of its development setup."""
+"""deploy/Dockerfile, read as text (it is not built here): one non-root image with the serving
+install and nothing of the tools or the development setup (test_packaging.py builds the wheel
+the image would install, from the same context)."""
 
 from __future__ import annotations
 
@@ -70,4 +71,5 @@ def test_dockerignore_leaves_out_the_development_files() -> None:
 
     assert {".git", ".venv", "tests", "results", ".mypy_cache", ".pytest_cache"} <= ignored
     assert {".ruff_cache", "**/__pycache__"} <= ignored
+    assert {"tandem/bench", "tandem/planner"} <= ignored  # the tools
     assert not ignored & {"pyproject.toml", "README.md", "tandem", "orchestrator", "sidecar"}

@@ -18,9 +18,9 @@ import httpx
 import pytest
 import trustme
 
-from mesh.tls import ServerTLS
-from simulator.kv_connector import RemotePrefill
-from simulator.transfer import SideChannelClient
+from tandem.http.tls import ServerTLS
+from tandem.simulator.kv_connector import RemotePrefill
+from tandem.simulator.transfer import SideChannelClient
 from tests.deploy.conftest import (
     CHARTS_DIR,
     NAMESPACE,

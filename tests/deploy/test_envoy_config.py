@@ -18,7 +18,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import json_format
 
-from orchestrator.ext_proc import DESTINATION_HEADER, PROCESSING_MODE
+from tandem.orchestrator.ext_proc import DESTINATION_HEADER, PROCESSING_MODE
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY_YAML = ROOT / "deploy" / "envoy" / "envoy.yaml"

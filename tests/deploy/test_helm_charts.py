@@ -15,22 +15,22 @@ import kubernetes_validate
 import pytest
 import yaml
 
-import orchestrator
-from costmodel.profiles import PROFILES
-from decode.pod import decode_pod
-from mesh.tls import ServerTLS
-from mesh.vllm_launch import Probe, VllmLaunch
-from orchestrator.circuit_breaker import CircuitBreakerConfig
-from orchestrator.config import (
+import tandem.orchestrator as orchestrator
+from tandem.cli import build_parser
+from tandem.cli.common import options_from
+from tandem.cli.sim import SimOptions, sim_config
+from tandem.costmodel.profiles import PROFILES
+from tandem.decode import DECODE
+from tandem.http.tls import ServerTLS
+from tandem.orchestrator.circuit_breaker import CircuitBreakerConfig
+from tandem.orchestrator.config import (
     AdmissionConfig,
     load_orchestrator_config,
     parse_orchestrator_config,
 )
-from orchestrator.scheduling.config import build_scheduler
-from prefill.pod import prefill_pod
-from tandem.cli import build_parser
-from tandem.commands.common import options_from
-from tandem.commands.sim import SimOptions, sim_config
+from tandem.orchestrator.scheduling.config import build_scheduler
+from tandem.pods.launch import Probe, VllmLaunch
+from tandem.prefill import PREFILL
 from tests.deploy.conftest import (
     CHART_NAMES,
     CHARTS_DIR,
@@ -81,20 +81,16 @@ def launch_from_values(role: Role, values: Mapping[str, Any]) -> VllmLaunch:
     events = values["kvEvents"]
     served = values["servedModelName"] or None
     profile = values["simulatedProfile"]
-    if role == "prefill":
-        base = prefill_pod(
+    base = (
+        (PREFILL if role == "prefill" else DECODE)
+        .pod(
             profile,
             served_model_name=served,
             side_channel_port=kv["sideChannelPort"],
             kv_load_failure_policy=kv["loadFailurePolicy"],
         )
-    else:
-        base = decode_pod(
-            profile,
-            served_model_name=served,
-            side_channel_port=kv["sideChannelPort"],
-            kv_load_failure_policy=kv["loadFailurePolicy"],
-        ).vllm
+        .vllm
+    )
     return dataclasses.replace(
         base,
         model=values["model"],

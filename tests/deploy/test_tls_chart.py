@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import yaml
 
-from mesh.tls import ClientTLS, ServerTLS
-from orchestrator.config import parse_orchestrator_config
 from tandem.cli import build_parser
-from tandem.commands.common import options_from
-from tandem.commands.sidecar import SidecarOptions, sidecar_config
+from tandem.cli.common import options_from
+from tandem.cli.sidecar import SidecarOptions, sidecar_config
+from tandem.http.tls import ClientTLS, ServerTLS
+from tandem.orchestrator.config import parse_orchestrator_config
 from tests.deploy.conftest import TLS_SECRET, Rendered
 
 DIR = "/etc/tandem-tls"

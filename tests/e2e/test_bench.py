@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from bench.report import load_results
+from tandem.bench.report import load_results
 from tests.support.processes import REPO_ROOT, TANDEM
 from tests.support.servers import free_port
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from orchestrator.app import create_app
-from orchestrator.config import parse_orchestrator_config
+from tandem.orchestrator.app import create_app
+from tandem.orchestrator.config import parse_orchestrator_config
 from tests.support.pd import (
     BY_SOURCE,
     MODEL,

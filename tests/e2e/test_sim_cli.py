@@ -11,7 +11,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from costmodel.profiles import PROFILES
+from tandem.costmodel.profiles import PROFILES
 from tests.support.processes import REPO_ROOT, TANDEM, sim_process
 from tests.support.servers import wait_until
 

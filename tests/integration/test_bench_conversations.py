@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.client import run_load
-from bench.generate import build_prompts, build_requests, schedule
-from bench.workload import load_workload
+from tandem.bench.client import run_load
+from tandem.bench.generate import build_prompts, build_requests, schedule
+from tandem.bench.workload import load_workload
 from tests.support.servers import pod_config, running_pod
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.runner import BenchOptions, run_bench, target_label
-from bench.workload import load_workload
+from tandem.bench.runner import BenchOptions, run_bench, target_label
+from tandem.bench.workload import load_workload
 from tests.support.servers import pod_config, running_pod
 
 WORKLOAD = (

@@ -8,7 +8,7 @@ from contextlib import ExitStack
 
 import httpx
 
-from mesh.protocol import SIDECAR_REPORT_HEADERS
+from tandem.http.protocol import SIDECAR_REPORT_HEADERS
 from tests.integration.test_gateway import _healthy as healthy
 from tests.integration.test_gateway import gateway
 from tests.support.fakes import Recorder, recording_server

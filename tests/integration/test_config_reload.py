@@ -10,11 +10,15 @@ import httpx
 import pytest
 import yaml
 
-from orchestrator.app import create_app
-from orchestrator.config import CONFIG_DIR, load_orchestrator_config
-from orchestrator.gateway import Gateway
-from orchestrator.reload import ConfigReloader
-from orchestrator.scheduling.config import EndpointPickerConfig, build_scheduler, load_config_file
+from tandem.orchestrator.app import create_app
+from tandem.orchestrator.config import CONFIG_DIR, load_orchestrator_config
+from tandem.orchestrator.gateway import Gateway
+from tandem.orchestrator.reload import ConfigReloader
+from tandem.orchestrator.scheduling.config import (
+    EndpointPickerConfig,
+    build_scheduler,
+    load_config_file,
+)
 from tests.support.servers import free_port, parse_samples, serve, wait_until
 
 TANDEM = yaml.safe_load((CONFIG_DIR / "tandem.yaml").read_text())

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import httpx
 
-from orchestrator.app import create_app
-from orchestrator.config import parse_orchestrator_config
+from tandem.orchestrator.app import create_app
+from tandem.orchestrator.config import parse_orchestrator_config
 from tests.support.fake_kube import FakeKubeAPI, write_kubeconfig
 from tests.support.pd import (
     MODEL,

@@ -16,27 +16,27 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
-from kvcache.tokenizer import SYNTHETIC_WORDS
-from mesh.endpoints import Endpoint
-from mesh.errors import REJECT_REASON_HEADER
-from mesh.protocol import PREFILLER_HEADER, REQUEST_ID_HEADER
-from orchestrator.config import CONFIG_DIR, OrchestratorConfig, parse_orchestrator_config
-from orchestrator.endpoints import EndpointStore
-from orchestrator.ext_proc import (
+from tandem.discovery.endpoints import Endpoint
+from tandem.errors import REJECT_REASON_HEADER
+from tandem.http.protocol import PREFILLER_HEADER, REQUEST_ID_HEADER
+from tandem.kvcache.tokenizer import SYNTHETIC_WORDS
+from tandem.orchestrator.config import CONFIG_DIR, OrchestratorConfig, parse_orchestrator_config
+from tandem.orchestrator.endpoints import EndpointStore
+from tandem.orchestrator.ext_proc import (
     BODY_CHUNK_BYTES,
     DESTINATION_HEADER,
     DESTINATION_METADATA_NAMESPACE,
     ExtProcPicker,
     add_ext_proc_servicer,
 )
-from orchestrator.metrics import GatewayMetrics
-from orchestrator.router import Router
-from orchestrator.scheduling.config import build_scheduler
-from orchestrator.scheduling.plugins.session_affinity_scorer import (
+from tandem.orchestrator.metrics import GatewayMetrics
+from tandem.orchestrator.router import Router
+from tandem.orchestrator.scheduling.config import build_scheduler
+from tandem.orchestrator.scheduling.plugins.session_affinity_scorer import (
     SESSION_TOKEN_HEADER,
     encode_session_token,
 )
-from orchestrator.scheduling.types import EngineMetrics
+from tandem.orchestrator.scheduling.types import EngineMetrics
 from tests.support.endpoints import pool
 from tests.support.schedulers import disaggregating_tandem
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 import uvicorn
 
-from simulator.faults import FAULT_ERRORS, FaultConfig
-from simulator.server import create_app
+from tandem.simulator.faults import FAULT_ERRORS, FaultConfig
+from tandem.simulator.server import create_app
 from tests.support.processes import sim_process
 from tests.support.servers import pod_config, running_pod, scrape, wait_until
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-from bench.fuzz import FuzzTargets, run_fuzz
+from tandem.bench.fuzz import FuzzTargets, run_fuzz
 from tests.integration.test_gateway import gateway, ready
 from tests.support.pd import address, decode_config, prefill_config, running_sidecar
 from tests.support.servers import running_pod, wait_until

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from kvcache.tokenizer import SYNTHETIC_WORDS
-from orchestrator.app import create_app
-from orchestrator.config import parse_orchestrator_config
+from tandem.kvcache.tokenizer import SYNTHETIC_WORDS
+from tandem.orchestrator.app import create_app
+from tandem.orchestrator.config import parse_orchestrator_config
 from tests.support.fakes import Recorder, recording_server
 from tests.support.schedulers import disaggregating_tandem
 from tests.support.servers import free_port, pod_config, running_pod, scrape, serve, wait_until

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 import pytest
 from kubernetes import client as k8s
 
-from mesh.discovery import KubernetesEndpoints, pod_endpoint
-from mesh.discovery_config import KubernetesDiscoveryConfig
-from mesh.endpoints import Endpoint
+from tandem.discovery.config import KubernetesDiscoveryConfig
+from tandem.discovery.endpoints import Endpoint
+from tandem.discovery.kubernetes import KubernetesEndpoints, pod_endpoint
 from tests.support.fake_kube import FakeKubeAPI
 from tests.support.servers import free_port, serve
 
@@ -233,7 +233,7 @@ def test_namespace_defaults_to_the_service_account_one(
 ) -> None:
     from pathlib import Path
 
-    from mesh import discovery
+    from tandem.discovery import kubernetes as discovery
 
     assert isinstance(tmp_path, Path)
     file = tmp_path / "namespace"

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import yaml
 
-import orchestrator
-from orchestrator.app import create_app
-from orchestrator.config import parse_orchestrator_config
+import tandem.orchestrator as orchestrator
+from tandem.orchestrator.app import create_app
+from tandem.orchestrator.config import parse_orchestrator_config
 from tests.support.fakes import Recorder, fake_model_server, recording_server
 from tests.support.pd import MODEL, PREFILLER, words
 from tests.support.servers import free_port, scrape, serve, wait_until

@@ -7,7 +7,7 @@ from contextlib import ExitStack
 
 import httpx
 
-from mesh.protocol import NOT_STARTED_HEADER
+from tandem.http.protocol import NOT_STARTED_HEADER
 from tests.integration.test_gateway import _healthy as healthy
 from tests.integration.test_gateway import gateway
 from tests.support.pd import MODEL, running_sidecar, samples

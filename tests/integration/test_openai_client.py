@@ -8,7 +8,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from kvcache.tokenizer import SYNTHETIC_WORDS, render_chat
+from tandem.kvcache.tokenizer import SYNTHETIC_WORDS, render_chat
 from tests.support.servers import pod_config, running_pod, scrape
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"

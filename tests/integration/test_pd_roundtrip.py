@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from kvcache.tokenizer import SYNTHETIC_WORDS
-from simulator.config import SimPodConfig
+from tandem.kvcache.tokenizer import SYNTHETIC_WORDS
+from tandem.simulator.config import SimPodConfig
 from tests.support.servers import pod_config, running_pod, scrape, wait_until
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"

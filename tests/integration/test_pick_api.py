@@ -17,17 +17,17 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kvcache.tokenizer import SYNTHETIC_WORDS
-from mesh.endpoints import Endpoint
-from orchestrator.app import create_app
-from orchestrator.config import OrchestratorConfig, parse_orchestrator_config
-from orchestrator.endpoints import EndpointStore
-from orchestrator.grpc_server import start_grpc_server
-from orchestrator.metrics import GatewayMetrics
-from orchestrator.router import Router
-from orchestrator.scheduling.config import build_scheduler
-from orchestrator.scheduling.types import EngineMetrics
-from proto.tandem.v1 import pick_pb2, pick_pb2_grpc
+from tandem.discovery.endpoints import Endpoint
+from tandem.kvcache.tokenizer import SYNTHETIC_WORDS
+from tandem.orchestrator.app import create_app
+from tandem.orchestrator.config import OrchestratorConfig, parse_orchestrator_config
+from tandem.orchestrator.endpoints import EndpointStore
+from tandem.orchestrator.grpc_server import start_grpc_server
+from tandem.orchestrator.metrics import GatewayMetrics
+from tandem.orchestrator.router import Router
+from tandem.orchestrator.scheduling.config import build_scheduler
+from tandem.orchestrator.scheduling.types import EngineMetrics
+from tandem.v1 import pick_pb2, pick_pb2_grpc
 from tests.support.endpoints import pool
 from tests.support.fakes import Recorder, fake_model_server, recording_server
 from tests.support.processes import REPO_ROOT, TANDEM

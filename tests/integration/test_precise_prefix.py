@@ -13,20 +13,20 @@ from typing import Any
 import httpx
 import yaml
 
-from kvcache.events import BlockRemoved, BlockStored, KVEventsConfig
-from kvcache.hashing import external_hash
-from kvcache.tokenizer import SyntheticTokenizer
-from mesh.endpoints import ROLE_LABEL, Endpoint
-from orchestrator.app import create_app
-from orchestrator.config import parse_orchestrator_config
-from orchestrator.kv_events import KVEventSubscriptions
-from orchestrator.metrics import GatewayMetrics
-from orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
+from tandem.discovery.endpoints import ROLE_LABEL, Endpoint
+from tandem.kvcache.events import BlockRemoved, BlockStored, KVEventsConfig
+from tandem.kvcache.hashing import external_hash
+from tandem.kvcache.tokenizer import SyntheticTokenizer
+from tandem.orchestrator.app import create_app
+from tandem.orchestrator.config import parse_orchestrator_config
+from tandem.orchestrator.kv_events import KVEventSubscriptions
+from tandem.orchestrator.metrics import GatewayMetrics
+from tandem.orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
     KV_EVENTS_PORT_LABEL,
     KV_EVENTS_REPLAY_PORT_LABEL,
     PrecisePrefixCacheProducer,
 )
-from simulator.server import create_app as create_pod
+from tandem.simulator.server import create_app as create_pod
 from tests.integration.test_gateway import ready
 from tests.support.kv_publisher import FakePublisher, fake_publisher
 from tests.support.pd import MODEL, samples, words

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar.prefill import REMOTE_DECODE_PARAMS
+from tandem.sidecar.prefill import REMOTE_DECODE_PARAMS
 from tests.support.pd import (
     BY_SOURCE,
     MODEL,

@@ -195,7 +195,7 @@ def test_a_failed_prefill_falls_back_to_local_prefill(
     header = ",".join(faulty.targets[name] for name in targets.split(","))
     body = {"model": MODEL, "prompt": words(300, PROMPT_OFFSETS[targets]), "max_tokens": 5}
     before = [samples(faulty.url), samples(faulty.decode_url)]
-    with caplog.at_level(logging.WARNING, logger="sidecar.service"):
+    with caplog.at_level(logging.WARNING, logger="tandem.sidecar.service"):
         reply = complete(faulty.url, body, header, request_id=f"rid-{targets}")
     after = [samples(faulty.url), samples(faulty.decode_url)]
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import trustme
 
-from mesh.tls import ClientTLS, ServerTLS
+from tandem.http.tls import ClientTLS, ServerTLS
 from tests.integration.test_gateway import _healthy as healthy
 from tests.integration.test_gateway import gateway
 from tests.support.pd import MODEL, decode_config, prefill_config, running_sidecar, words

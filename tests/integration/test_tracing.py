@@ -126,7 +126,7 @@ def test_spans_are_exported_over_otlp_when_a_collector_is_configured(tmp_path: P
     server = HTTPServer(("127.0.0.1", port), _Collector)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     code = (
-        "from mesh.tracing import setup_tracing, tracer\n"
+        "from tandem.http.tracing import setup_tracing, tracer\n"
         "assert setup_tracing('tandem-test')\n"
         "with tracer().start_as_current_span('tandem.gateway'):\n"
         "    pass\n"
@@ -143,7 +143,7 @@ def test_spans_are_exported_over_otlp_when_a_collector_is_configured(tmp_path: P
 
 
 def test_without_a_collector_nothing_is_set_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mesh.tracing import setup_tracing
+    from tandem.http.tracing import setup_tracing
 
     for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)

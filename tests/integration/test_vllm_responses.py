@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mesh.errors import error_body
+from tandem.errors import error_body
 from tests.support.servers import pod_config, running_pod, serve, wait_until
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -274,7 +274,7 @@ def test_load_counts_a_stream_until_its_body_ends() -> None:
 
 
 def test_a_dead_engine_fails_requests_with_500_and_stops_the_server() -> None:
-    from simulator.server import create_app
+    from tandem.simulator.server import create_app
 
     stopped: list[bool] = []
     config = pod_config(time_scale=1.0)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cluster.local import LocalCluster
-from cluster.topology import ClusterSpec, Component
+from tandem.cluster.local import LocalCluster
+from tandem.cluster.topology import ClusterSpec, Component
 from tests.support.pd import MODEL, complete, words
 from tests.support.schedulers import disaggregating_tandem
 

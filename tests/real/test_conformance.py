@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster import tiny_model
-from cluster.real_engine import CPU_BLOCK_SIZE
-from orchestrator.scraper import (
+from tandem.cluster import tiny_model
+from tandem.cluster.real_engine import CPU_BLOCK_SIZE
+from tandem.orchestrator.scraper import (
     CACHE_INFO,
     KV_USAGE,
     RUNNING,
@@ -22,7 +22,7 @@ from orchestrator.scraper import (
     WAITING_BY_REASON,
     parse_engine_metrics,
 )
-from simulator.config import SimPodConfig
+from tandem.simulator.config import SimPodConfig
 from tests.real.conftest import REQUEST_TIMEOUT_S, RealCluster
 from tests.support.pd import MODEL, complete, sse_events, words
 from tests.support.servers import pod_config, running_pod

@@ -19,14 +19,14 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from cluster import tiny_model
-from kvcache.events import END_SEQ, EventBatch, KVEvent, KVEventsConfig, decode_batch
-from kvcache.hashing import external_hash, hash_prompt_blocks
-from kvcache.tokenizer import load_tokenizer
-from mesh.endpoints import Endpoint
-from orchestrator.kv_events import KVEventSubscriptions
-from orchestrator.metrics import GatewayMetrics
-from orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
+from tandem.cluster import tiny_model
+from tandem.discovery.endpoints import Endpoint
+from tandem.kvcache.events import END_SEQ, EventBatch, KVEvent, KVEventsConfig, decode_batch
+from tandem.kvcache.hashing import external_hash, hash_prompt_blocks
+from tandem.kvcache.tokenizer import load_tokenizer
+from tandem.orchestrator.kv_events import KVEventSubscriptions
+from tandem.orchestrator.metrics import GatewayMetrics
+from tandem.orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
     KV_EVENTS_PORT_LABEL,
     KV_EVENTS_REPLAY_PORT_LABEL,
     PrecisePrefixCacheProducer,

@@ -45,7 +45,7 @@ def listening(port: int) -> bool:
 def test_up_serves_through_pd_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     port, marker = free_port(), uuid.uuid4().hex
     argv = [
-        sys.executable, "-m", "tandem.cli", "up", "--engine", "vllm",
+        sys.executable, "-m", "tandem", "up", "--engine", "vllm",
         "--prefill", "1", "--decode", "1", "--scheduler", "token-load",
         "--port", str(port), "--base-port", str(BASE_PORT), "--run-dir", str(tmp_path),
     ]  # fmt: skip

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mesh.endpoints import ROLE_LABEL, Endpoint
+from tandem.discovery.endpoints import ROLE_LABEL, Endpoint
 
 
 def pool(role: str, count: int, subnet: int) -> list[Endpoint]:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import zmq
 
-from kvcache.events import END_SEQ, EventBatch, KVEvent, encode_batch
+from tandem.kvcache.events import END_SEQ, EventBatch, KVEvent, encode_batch
 from tests.support.servers import free_port
 
 

@@ -17,11 +17,11 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import generate_latest
 
-from kvcache.tokenizer import SYNTHETIC_WORDS
-from sidecar.app import create_app
-from sidecar.config import SidecarConfig
-from sidecar.service import Sidecar
-from simulator.config import SimPodConfig
+from tandem.kvcache.tokenizer import SYNTHETIC_WORDS
+from tandem.sidecar.app import create_app
+from tandem.sidecar.config import SidecarConfig
+from tandem.sidecar.service import Sidecar
+from tandem.simulator.config import SimPodConfig
 from tests.support.fakes import Recorder, fake_model_server
 from tests.support.servers import free_port, parse_samples, pod_config, running_pod, serve
 

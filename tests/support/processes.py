@@ -13,7 +13,7 @@ import httpx
 from tests.support.servers import free_port, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TANDEM = [sys.executable, "-m", "tandem.cli"]
+TANDEM = [sys.executable, "-m", "tandem"]
 
 
 @contextmanager

@@ -7,11 +7,11 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.config import parse_orchestrator_config
-from orchestrator.endpoints import EndpointStore
-from orchestrator.metrics import GatewayMetrics
-from orchestrator.router import Router
-from orchestrator.scheduling.config import build_scheduler
+from tandem.orchestrator.config import parse_orchestrator_config
+from tandem.orchestrator.endpoints import EndpointStore
+from tandem.orchestrator.metrics import GatewayMetrics
+from tandem.orchestrator.router import Router
+from tandem.orchestrator.scheduling.config import build_scheduler
 
 
 def router(document: dict[str, Any], clock: Callable[[], float] = lambda: 0.0) -> Router:

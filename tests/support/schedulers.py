@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-import orchestrator
+import tandem.orchestrator as orchestrator
 
 CONFIG_DIR = Path(orchestrator.__file__).parent / "configs"
 

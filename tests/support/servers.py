@@ -13,9 +13,9 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from mesh.tls import ServerTLS
-from simulator.config import SimPodConfig
-from simulator.server import create_app
+from tandem.http.tls import ServerTLS
+from tandem.simulator.config import SimPodConfig
+from tandem.simulator.server import create_app
 
 
 def free_port() -> int:

@@ -6,12 +6,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from costmodel.profiles import StepCoefficients
-from mesh.vllm_launch import KVLoadFailurePolicy
-from simulator.engine import Engine, EngineConfig
-from simulator.kv_connector import ProducerIdentity
-from simulator.request import EngineRequest, FinishReason, RequestOutput
-from simulator.scheduler import BatchingConfig
+from tandem.costmodel.profiles import StepCoefficients
+from tandem.pods.launch import KVLoadFailurePolicy
+from tandem.simulator.engine import Engine, EngineConfig
+from tandem.simulator.kv_connector import ProducerIdentity
+from tandem.simulator.request import EngineRequest, FinishReason, RequestOutput
+from tandem.simulator.scheduler import BatchingConfig
 
 STEP_S = 0.01
 """Every non-empty step takes exactly this long with `TEN_MS_STEPS`."""

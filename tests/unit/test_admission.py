@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from mesh.errors import OpenAIError
-from orchestrator.admission import Admission, Placement, Priority, priority_of
-from orchestrator.config import parse_orchestrator_config
-from orchestrator.endpoints import EndpointStore
-from orchestrator.metrics import GatewayMetrics
-from orchestrator.router import Router
-from orchestrator.scheduling.config import build_scheduler, load_config_file, parse_config
-from orchestrator.scheduling.types import EngineMetrics, PDDecision, SchedulingRequest
+from tandem.errors import OpenAIError
+from tandem.orchestrator.admission import Admission, Placement, Priority, priority_of
+from tandem.orchestrator.config import parse_orchestrator_config
+from tandem.orchestrator.endpoints import EndpointStore
+from tandem.orchestrator.metrics import GatewayMetrics
+from tandem.orchestrator.router import Router
+from tandem.orchestrator.scheduling.config import build_scheduler, load_config_file, parse_config
+from tandem.orchestrator.scheduling.types import EngineMetrics, PDDecision, SchedulingRequest
 from tests.support.endpoints import pool
 from tests.support.schedulers import CONFIG_DIR
 from tests.unit.scheduling.support import make_request

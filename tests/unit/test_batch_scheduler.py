@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kvcache.hashing import hash_prompt_blocks
-from simulator.block_pool import BlockPool
-from simulator.request import EngineRequest, RequestStatus
-from simulator.scheduler import BatchingConfig, BatchScheduler, Schedule
+from tandem.kvcache.hashing import hash_prompt_blocks
+from tandem.simulator.block_pool import BlockPool
+from tandem.simulator.request import EngineRequest, RequestStatus
+from tandem.simulator.scheduler import BatchingConfig, BatchScheduler, Schedule
 
 BLOCK_SIZE = 4
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.records import RequestRecord, StageSummary
-from bench.report import (
+from tandem.bench.records import RequestRecord, StageSummary
+from tandem.bench.report import (
     BenchResults,
     RunResult,
     SloTargets,
@@ -18,8 +18,8 @@ from bench.report import (
     write_plots,
     write_results,
 )
-from bench.results import ResultsFormatError
-from bench.summary import summarize_stage
+from tandem.bench.summary import summarize_stage
+from tandem.errors import ResultsFormatError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LADDER = [(0, 5.0), (1, 10.0)]  # (stage, rate), 2 model seconds each

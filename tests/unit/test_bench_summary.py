@@ -7,9 +7,9 @@ import asyncio
 import httpx
 import pytest
 
-from bench.client import DesiredReplicasSampler
-from bench.records import Percentiles, RequestRecord, StageSummary
-from bench.summary import (
+from tandem.bench.client import DesiredReplicasSampler
+from tandem.bench.records import Percentiles, RequestRecord, StageSummary
+from tandem.bench.summary import (
     completion_window_s,
     goodput,
     histogram_quantiles,

@@ -8,22 +8,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.ceilings import hit_rate_ceilings, hit_rate_kv_bounds
-from bench.generate import (
+from tandem.bench.ceilings import hit_rate_ceilings, hit_rate_kv_bounds
+from tandem.bench.generate import (
     BenchRequest,
     PromptSet,
     build_prompts,
     build_requests,
     schedule,
 )
-from bench.workload import (
-    WORKLOAD_DIR,
-    SharedPrefixData,
-    Workload,
-    WorkloadError,
-    load_workload,
-)
-from kvcache.tokenizer import SyntheticTokenizer
+from tandem.bench.workload import WORKLOAD_DIR, SharedPrefixData, Workload, load_workload
+from tandem.errors import WorkloadError
+from tandem.kvcache.tokenizer import SyntheticTokenizer
 
 SHIPPED = sorted(p.stem for p in WORKLOAD_DIR.glob("*.yaml"))
 SHARED_WORKLOADS = Path(__file__).resolve().parents[3] / "shared" / "workloads"
@@ -165,8 +160,8 @@ def test_quick_schedule_keeps_three_short_stages() -> None:
 def test_prompt_token_ids_are_what_the_synthetic_tokenizer_makes_of_the_text() -> None:
     import random
 
-    from bench.generate import _word_ids
-    from kvcache.tokenizer import SYNTHETIC_WORDS
+    from tandem.bench.generate import _word_ids
+    from tandem.kvcache.tokenizer import SYNTHETIC_WORDS
 
     workload = load_workload("shared-prefix-small")
     prompts = build_prompts(workload)
@@ -187,7 +182,7 @@ def test_bulk_word_draws_equal_the_loop_and_leave_the_generator_where_it_would(
 ) -> None:
     import random
 
-    from bench.generate import _VOCABULARY, _word_ids
+    from tandem.bench.generate import _VOCABULARY, _word_ids
 
     for seed in ("42:request:7", "42:system-prompts", 5):
         bulk, loop = random.Random(seed), random.Random(seed)
@@ -223,7 +218,7 @@ def test_a_prompt_pool_repeats_whole_prompts_in_a_shuffled_cycle() -> None:
 
 
 def test_tandem_bench_refuses_per_pool_profiles_it_cannot_start(tmp_path: Path) -> None:
-    from bench.runner import BenchOptions, run_bench
+    from tandem.bench.runner import BenchOptions, run_bench
 
     workload = load_workload("pd-guide-16gpu")
     options = BenchOptions(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored
-from kvcache.hashing import (
+from tandem.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored
+from tandem.kvcache.hashing import (
     external_hash,
     external_prompt_hashes,
     hash_block_tokens,
     hash_prompt_blocks,
 )
-from simulator.block_pool import BlockPool, KVBlock
+from tandem.simulator.block_pool import BlockPool, KVBlock
 
 BLOCK_SIZE = 4
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from mesh.endpoints import Endpoint
-from orchestrator.circuit_breaker import BreakerState, CircuitBreaker, CircuitBreakerConfig
-from orchestrator.endpoints import EndpointStore
-from orchestrator.scheduling.types import EngineMetrics
+from tandem.discovery.endpoints import Endpoint
+from tandem.orchestrator.circuit_breaker import BreakerState, CircuitBreaker, CircuitBreakerConfig
+from tandem.orchestrator.endpoints import EndpointStore
+from tandem.orchestrator.scheduling.types import EngineMetrics
 
 CONFIG = CircuitBreakerConfig(consecutive_failures=3, open_s=10.0, max_open_s=25.0)
 

@@ -6,8 +6,9 @@ from itertools import pairwise
 
 import pytest
 
-from costmodel.profiles import PROFILES, UnknownProfileError, get_profile
-from costmodel.step import PrefillChunk, StepShape, step_seconds
+from tandem.costmodel.profiles import PROFILES, get_profile
+from tandem.costmodel.step import PrefillChunk, StepShape, step_seconds
+from tandem.errors import UnknownProfileError, UsageError
 
 LLAMA_8B = get_profile("llama-3.1-8b-h100-tp1")
 QWEN_32B = get_profile("qwen3-32b-h100-tp2")
@@ -119,7 +120,7 @@ def test_unknown_profile_lists_the_known_ones() -> None:
     assert "gpt-5-on-a-toaster" in message
     for name in PROFILE_NAMES:
         assert name in message
-    assert isinstance(raised.value, ValueError)
+    assert isinstance(raised.value, UsageError)  # the command line says it and exits 2
 
 
 @pytest.mark.parametrize("profile_name", PROFILE_NAMES)

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from simulator.engine import Engine
-from simulator.request import FinishReason, RequestStatus
+from tandem.simulator.engine import Engine
+from tandem.simulator.request import FinishReason, RequestStatus
 from tests.unit.engine_support import (
     STEP_S,
     make_engine,

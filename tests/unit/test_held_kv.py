@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from mesh.vllm_launch import KVLoadFailurePolicy
-from simulator.engine import Engine
-from simulator.kv_connector import HeldKV, KVReadError, RemotePrefill, wants_remote_decode
-from simulator.request import FinishReason, RequestOutput
+from tandem.errors import KVReadError
+from tandem.pods.launch import KVLoadFailurePolicy
+from tandem.simulator.engine import Engine
+from tandem.simulator.kv_connector import HeldKV, RemotePrefill, wants_remote_decode
+from tandem.simulator.request import FinishReason, RequestOutput
 from tests.unit.engine_support import (
     BLOCK_SIZE,
     make_engine,

@@ -8,10 +8,10 @@ import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from costmodel.profiles import get_profile
-from simulator.engine import Engine
-from simulator.runner import EngineRunner, KVDrain, ModelClock
-from simulator.transfer import SideChannelClient
+from tandem.costmodel.profiles import get_profile
+from tandem.simulator.engine import Engine
+from tandem.simulator.runner import EngineRunner, KVDrain, ModelClock
+from tandem.simulator.transfer import SideChannelClient
 from tests.unit.engine_support import make_engine, make_request, prompt_of, run_until_idle
 
 HELD = ("p-0", "p-1", "p-2")

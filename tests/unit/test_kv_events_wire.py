@@ -10,18 +10,18 @@ from typing import Any
 import msgpack
 import pytest
 
-from kvcache.events import (
+from tandem.errors import EventFormatError
+from tandem.kvcache.events import (
     AllBlocksCleared,
     BlockRemoved,
     BlockStored,
     EventBatch,
-    EventFormatError,
     decode_batch,
     decode_message,
     encode_batch,
     frames,
 )
-from kvcache.hashing import external_hash, hash_prompt_blocks
+from tandem.kvcache.hashing import external_hash, hash_prompt_blocks
 
 CAPTURE = json.loads((Path(__file__).parent / "data" / "kv_events_vllm_0_32.json").read_text())
 MESSAGES = [

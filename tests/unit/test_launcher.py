@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from cluster import real_engine, tiny_model
-from cluster.topology import ClusterSpec, Component, plan_cluster
-from kvcache.tokenizer import SYNTHETIC_WORDS
-from orchestrator.config import parse_orchestrator_config
 from tandem.cli import build_parser
-from tandem.commands.common import options_from
-from tandem.commands.up import UpOptions
+from tandem.cli.common import options_from
+from tandem.cli.up import UpOptions
+from tandem.cluster import real_engine, tiny_model
+from tandem.cluster.topology import ClusterSpec, Component, plan_cluster
+from tandem.errors import EngineMissingError, UsageError
+from tandem.kvcache.tokenizer import SYNTHETIC_WORDS
+from tandem.orchestrator.config import parse_orchestrator_config
 
 MODEL_DIR = Path("/models/tiny")
 
@@ -73,7 +74,7 @@ def test_pod_arguments_reach_real_pods() -> None:
 
 def test_simulated_pods_are_unchanged_by_the_engine_option() -> None:
     for component in plan_cluster(ClusterSpec()).components:
-        assert component.argv[1:3] == ("-m", "tandem.cli")
+        assert component.argv[1:3] == ("-m", "tandem")
         assert component.env == ()
 
 
@@ -83,7 +84,7 @@ def test_a_real_plan_needs_a_model_folder() -> None:
 
 
 def test_an_unknown_engine_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown engine 'tgi'"):
+    with pytest.raises(UsageError, match="unknown engine 'tgi'"):
         ClusterSpec(engine="tgi")  # type: ignore[arg-type]
 
 
@@ -93,7 +94,7 @@ def test_a_missing_engine_names_the_install_command(tmp_path: Path) -> None:
         "#!/bin/sh\necho \"ModuleNotFoundError: No module named 'vllm'\" >&2\nexit 1\n"
     )
     python.chmod(0o755)
-    with pytest.raises(real_engine.EngineMissingError) as raised:
+    with pytest.raises(EngineMissingError) as raised:
         real_engine.check_engine(str(python))
     message = str(raised.value)
     assert real_engine.INSTALL_COMMAND in message
@@ -104,7 +105,7 @@ def test_tandem_up_without_the_engine_exits_with_the_install_command(tmp_path: P
     if real_engine_importable():
         pytest.skip("this Python has the real engine")
     result = subprocess.run(
-        [sys.executable, "-m", "tandem.cli", "up", "--engine", "vllm", "--run-dir", str(tmp_path)],
+        [sys.executable, "-m", "tandem", "up", "--engine", "vllm", "--run-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -118,7 +119,7 @@ def test_tandem_up_without_the_engine_exits_with_the_install_command(tmp_path: P
 def real_engine_importable() -> bool:
     try:
         real_engine.check_engine()
-    except real_engine.EngineMissingError:
+    except EngineMissingError:
         return False
     return True
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from mesh.errors import REJECT_REASON_HEADER, OpenAIError, error_body
-from mesh.logs import EventLog
-from mesh.readiness import wait_ready
+from tandem.cluster.readiness import wait_ready
+from tandem.errors import REJECT_REASON_HEADER, OpenAIError, StartupError, error_body
+from tandem.logs import EventLog
 
 
 def test_an_event_is_one_line_of_its_name_and_fields(caplog: pytest.LogCaptureFixture) -> None:
@@ -54,15 +54,15 @@ def test_wait_ready_returns_at_the_first_success() -> None:
 
 
 def test_wait_ready_names_what_never_answered() -> None:
-    with pytest.raises(RuntimeError, match=r"pod-0 not ready after 0\.2 s"):
+    with pytest.raises(StartupError, match=r"pod-0 not ready after 0\.2 s"):
         wait_ready(lambda: httpx.Response(503), "pod-0", timeout_s=0.2)
 
 
 def test_wait_ready_stops_when_the_process_is_gone() -> None:
     def check_alive() -> None:
-        raise RuntimeError("pod-0 exited with status 1")
+        raise StartupError("pod-0 exited with status 1")
 
-    with pytest.raises(RuntimeError, match="exited"):
+    with pytest.raises(StartupError, match="exited"):
         wait_ready(lambda: httpx.Response(503), "pod-0", timeout_s=30, check_alive=check_alive)
 
 

@@ -11,21 +11,27 @@ from typing import Any
 
 import pytest
 
-from bench.generate import BenchRequest, build_prompts, build_requests, schedule, stage_starts
-from bench.records import Percentiles, RequestRecord, StageSummary
-from bench.results import RunResult
-from bench.workload import ClusterShape, Workload, load_workload
-from costmodel import profiles
-from costmodel.profiles import StepCoefficients
-from kvcache.hashing import external_hash
-from orchestrator.router import Router
-from orchestrator.scheduling.config import load_config_file
-from orchestrator.scheduling.plugins import builtin_registry
-from orchestrator.scheduling.scheduler import Scheduler
-from planner.cluster import STAGE_LEAD_S, PathModel, VirtualCluster
-from planner.events import EventLoop
-from planner.run import (
-    PlanError,
+from tandem.bench.generate import (
+    BenchRequest,
+    build_prompts,
+    build_requests,
+    schedule,
+    stage_starts,
+)
+from tandem.bench.records import Percentiles, RequestRecord, StageSummary
+from tandem.bench.results import RunResult
+from tandem.bench.workload import ClusterShape, Workload, load_workload
+from tandem.costmodel import profiles
+from tandem.costmodel.profiles import StepCoefficients
+from tandem.errors import PlanError, WorkloadError
+from tandem.kvcache.hashing import external_hash
+from tandem.orchestrator.router import Router
+from tandem.orchestrator.scheduling.config import load_config_file
+from tandem.orchestrator.scheduling.plugins import builtin_registry
+from tandem.orchestrator.scheduling.scheduler import Scheduler
+from tandem.planner.cluster import STAGE_LEAD_S, PathModel, VirtualCluster
+from tandem.planner.events import EventLoop
+from tandem.planner.run import (
     PlanOptions,
     parse_ratios,
     recommend,
@@ -33,8 +39,8 @@ from planner.run import (
     shapes,
     with_threshold,
 )
-from simulator.engine import Engine
-from simulator.request import EngineRequest, RequestOutput
+from tandem.simulator.engine import Engine
+from tandem.simulator.request import EngineRequest, RequestOutput
 
 CONFIGS = Path(__file__).resolve().parents[2] / "orchestrator" / "configs"
 TINY = Path(__file__).resolve().parents[1] / "e2e" / "data" / "tiny-workload.yaml"
@@ -327,15 +333,16 @@ def test_tandem_plan_refuses_a_split_of_other_gpus(
 ) -> None:
     from tandem.cli import main
 
-    code = main(["plan", str(TINY), "--ratios", "2:2", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit:
+        main(["plan", str(TINY), "--ratios", "2:2", "--output", str(tmp_path)])
 
-    assert code == 2
-    assert "--ratios 2:2 uses 4 GPUs; the workload has 2" in capsys.readouterr().err
+    assert exit.value.code == 2
+    assert "tandem: --ratios 2:2 uses 4 GPUs; the workload has 2" in capsys.readouterr().err
 
 
 def test_comparison_judges_each_stage_within_the_tolerance() -> None:
-    from bench.results import BenchResults, SloTargets
-    from planner.compare import compare_runs, markdown
+    from tandem.bench.results import BenchResults, SloTargets
+    from tandem.planner.compare import compare_runs, markdown
 
     def results(rps: float, ttft: float, limited: bool = False) -> BenchResults:
         run = _run("agg", "tandem", rps)
@@ -505,8 +512,8 @@ def test_steady_decode_runs_give_the_records_of_step_by_step_simulation(
 
 
 def test_a_quick_live_run_is_replayed_quick() -> None:
-    from bench.results import BenchResults, SloTargets
-    from planner.compare import ran_quick
+    from tandem.bench.results import BenchResults, SloTargets
+    from tandem.planner.compare import ran_quick
 
     workload = load_workload("shared-prefix-small")
     none = Percentiles(None, None, None, None)
@@ -567,7 +574,7 @@ def test_pools_may_run_their_own_engine_profiles(tmp_path: Path) -> None:
 
 
 def test_a_cluster_must_fill_the_workload_s_gpus(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="cluster pd occupies 9 GPUs, not the workload's 8"):
+    with pytest.raises(WorkloadError, match="cluster pd occupies 9 GPUs, not the workload's 8"):
         write_workload(
             tmp_path, "gpt-oss-120b-h200-tp1",
             "engine_profiles: {decode: gpt-oss-120b-h200-tp4}\n"

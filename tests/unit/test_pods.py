@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from cluster.topology import aggregated_pod
-from decode.pod import decode_pod
-from mesh.vllm_launch import KVRole, PoolRole, VllmLaunch
-from prefill.pod import prefill_pod
-from simulator.config import simulated_pod
+from tandem.cluster.topology import POOLS
+from tandem.decode import DECODE
+from tandem.pods.launch import KVRole, PoolRole, VllmLaunch
+from tandem.pods.pool import AGGREGATED, Pool
+from tandem.prefill import PREFILL
+from tandem.simulator.config import simulated_pod
 
 PROFILE = "llama-3.1-8b-h100-tp1"
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -31,9 +32,9 @@ class PodCase:
 
 
 CASES = {
-    "prefill": PodCase(lambda: prefill_pod(PROFILE), "prefill", 8000, "kv_producer"),
-    "decode": PodCase(lambda: decode_pod(PROFILE).vllm, "decode", 8200, "kv_consumer"),
-    "aggregated": PodCase(lambda: aggregated_pod(PROFILE), "both", 8000, None),
+    "prefill": PodCase(lambda: PREFILL.pod(PROFILE).vllm, "prefill", 8000, "kv_producer"),
+    "decode": PodCase(lambda: DECODE.pod(PROFILE).vllm, "decode", 8200, "kv_consumer"),
+    "aggregated": PodCase(lambda: AGGREGATED.pod(PROFILE).vllm, "both", 8000, None),
 }
 
 
@@ -123,8 +124,8 @@ def test_probes_watch_health_on_the_serving_port(case: PodCase) -> None:
 @pytest.mark.parametrize(
     ("build", "port"),
     [
-        (lambda: prefill_pod(PROFILE, port=9000, side_channel_port=5700), 9000),
-        (lambda: decode_pod(PROFILE, vllm_port=9200, side_channel_port=5700).vllm, 9200),
+        (lambda: PREFILL.pod(PROFILE, vllm_port=9000, side_channel_port=5700).vllm, 9000),
+        (lambda: DECODE.pod(PROFILE, vllm_port=9200, side_channel_port=5700).vllm, 9200),
     ],
     ids=["prefill", "decode"],
 )
@@ -140,22 +141,38 @@ def test_overridden_ports_reach_argv_env_and_simulation(
 
 
 def test_decode_sidecar_fronts_vllm() -> None:
-    pod = decode_pod(PROFILE)
+    pod = DECODE.pod(PROFILE)
 
-    assert pod.sidecar_port == 8000
+    assert pod.serving_port == 8000
     assert pod.sidecar_argv() == ["tandem", "sidecar", "--port", "8000", "--vllm-port", "8200"]
 
 
+@pytest.mark.parametrize("pool", [PREFILL, AGGREGATED], ids=["prefill", "aggregated"])
+def test_pods_without_a_sidecar_serve_on_vllms_port(pool: Pool) -> None:
+    pod = pool.pod(PROFILE)
+
+    assert pod.serving_port == pod.vllm.port == 8000
+    assert pod.sidecar_argv() == []
+
+
+def test_every_pool_by_its_role() -> None:
+    assert {role: pool.role for role, pool in POOLS.items()} == {
+        "both": "both",
+        "prefill": "prefill",
+        "decode": "decode",
+    }
+
+
 def test_a_deployments_own_model_is_served_by_its_simulated_twin() -> None:
-    launch = dataclasses.replace(prefill_pod(PROFILE), model="acme/llama-ft")
+    launch = dataclasses.replace(PREFILL.pod(PROFILE).vllm, model="acme/llama-ft")
 
     assert launch.argv()[:3] == ["vllm", "serve", "acme/llama-ft"]
     assert simulated_pod(launch).model_name == "acme/llama-ft"
-    assert simulated_pod(prefill_pod(PROFILE)).served_model_name is None
+    assert simulated_pod(PREFILL.pod(PROFILE).vllm).served_model_name is None
 
 
 def test_served_model_name_reaches_argv_and_simulation() -> None:
-    launch = prefill_pod(PROFILE, served_model_name="llama")
+    launch = PREFILL.pod(PROFILE, served_model_name="llama").vllm
 
     assert flag_value(launch.argv(), "--served-model-name") == "llama"
     assert simulated_pod(launch).model_name == "llama"
@@ -174,8 +191,8 @@ def test_the_simulated_pod_reads_vllms_side_channel_host_variable(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from tandem.cli import build_parser
-    from tandem.commands.common import options_from
-    from tandem.commands.sim import SimOptions, sim_config
+    from tandem.cli.common import options_from
+    from tandem.cli.sim import SimOptions, sim_config
 
     args = build_parser().parse_args(["sim", "--role", "prefill", "--host", "0.0.0.0"])
     _, without = sim_config(options_from(SimOptions, args))
@@ -190,8 +207,8 @@ def test_the_simulated_pod_reads_vllms_side_channel_host_variable(
 
 def test_print_vllm_command_carries_the_clis_overrides() -> None:
     from tandem.cli import build_parser
-    from tandem.commands.common import options_from
-    from tandem.commands.sim import SimOptions, sim_config
+    from tandem.cli.common import options_from
+    from tandem.cli.sim import SimOptions, sim_config
 
     args = build_parser().parse_args([
         "sim", "--role", "decode", "--host", "127.0.0.5", "--port", "9300",

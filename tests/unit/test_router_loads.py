@@ -3,8 +3,8 @@ tokens that pod is predicted not to hold, until its first byte."""
 
 from __future__ import annotations
 
-from orchestrator.router import Router
-from orchestrator.scheduling.types import EngineMetrics
+from tandem.orchestrator.router import Router
+from tandem.orchestrator.scheduling.types import EngineMetrics
 from tests.support.endpoints import pool
 from tests.support.routers import router as make_router
 from tests.unit.scheduling.support import group_prompt, make_request

@@ -8,13 +8,19 @@ import math
 import pytest
 from prometheus_client import generate_latest
 
-from costmodel.capacity import decode_pods_for_itl, prefill_tokens_per_s, prompt_seconds, scaled
-from costmodel.profiles import get_profile
-from costmodel.step import decode_step_seconds
-from orchestrator.config import OrchestratorConfigError, ScalingConfig, parse_orchestrator_config
-from orchestrator.endpoints import EndpointStore
-from orchestrator.scaling import ScalingSignal
-from orchestrator.scheduling.types import EngineMetrics
+from tandem.costmodel.capacity import (
+    decode_pods_for_itl,
+    prefill_tokens_per_s,
+    prompt_seconds,
+    scaled,
+)
+from tandem.costmodel.profiles import get_profile
+from tandem.costmodel.step import decode_step_seconds
+from tandem.errors import OrchestratorConfigError
+from tandem.orchestrator.config import ScalingConfig, parse_orchestrator_config
+from tandem.orchestrator.endpoints import EndpointStore
+from tandem.orchestrator.scaling import ScalingSignal
+from tandem.orchestrator.scheduling.types import EngineMetrics
 from tests.support.endpoints import pool
 from tests.support.routers import router as make_router
 from tests.unit.scheduling.support import make_request

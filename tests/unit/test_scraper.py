@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.scraper import MetricsParseError, parse_engine_metrics
+from tandem.errors import MetricsParseError
+from tandem.orchestrator.scraper import parse_engine_metrics
 
 EXPOSITION = """\
 # TYPE vllm:num_requests_running gauge

@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from simulator.kv_connector import RemotePrefill
-from simulator.transfer import KVTransferError, SideChannelClient
+from tandem.errors import KVTransferError
+from tandem.simulator.kv_connector import RemotePrefill
+from tandem.simulator.transfer import SideChannelClient
 
 ANSWERS = {
     "an HTTP answer": b"HTTP/1.1 400 Bad Request\r\n\r\n",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.flow import Next, Step, after_prefill, reply_failure, tries_next_candidate
+from tandem.sidecar.flow import Next, Step, after_prefill, reply_failure, tries_next_candidate
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,12 @@ import ssl
 
 import pytest
 
-from mesh.tls import ClientTLS, ServerTLS
 from tandem.cli import build_parser
-from tandem.commands.common import options_from, server_tls
-from tandem.commands.sidecar import SidecarOptions, sidecar_config
-from tandem.commands.sim import SimOptions, sim_config
+from tandem.cli.common import options_from, server_tls
+from tandem.cli.sidecar import SidecarOptions, sidecar_config
+from tandem.cli.sim import SimOptions, sim_config
+from tandem.errors import UsageError
+from tandem.http.tls import ClientTLS, ServerTLS
 
 SERVE_MTLS = [
     "--ssl-certfile", "/tls/tls.crt", "--ssl-keyfile", "/tls/tls.key",
@@ -63,7 +64,7 @@ def test_the_simulated_pod_takes_vllms_flags_and_prints_them_for_vllm() -> None:
 def test_incomplete_flags_are_refused(
     flags: tuple[str | None, str | None, str | None, int], problem: str
 ) -> None:
-    with pytest.raises(ValueError, match=problem):
+    with pytest.raises(UsageError, match=problem):
         server_tls(*flags)
 
 

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 
-from kvcache.tokenizer import (
+from tandem.kvcache.tokenizer import (
     _PIECE,
     NUM_WORDS,
     SYNTHETIC_VOCAB_SIZE,

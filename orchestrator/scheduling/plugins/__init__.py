@@ -2,33 +2,38 @@
 
 from __future__ import annotations
 
-from orchestrator.scheduling.plugins.active_request_scorer import ActiveRequestScorer
-from orchestrator.scheduling.plugins.approx_prefix_cache_producer import (
+from tandem.orchestrator.scheduling.plugins.active_request_scorer import ActiveRequestScorer
+from tandem.orchestrator.scheduling.plugins.approx_prefix_cache_producer import (
     ApproxPrefixCacheProducer,
 )
-from orchestrator.scheduling.plugins.decode_itl_scorer import DecodeItlScorer
-from orchestrator.scheduling.plugins.kv_cache_utilization_scorer import KVCacheUtilizationScorer
-from orchestrator.scheduling.plugins.label_selector_filter import LabelSelectorFilter
-from orchestrator.scheduling.plugins.load_aware_pd_decider import LoadAwarePDDecider
-from orchestrator.scheduling.plugins.load_aware_scorer import LoadAwareScorer
-from orchestrator.scheduling.plugins.max_score_picker import MaxScorePicker
-from orchestrator.scheduling.plugins.pd_deciders import AlwaysDisaggPDDecider, PrefixBasedPDDecider
-from orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
+from tandem.orchestrator.scheduling.plugins.decode_itl_scorer import DecodeItlScorer
+from tandem.orchestrator.scheduling.plugins.kv_cache_utilization_scorer import (
+    KVCacheUtilizationScorer,
+)
+from tandem.orchestrator.scheduling.plugins.label_selector_filter import LabelSelectorFilter
+from tandem.orchestrator.scheduling.plugins.load_aware_pd_decider import LoadAwarePDDecider
+from tandem.orchestrator.scheduling.plugins.load_aware_scorer import LoadAwareScorer
+from tandem.orchestrator.scheduling.plugins.max_score_picker import MaxScorePicker
+from tandem.orchestrator.scheduling.plugins.pd_deciders import (
+    AlwaysDisaggPDDecider,
+    PrefixBasedPDDecider,
+)
+from tandem.orchestrator.scheduling.plugins.precise_prefix_cache_producer import (
     PrecisePrefixCacheProducer,
 )
-from orchestrator.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
-from orchestrator.scheduling.plugins.profile_handlers import (
+from tandem.orchestrator.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
+from tandem.orchestrator.scheduling.plugins.profile_handlers import (
     DisaggProfileHandler,
     SingleProfileHandler,
 )
-from orchestrator.scheduling.plugins.queue_scorer import QueueScorer
-from orchestrator.scheduling.plugins.random_picker import RandomPicker
-from orchestrator.scheduling.plugins.role_filters import DecodeFilter, PrefillFilter
-from orchestrator.scheduling.plugins.round_robin_picker import RoundRobinPicker
-from orchestrator.scheduling.plugins.session_affinity_scorer import SessionAffinityScorer
-from orchestrator.scheduling.plugins.token_load_scorer import TokenLoadScorer
-from orchestrator.scheduling.plugins.weighted_random_picker import WeightedRandomPicker
-from orchestrator.scheduling.registry import PluginRegistry
+from tandem.orchestrator.scheduling.plugins.queue_scorer import QueueScorer
+from tandem.orchestrator.scheduling.plugins.random_picker import RandomPicker
+from tandem.orchestrator.scheduling.plugins.role_filters import DecodeFilter, PrefillFilter
+from tandem.orchestrator.scheduling.plugins.round_robin_picker import RoundRobinPicker
+from tandem.orchestrator.scheduling.plugins.session_affinity_scorer import SessionAffinityScorer
+from tandem.orchestrator.scheduling.plugins.token_load_scorer import TokenLoadScorer
+from tandem.orchestrator.scheduling.plugins.weighted_random_picker import WeightedRandomPicker
+from tandem.orchestrator.scheduling.registry import PluginRegistry
 
 
 def builtin_registry() -> PluginRegistry:

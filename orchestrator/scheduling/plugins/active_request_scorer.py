@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import Field
 
-from orchestrator.scheduling.framework import Cycle
-from orchestrator.scheduling.registry import Plugin, PluginParameters
-from orchestrator.scheduling.types import EndpointView
+from tandem.orchestrator.scheduling.framework import Cycle
+from tandem.orchestrator.scheduling.registry import Plugin, PluginParameters
+from tandem.orchestrator.scheduling.types import EndpointView
 
 
 class ActiveRequestParameters(PluginParameters):

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from orchestrator.scheduling.prefix_index import (
+from tandem.orchestrator.scheduling.prefix_index import (
     DEFAULT_BLOCK_SIZE_TOKENS,
     DEFAULT_CHARS_PER_TOKEN,
     DEFAULT_LRU_CAPACITY_PER_SERVER,
     DEFAULT_MAX_PREFIX_TOKENS,
     PrefixIndex,
 )
-from orchestrator.scheduling.registry import Plugin, PluginParameters
+from tandem.orchestrator.scheduling.registry import Plugin, PluginParameters
 
 
 class ApproxPrefixParameters(PluginParameters):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from orchestrator.scheduling.framework import Cycle
-from orchestrator.scheduling.registry import Plugin
-from orchestrator.scheduling.types import EndpointView
+from tandem.orchestrator.scheduling.framework import Cycle
+from tandem.orchestrator.scheduling.registry import Plugin
+from tandem.orchestrator.scheduling.types import EndpointView
 
 
 class KVCacheUtilizationScorer(Plugin):

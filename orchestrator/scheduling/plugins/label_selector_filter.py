@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from orchestrator.scheduling.framework import Cycle
-from orchestrator.scheduling.registry import Plugin, PluginParameters
-from orchestrator.scheduling.types import EndpointView
+from tandem.orchestrator.scheduling.framework import Cycle
+from tandem.orchestrator.scheduling.registry import Plugin, PluginParameters
+from tandem.orchestrator.scheduling.types import EndpointView
 
 
 class LabelRequirement(BaseModel):

@@ -33,9 +33,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from orchestrator.scheduling.framework import Cycle
-from orchestrator.scheduling.plugins.pd_deciders import PrefixBasedParameters, PrefixBasedPDDecider
-from orchestrator.scheduling.types import (
+from tandem.orchestrator.scheduling.framework import Cycle
+from tandem.orchestrator.scheduling.plugins.pd_deciders import (
+    PrefixBasedParameters,
+    PrefixBasedPDDecider,
+)
+from tandem.orchestrator.scheduling.types import (
     EndpointView,
     PDDecision,
     ProfileResult,

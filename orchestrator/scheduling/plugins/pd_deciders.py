@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from orchestrator.scheduling.framework import Cycle
-from orchestrator.scheduling.registry import Plugin, PluginParameters
-from orchestrator.scheduling.types import PDDecision, ProfileResult, ScoredEndpoint
+from tandem.orchestrator.scheduling.framework import Cycle
+from tandem.orchestrator.scheduling.registry import Plugin, PluginParameters
+from tandem.orchestrator.scheduling.types import PDDecision, ProfileResult, ScoredEndpoint
 
 
 class PrefixBasedParameters(PluginParameters):

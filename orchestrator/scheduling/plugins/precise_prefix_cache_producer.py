@@ -33,13 +33,13 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from kvcache.hashing import DEFAULT_HASH_SEED, external_prompt_hashes, none_hash
-from kvcache.tokenizer import SyntheticTokenizer, Tokenizer, load_tokenizer, render_chat
-from mesh.endpoints import Endpoint
-from orchestrator.scheduling.framework import PreciseMatcher
-from orchestrator.scheduling.precise_index import PreciseIndex
-from orchestrator.scheduling.registry import Plugin, PluginParameters
-from orchestrator.scheduling.types import EnginePrompt, SchedulingRequest
+from tandem.discovery.endpoints import Endpoint
+from tandem.kvcache.hashing import DEFAULT_HASH_SEED, external_prompt_hashes, none_hash
+from tandem.kvcache.tokenizer import SyntheticTokenizer, Tokenizer, load_tokenizer, render_chat
+from tandem.orchestrator.scheduling.framework import PreciseMatcher
+from tandem.orchestrator.scheduling.precise_index import PreciseIndex
+from tandem.orchestrator.scheduling.registry import Plugin, PluginParameters
+from tandem.orchestrator.scheduling.types import EnginePrompt, SchedulingRequest
 
 KV_EVENTS_PORT_LABEL = "tandem.ai/kv-events-port"
 KV_EVENTS_REPLAY_PORT_LABEL = "tandem.ai/kv-events-replay-port"

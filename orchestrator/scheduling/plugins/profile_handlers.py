@@ -14,14 +14,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mesh.endpoints import Role
-from orchestrator.scheduling.framework import Cycle, Decider, ProfileRunner
-from orchestrator.scheduling.registry import Plugin, PluginParameters
-from orchestrator.scheduling.types import (
+from tandem.discovery.endpoints import Role
+from tandem.errors import SchedulingError
+from tandem.orchestrator.scheduling.framework import Cycle, Decider, ProfileRunner
+from tandem.orchestrator.scheduling.registry import Plugin, PluginParameters
+from tandem.orchestrator.scheduling.types import (
     EndpointView,
     PDDecision,
     ProfileResult,
-    SchedulingError,
     SchedulingResult,
 )
 

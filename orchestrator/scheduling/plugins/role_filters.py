@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from mesh.endpoints import Role
-from orchestrator.scheduling.framework import Cycle
-from orchestrator.scheduling.registry import Plugin
-from orchestrator.scheduling.types import EndpointView
+from tandem.discovery.endpoints import Role
+from tandem.orchestrator.scheduling.framework import Cycle
+from tandem.orchestrator.scheduling.registry import Plugin
+from tandem.orchestrator.scheduling.types import EndpointView
 
 
 class _RoleFilter(Plugin):

@@ -16,9 +16,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from orchestrator.scheduling.framework import Cycle
-from orchestrator.scheduling.registry import Plugin, PluginParameters
-from orchestrator.scheduling.types import EndpointView, SchedulingResult
+from tandem.orchestrator.scheduling.framework import Cycle
+from tandem.orchestrator.scheduling.registry import Plugin, PluginParameters
+from tandem.orchestrator.scheduling.types import EndpointView, SchedulingResult
 
 SESSION_TOKEN_HEADER = "x-session-token"
 SESSION_ID_HEADER = "x-session-id"

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from orchestrator.scheduling.framework import Cycle
-from orchestrator.scheduling.plugins.max_score_picker import PickerParameters
-from orchestrator.scheduling.registry import Plugin
-from orchestrator.scheduling.types import ScoredEndpoint
+from tandem.orchestrator.scheduling.framework import Cycle
+from tandem.orchestrator.scheduling.plugins.max_score_picker import PickerParameters
+from tandem.orchestrator.scheduling.registry import Plugin
+from tandem.orchestrator.scheduling.types import ScoredEndpoint
 
 
 class WeightedRandomPicker(Plugin):

@@ -6,12 +6,12 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mesh.endpoints import ROLE_LABEL, Endpoint
-from orchestrator.scheduling.config import build_scheduler, parse_config
-from orchestrator.scheduling.framework import Cycle
-from orchestrator.scheduling.prefix_index import PrefixIndex
-from orchestrator.scheduling.scheduler import Scheduler
-from orchestrator.scheduling.types import (
+from tandem.discovery.endpoints import ROLE_LABEL, Endpoint
+from tandem.orchestrator.scheduling.config import build_scheduler, parse_config
+from tandem.orchestrator.scheduling.framework import Cycle
+from tandem.orchestrator.scheduling.prefix_index import PrefixIndex
+from tandem.orchestrator.scheduling.scheduler import Scheduler
+from tandem.orchestrator.scheduling.types import (
     EndpointView,
     EngineMetrics,
     SchedulingRequest,

@@ -11,25 +11,21 @@ from typing import Any
 import pytest
 import yaml
 
-import orchestrator
-from orchestrator.scheduling.config import (
-    SchedulerConfigError,
-    build_scheduler,
-    load_config_file,
-    parse_config,
-)
-from orchestrator.scheduling.plugins.active_request_scorer import ActiveRequestScorer
-from orchestrator.scheduling.plugins.label_selector_filter import LabelSelectorFilter
-from orchestrator.scheduling.plugins.max_score_picker import MaxScorePicker
-from orchestrator.scheduling.plugins.pd_deciders import AlwaysDisaggPDDecider
-from orchestrator.scheduling.plugins.profile_handlers import (
+import tandem.orchestrator as orchestrator
+from tandem.errors import SchedulerConfigError
+from tandem.orchestrator.scheduling.config import build_scheduler, load_config_file, parse_config
+from tandem.orchestrator.scheduling.plugins.active_request_scorer import ActiveRequestScorer
+from tandem.orchestrator.scheduling.plugins.label_selector_filter import LabelSelectorFilter
+from tandem.orchestrator.scheduling.plugins.max_score_picker import MaxScorePicker
+from tandem.orchestrator.scheduling.plugins.pd_deciders import AlwaysDisaggPDDecider
+from tandem.orchestrator.scheduling.plugins.profile_handlers import (
     DisaggProfileHandler,
     SingleProfileHandler,
 )
-from orchestrator.scheduling.plugins.queue_scorer import QueueScorer
-from orchestrator.scheduling.prefix_index import PrefixIndex
-from orchestrator.scheduling.saturation import SaturationDetectorConfig
-from orchestrator.scheduling.types import PDDecision
+from tandem.orchestrator.scheduling.plugins.queue_scorer import QueueScorer
+from tandem.orchestrator.scheduling.prefix_index import PrefixIndex
+from tandem.orchestrator.scheduling.saturation import SaturationDetectorConfig
+from tandem.orchestrator.scheduling.types import PDDecision
 from tests.unit.scheduling.support import make_request, make_view, pd_config, scheduler_from
 
 CONFIG_DIR = Path(orchestrator.__file__).parent / "configs"

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from mesh.endpoints import Endpoint
-from orchestrator.scheduling.plugins.decode_itl_scorer import DecodeItlScorer
-from orchestrator.scheduling.types import EndpointView, EngineMetrics
+from tandem.discovery.endpoints import Endpoint
+from tandem.orchestrator.scheduling.plugins.decode_itl_scorer import DecodeItlScorer
+from tandem.orchestrator.scheduling.types import EndpointView, EngineMetrics
 from tests.unit.scheduling.support import make_cycle, make_request
 
 SIMPLE = {

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from mesh.endpoints import ROLE_LABEL
-from orchestrator.scheduling.plugins import builtin_registry
-from orchestrator.scheduling.plugins.label_selector_filter import LabelSelectorFilter
-from orchestrator.scheduling.plugins.role_filters import DecodeFilter, PrefillFilter
+from tandem.discovery.endpoints import ROLE_LABEL
+from tandem.orchestrator.scheduling.plugins import builtin_registry
+from tandem.orchestrator.scheduling.plugins.label_selector_filter import LabelSelectorFilter
+from tandem.orchestrator.scheduling.plugins.role_filters import DecodeFilter, PrefillFilter
 from tests.unit.scheduling.support import make_cycle, make_view, names
 
 # role label value → (kept by prefill-filter, kept by decode-filter), per llm-d's roles.go.

@@ -8,21 +8,24 @@ from typing import Any, Literal
 
 import pytest
 
-from orchestrator.scheduling.framework import Cycle, Decider
-from orchestrator.scheduling.plugins.max_score_picker import MaxScorePicker
-from orchestrator.scheduling.plugins.pd_deciders import AlwaysDisaggPDDecider, PrefixBasedPDDecider
-from orchestrator.scheduling.plugins.profile_handlers import (
+from tandem.errors import SchedulingError
+from tandem.orchestrator.scheduling.framework import Cycle, Decider
+from tandem.orchestrator.scheduling.plugins.max_score_picker import MaxScorePicker
+from tandem.orchestrator.scheduling.plugins.pd_deciders import (
+    AlwaysDisaggPDDecider,
+    PrefixBasedPDDecider,
+)
+from tandem.orchestrator.scheduling.plugins.profile_handlers import (
     DisaggProfileHandler,
     SingleProfileHandler,
 )
-from orchestrator.scheduling.plugins.role_filters import DecodeFilter, PrefillFilter
-from orchestrator.scheduling.prefix_index import PrefixIndex
-from orchestrator.scheduling.profile import Profile
-from orchestrator.scheduling.types import (
+from tandem.orchestrator.scheduling.plugins.role_filters import DecodeFilter, PrefillFilter
+from tandem.orchestrator.scheduling.prefix_index import PrefixIndex
+from tandem.orchestrator.scheduling.profile import Profile
+from tandem.orchestrator.scheduling.types import (
     EndpointView,
     PDDecision,
     ProfileResult,
-    SchedulingError,
     ScoredEndpoint,
 )
 from tests.unit.scheduling.support import BLOCK_CHARS, make_cycle, make_request, make_view

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-import orchestrator
-from orchestrator.scheduling.config import build_scheduler, load_config_file
-from orchestrator.scheduling.plugins.load_aware_pd_decider import LoadAwarePDDecider
-from orchestrator.scheduling.prefix_index import PrefixIndex
-from orchestrator.scheduling.types import PDDecision, ProfileResult, ScoredEndpoint
+import tandem.orchestrator as orchestrator
+from tandem.orchestrator.scheduling.config import build_scheduler, load_config_file
+from tandem.orchestrator.scheduling.plugins.load_aware_pd_decider import LoadAwarePDDecider
+from tandem.orchestrator.scheduling.prefix_index import PrefixIndex
+from tandem.orchestrator.scheduling.types import PDDecision, ProfileResult, ScoredEndpoint
 from tests.unit.scheduling.support import (
     BLOCK_CHARS,
     make_cycle,

@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 
-from orchestrator.scheduling.plugins.max_score_picker import MaxScorePicker
-from orchestrator.scheduling.plugins.random_picker import RandomPicker
-from orchestrator.scheduling.plugins.round_robin_picker import RoundRobinPicker
-from orchestrator.scheduling.plugins.weighted_random_picker import WeightedRandomPicker
+from tandem.orchestrator.scheduling.plugins.max_score_picker import MaxScorePicker
+from tandem.orchestrator.scheduling.plugins.random_picker import RandomPicker
+from tandem.orchestrator.scheduling.plugins.round_robin_picker import RoundRobinPicker
+from tandem.orchestrator.scheduling.plugins.weighted_random_picker import WeightedRandomPicker
 from tests.unit.scheduling.support import make_cycle, make_scored, names
 
 SEEDS = range(60)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, KVEvent
-from orchestrator.scheduling.precise_index import PreciseIndex, SyncState
+from tandem.kvcache.events import AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, KVEvent
+from tandem.orchestrator.scheduling.precise_index import PreciseIndex, SyncState
 
 
 def stored(*hashes: int, parent: int | None = None) -> BlockStored:

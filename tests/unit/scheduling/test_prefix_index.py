@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.scheduling import prefix_index
-from orchestrator.scheduling.prefix_index import PrefixIndex
+from tandem.orchestrator.scheduling import prefix_index
+from tandem.orchestrator.scheduling.prefix_index import PrefixIndex
 from tests.unit.scheduling.support import BLOCK_CHARS, SYSTEM_PROMPT, group_prompt
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import orchestrator
-from orchestrator.scheduling.config import build_scheduler, load_config_file
-from orchestrator.scheduling.scheduler import Scheduler
-from orchestrator.scheduling.types import EndpointView, PDDecision
+import tandem.orchestrator as orchestrator
+from tandem.orchestrator.scheduling.config import build_scheduler, load_config_file
+from tandem.orchestrator.scheduling.scheduler import Scheduler
+from tandem.orchestrator.scheduling.types import EndpointView, PDDecision
 from tests.unit.scheduling.support import (
     group_prompt,
     make_request,

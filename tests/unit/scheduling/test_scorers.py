@@ -6,20 +6,22 @@ from typing import Any
 
 import pytest
 
-from orchestrator.scheduling.plugins.active_request_scorer import ActiveRequestScorer
-from orchestrator.scheduling.plugins.kv_cache_utilization_scorer import KVCacheUtilizationScorer
-from orchestrator.scheduling.plugins.load_aware_scorer import LoadAwareScorer
-from orchestrator.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
-from orchestrator.scheduling.plugins.queue_scorer import QueueScorer
-from orchestrator.scheduling.plugins.session_affinity_scorer import (
+from tandem.orchestrator.scheduling.plugins.active_request_scorer import ActiveRequestScorer
+from tandem.orchestrator.scheduling.plugins.kv_cache_utilization_scorer import (
+    KVCacheUtilizationScorer,
+)
+from tandem.orchestrator.scheduling.plugins.load_aware_scorer import LoadAwareScorer
+from tandem.orchestrator.scheduling.plugins.prefix_cache_scorer import PrefixCacheScorer
+from tandem.orchestrator.scheduling.plugins.queue_scorer import QueueScorer
+from tandem.orchestrator.scheduling.plugins.session_affinity_scorer import (
     SESSION_ID_HEADER,
     SESSION_TOKEN_HEADER,
     SessionAffinityScorer,
     encode_session_token,
 )
-from orchestrator.scheduling.plugins.token_load_scorer import TokenLoadScorer
-from orchestrator.scheduling.prefix_index import PrefixIndex
-from orchestrator.scheduling.types import (
+from tandem.orchestrator.scheduling.plugins.token_load_scorer import TokenLoadScorer
+from tandem.orchestrator.scheduling.prefix_index import PrefixIndex
+from tandem.orchestrator.scheduling.types import (
     EndpointView,
     PDDecision,
     ProfileResult,

@@ -1,1 +1,0 @@
-"""tandem's gRPC API: the .proto sources and the Python stubs generated from them."""

@@ -1,0 +1,5 @@
+"""`python -m tandem`: the `tandem` command line."""
+
+from tandem.cli import main
+
+raise SystemExit(main())

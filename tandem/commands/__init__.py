@@ -1,1 +1,0 @@
-"""The `tandem` subcommands, one module each: its arguments, its typed options, its run."""
