@@ -103,9 +103,9 @@ def add_parser(subparsers: Subparsers) -> None:
     sim.add_argument("--tokenizer", help="path to a Hugging Face tokenizer.json")
     sim.add_argument(
         "--kv-events-config",
-        help="vLLM's KV event publisher settings as JSON (default: the pool definition's, "
-        'publishing on tcp://*:5557 with replays on 5558); \'{"enable_kv_cache_events": '
-        "false}' turns it off",
+        help="vLLM's KV event publisher settings as JSON (default: none, as vLLM's), e.g. "
+        '\'{"enable_kv_cache_events": true, "endpoint": "tcp://*:5557"}\'; a wildcard endpoint '
+        "binds the address the pod serves on (--host)",
     )
     sim.add_argument(
         "--enable-request-id-headers",
@@ -170,12 +170,14 @@ def sim_config(options: SimOptions) -> tuple[VllmLaunch, SimPodConfig]:
     # As vLLM does, the side channel binds to and advertises VLLM_NIXL_SIDE_CHANNEL_HOST (on
     # Kubernetes the pod IP), "localhost" without it (vllm-project/vllm: vllm/envs.py).
     side_channel_host = os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST") or "localhost"
+    # As `vllm serve`, no KV events unless --kv-events-config asks for them.
     launch = dataclasses.replace(
         POOLS[options.role].pod(options.profile, served_model_name=options.served_model_name).vllm,
         side_channel_host=side_channel_host,
+        kv_events_port=None,
+        kv_events_replay_port=None,
     )
     base = simulated_pod(launch, host=host, time_scale=options.time_scale).model_dump()
-    events = options.kv_events_config
     overrides = {
         "port": options.port,
         "side_channel_port": options.side_channel_port,
@@ -190,7 +192,7 @@ def sim_config(options: SimOptions) -> tuple[VllmLaunch, SimPodConfig]:
         "natural_output_len": options.natural_output_len,
         "tokenizer": options.tokenizer,
         "enable_request_id_headers": options.enable_request_id_headers or None,
-        "kv_events_config": json.loads(events) if events else None,
+        "kv_events_config": _json_option("--kv-events-config", options.kv_events_config),
     }
     base.update({k: v for k, v in overrides.items() if v is not None})
     base["faults"] = {
@@ -206,6 +208,15 @@ def sim_config(options: SimOptions) -> tuple[VllmLaunch, SimPodConfig]:
     except ValidationError as exc:
         raise ConfigError(f"pod options: {field_problems(exc.errors())}") from None
     return _with_overrides(launch, config, options), config
+
+
+def _json_option(flag: str, value: str | None) -> object:
+    if not value:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag}: not JSON ({exc}): {value}") from None
 
 
 def _with_overrides(launch: VllmLaunch, config: SimPodConfig, options: SimOptions) -> VllmLaunch:
@@ -228,7 +239,6 @@ def _with_overrides(launch: VllmLaunch, config: SimPodConfig, options: SimOption
         extra += ["--kv-events-config", options.kv_events_config]
     return dataclasses.replace(
         launch,
-        kv_events_port=None if options.kv_events_config is not None else launch.kv_events_port,
         port=config.port,
         side_channel_port=config.side_channel_port,
         kv_lease_duration=config.kv_lease_duration,

@@ -6,6 +6,10 @@ socket as `[topic, seq, payload]` (`tandem.kvcache.events`), and into a buffer o
 missed batches: `[b"", start_seq]` in, every buffered batch from `start_seq` out, then the
 end marker. A subscriber too slow for the high-water mark loses batches, as with vLLM: it
 sees the gap in `seq` and replays.
+
+One difference from vLLM: a wildcard endpoint (`tcp://*:5557`) binds the address the pod
+serves HTTP on, not every interface, so pods serving on 127.0.0.1 publish on 127.0.0.1 only
+(a pod serving on 0.0.0.0, as on Kubernetes, binds every interface as vLLM does).
 """
 
 from __future__ import annotations
@@ -31,11 +35,28 @@ def _binds(endpoint: str) -> bool:
     return "*" in endpoint or "::" in endpoint or endpoint.startswith(("ipc://", "inproc://"))
 
 
+def bind_address(endpoint: str, host: str | None) -> str:
+    """Where a binding endpoint binds: a wildcard TCP host becomes `host`, the pod's own
+    serving address (unless that is a wildcard too, or None)."""
+    if host is None or host in ("0.0.0.0", "::", "*") or not endpoint.startswith("tcp://*:"):
+        return endpoint
+    address = f"[{host}]" if ":" in host else host
+    return endpoint.replace("tcp://*:", f"tcp://{address}:", 1)
+
+
 class KVEventPublisher:
     """Publishes KV event batches; `start` and `stop` on the pod's event loop."""
 
-    def __init__(self, config: KVEventsConfig, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: KVEventsConfig,
+        wall_clock: Callable[[], float] = time.time,
+        *,
+        host: str | None = None,
+    ) -> None:
+        """`host`: the address the pod serves on, which wildcard endpoints bind."""
         self.config = config
+        self._host = host
         self._wall_clock = wall_clock
         self._topic = config.topic.encode()
         self._seq = itertools.count()
@@ -52,17 +73,20 @@ class KVEventPublisher:
         self._pub.set_hwm(self.config.hwm)
         self._pub.setsockopt(zmq.LINGER, 0)
         endpoint = self.config.endpoint
-        (self._pub.bind if _binds(endpoint) else self._pub.connect)(endpoint)
-        if self.config.replay_endpoint is not None:
+        if _binds(endpoint):
+            endpoint = bind_address(endpoint, self._host)
+            self._pub.bind(endpoint)
+        else:
+            self._pub.connect(endpoint)
+        replay = self.config.replay_endpoint
+        if replay is not None:
+            replay = bind_address(replay, self._host)
             self._replay = self._context.socket(zmq.ROUTER)
             self._replay.setsockopt(zmq.LINGER, 0)
-            self._replay.bind(self.config.replay_endpoint)
+            self._replay.bind(replay)
             self._replay_task = asyncio.create_task(self._serve_replay(), name="kv-replay")
         logger.info(
-            "kv_events_publishing",
-            endpoint=endpoint,
-            replay=self.config.replay_endpoint,
-            topic=self.config.topic,
+            "kv_events_publishing", endpoint=endpoint, replay=replay, topic=self.config.topic
         )
 
     async def stop(self) -> None:

@@ -153,7 +153,11 @@ async def _lifespan(app: FastAPI, parts: _PodParts) -> AsyncIterator[None]:
     if config.faults.ready_delay_s:
         await asyncio.sleep(config.faults.ready_delay_s)
     events = config.kv_events_config
-    publisher = KVEventPublisher(events) if events is not None and events.publishes else None
+    publisher = (
+        KVEventPublisher(events, host=config.host)
+        if events is not None and events.publishes
+        else None
+    )
     if publisher is not None:
         publisher.start()
     runner = EngineRunner(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import socket
 import subprocess
@@ -13,7 +15,7 @@ from openai import OpenAI
 
 from tandem.costmodel.profiles import PROFILES
 from tests.support.processes import REPO_ROOT, TANDEM, sim_process
-from tests.support.servers import wait_until
+from tests.support.servers import free_port, wait_until
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -111,3 +113,49 @@ def test_sigusr1_stalls_metrics_until_the_next_one_while_the_pod_serves(tmp_path
             after = client.get(f"{url}/metrics", timeout=5).status_code
 
     assert (before, serving, after) == (200, 200, 200)
+
+
+def documented_block(page: Path, heading: str) -> str:
+    """The first ```bash block after `heading` in a Markdown page."""
+    section = page.read_text().split(heading, 1)[1]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_pd_round_trip_runs_as_written(tmp_path: Path) -> None:
+    """docs/simulator.md's round trip by hand, as a user pastes it (on free ports, with this
+    Python's tandem): the decode pod takes the whole prompt over the KV transfer."""
+    script = documented_block(REPO_ROOT / "docs" / "simulator.md", "### A P/D round trip by hand")
+    for port in ("8100", "8200", "5601", "5602"):
+        script = re.sub(rf"\b{port}\b", str(free_port()), script)
+    script = script.replace(".venv/bin/tandem", " ".join(TANDEM))
+    stop_pods_on_exit = "trap 'kill $(jobs -p) 2>/dev/null' EXIT\n"
+
+    result = subprocess.run(
+        ["bash", "-c", stop_pods_on_exit + script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    text, usage, metric = result.stdout.strip().splitlines()[-3:]
+    assert json.loads(text).strip()
+    prompt_tokens = json.loads(usage)["prompt_tokens"]
+    assert metric.startswith("vllm:prompt_tokens_by_source_total{")
+    assert float(metric.split()[-1]) == prompt_tokens > 0
+    assert json.loads((tmp_path / "params.json").read_text())["do_remote_prefill"] is True
+
+
+def test_a_pod_publishes_no_kv_events_unless_asked() -> None:
+    """As `vllm serve`: the pool definitions' events are what `tandem up` and the charts ask
+    for, not a default of the command."""
+    plain = run_tandem("sim", "--role", "prefill", "--print-vllm-command")
+    asked = run_tandem(
+        "sim", "--role", "prefill", "--print-vllm-command",
+        "--kv-events-config", '{"enable_kv_cache_events": true}',
+    )  # fmt: skip
+
+    assert "--kv-events-config" not in plain.stdout
+    assert "--kv-events-config '{\"enable_kv_cache_events\": true}'" in asked.stdout
