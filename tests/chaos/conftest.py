@@ -18,7 +18,7 @@ import pytest
 
 from tandem.cluster.local import LocalCluster
 from tandem.cluster.topology import ClusterSpec
-from tests.support.servers import free_port
+from tests.support.servers import cluster_base_port, free_port
 
 RESULTS: dict[str, dict[str, Any]] = {}
 
@@ -40,7 +40,7 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         time_scale=TIME_SCALE,
         port=free_port(),
         # Pods and side channels (base + 1000) below the ephemeral range free ports come from.
-        base_port=20_000 + free_port() % 10_000,
+        base_port=cluster_base_port(),
         seed=3,
         # A prefill pod that stops answering is given up on after 5 s, not 2 minutes.
         sidecar_args=("--prefill-timeout", "5"),

@@ -8,14 +8,14 @@ from pathlib import Path
 
 from tandem.bench.report import load_results
 from tests.support.processes import REPO_ROOT, TANDEM
-from tests.support.servers import free_port
+from tests.support.servers import cluster_base_port
 
 WORKLOAD = Path(__file__).parent / "data" / "tiny-workload.yaml"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_quick_bench_writes_results_report_and_plots(tmp_path: Path) -> None:
-    base_port = 20000 + free_port() % 20000
+    base_port = cluster_base_port()
     result = subprocess.run(
         [*TANDEM, "bench", str(WORKLOAD), "--quick", "--policies", "tandem,round-robin",
          "--time-scale", "1", "--output", str(tmp_path), "--base-port", str(base_port)],

@@ -17,7 +17,7 @@ from openai import OpenAI
 
 from tests.support.processes import REPO_ROOT, TANDEM
 from tests.support.schedulers import disaggregating_tandem
-from tests.support.servers import free_port, wait_until
+from tests.support.servers import cluster_base_port, free_port, wait_until
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -56,7 +56,7 @@ def _port_free(port: int) -> bool:
 
 @contextmanager
 def tandem_up(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
-    port, base_port = free_port(), 20000 + free_port() % 20000
+    port, base_port = free_port(), cluster_base_port()
     argv = [*TANDEM, "up", "--port", str(port), "--base-port", str(base_port),
             "--run-dir", str(tmp_path / "run"), "--time-scale", "0.1", *args]  # fmt: skip
     log = tmp_path / "up.log"

@@ -26,6 +26,13 @@ def free_port() -> int:
         return port
 
 
+def cluster_base_port() -> int:
+    """A base port for a local cluster (`ClusterSpec.base_port`): its pods, side channels and
+    KV event ports (up to about base + 2,100) stay below Linux's ephemeral range (32768 and
+    up), where another test's outgoing connection could hold one."""
+    return 20_000 + free_port() % 10_000
+
+
 @contextmanager
 def serve(
     app: FastAPI, port: int, startup_timeout_s: float = 20.0, tls: ServerTLS | None = None

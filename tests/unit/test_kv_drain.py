@@ -62,7 +62,6 @@ async def test_the_wait_ends_when_consumers_have_released_every_hold() -> None:
 
     assert waiting_for_the_last
     assert (result.held, result.expired, result.left) == (3, 0, 0)
-    assert result.waited_s < 5
 
 
 async def test_leases_running_out_end_the_wait_too() -> None:
@@ -74,12 +73,12 @@ async def test_leases_running_out_end_the_wait_too() -> None:
 
 
 async def test_the_wait_gives_up_at_its_timeout_and_reports_what_is_left() -> None:
+    # Nobody reads and the lease (30 s) outlasts the timeout: only the timeout ends the wait.
     async with running(producer_holding(HELD[:1])) as runner:
         result = await asyncio.wait_for(runner.drain_held_kv(timeout_s=0.2), timeout=5)
         still_held = list(runner.engine.held.requests)
 
     assert dataclasses.replace(result, waited_s=0.0) == KVDrain(1, 0, 1, 0.0)
-    assert 0.2 <= result.waited_s < 1.0
     assert still_held == ["p-0"]
 
 
