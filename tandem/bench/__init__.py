@@ -1,1 +1,3 @@
-"""Benchmarks: load generation, reports and micro-benchmarks (never run by the tests)."""
+"""The measuring tools: `tandem bench` (workloads, load generation, summaries, reports and
+plots), `tandem microbench` and `tandem fuzz`. Installed with the `tools` extra; the tests run
+them only on tiny workloads, to check that they work, never to judge a figure."""
