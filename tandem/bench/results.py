@@ -50,6 +50,11 @@ SLO attainment. **Admitted SLO attainment**: SLO attainment of the other request
 """
 
 
+def shape_label(shape: dict[str, int]) -> str:
+    """A cluster's shape as the reports name it, e.g. `prefill 4, decode 4`."""
+    return ", ".join(f"{role} {count}" for role, count in shape.items() if count)
+
+
 @dataclass(frozen=True, slots=True)
 class SloTargets:
     ttft_ms: float

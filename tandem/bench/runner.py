@@ -27,6 +27,7 @@ from tandem.bench.generate import (
     build_requests,
     schedule,
 )
+from tandem.bench.plots import write_plots
 from tandem.bench.progress import progress_bars
 from tandem.bench.records import RequestRecord
 from tandem.bench.report import (
@@ -34,7 +35,6 @@ from tandem.bench.report import (
     RunResult,
     SloTargets,
     write_markdown,
-    write_plots,
     write_results,
 )
 from tandem.bench.summary import histogram_quantiles, summarize_run

@@ -21,8 +21,9 @@ from tandem.bench.generate import (
     schedule,
     stage_starts,
 )
+from tandem.bench.plots import write_plots
 from tandem.bench.records import RequestRecord
-from tandem.bench.report import write_markdown, write_plots
+from tandem.bench.report import write_markdown
 from tandem.bench.results import BenchResults, RunResult, SloTargets, write_results
 from tandem.bench.summary import summarize_run
 from tandem.bench.workload import ClusterShape, Workload

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tandem.bench.plots import write_plots
 from tandem.bench.records import RequestRecord, StageSummary
 from tandem.bench.report import (
     BenchResults,
@@ -15,7 +16,6 @@ from tandem.bench.report import (
     SloTargets,
     load_results,
     write_markdown,
-    write_plots,
     write_results,
 )
 from tandem.bench.summary import summarize_stage
