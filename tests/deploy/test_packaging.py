@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,8 +31,10 @@ def build_wheel(source: Path, into: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel `pip install .` installs from this tree."""
-    return build_wheel(ROOT, tmp_path_factory.mktemp("wheel"))
+    """The wheel `pip install .` installs from this tree (built from a copy of its tracked
+    files: a build in place would leave build/ behind)."""
+    source = copy_tracked(tmp_path_factory.mktemp("source"), lambda path: True)
+    return build_wheel(source, tmp_path_factory.mktemp("wheel"))
 
 
 def ignored(path: str, patterns: list[str]) -> bool:
@@ -57,14 +59,21 @@ def image_context(into: Path) -> Path:
         if line.strip() and not line.startswith("#")
     ]
     copied = [rest.split()[0].rstrip("/") for rest in arguments("COPY") if "--from" not in rest]
+    return copy_tracked(
+        into,
+        lambda path: (
+            not ignored(path, patterns)
+            and any(path == c or path.startswith(f"{c}/") for c in copied)
+        ),
+    )
+
+
+def copy_tracked(into: Path, keep: Callable[[str], bool]) -> Path:
+    """The repository's tracked files that `keep` keeps, links as links, under `into`."""
     tracked = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    for path in tracked:
-        if ignored(path, patterns) or not any(
-            path == c or path.startswith(f"{c}/") for c in copied
-        ):
-            continue
+    for path in filter(keep, tracked):
         target = into / path
         target.parent.mkdir(parents=True, exist_ok=True)
         source = ROOT / path
