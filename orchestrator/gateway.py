@@ -4,8 +4,10 @@ For every completion or chat request the gateway asks the scheduler for a decode
 (and, when disaggregating, ranked prefill endpoints), then sends the request to the decode
 endpoint — the sidecar on a decode pod, or the pod itself in an aggregated pool — with the
 prefill choice in `x-prefiller-host-port`. Streams are relayed chunk by chunk; a client that
-goes away cancels the upstream request. A connection refused before any byte was sent is
-retried once on another endpoint, so a pod that just died loses no request.
+goes away cancels the upstream request. A request that never started (its connection refused,
+or its decode pod's vLLM refused it, as the sidecar's `x-tandem-not-started` says) is scheduled
+again without that endpoint, up to three decode endpoints in all, so a pod that just died
+loses no request.
 """
 
 from __future__ import annotations

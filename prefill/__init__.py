@@ -1,9 +1,9 @@
 """The prefill pool: vLLM servers that compute prompts' KV and hold it for decoders to read.
 
 A prefill pod runs vLLM as the NixlConnector's producer (`kv_producer`), with no sidecar, on
-port 8000: the orchestrator sends it prefill requests there (tandem's convention), and the
-decode pods' sidecars run their prefill legs there too. Decoders pull the KV over NIXL from
-its side channel at 5600. What every pod is made of is `tandem.pods`'s.
+port 8000 (tandem's convention): the decode pods' sidecars send it their prefill requests
+there, and the orchestrator scrapes its metrics there. Decoders pull the KV over NIXL from its
+side channel at 5600. What every pod is made of is `tandem.pods`'s.
 """
 
 from tandem.pods.pool import Pool

@@ -1,5 +1,5 @@
 """From per-request records to per-stage figures: percentiles, throughput, SLO attainment,
-goodput and prefix-cache hit rate, as defined in `bench/workloads/README.md`.
+goodput and prefix-cache hit rate, as defined in `tandem/bench/workloads/README.md`.
 
 All times are model seconds. Everything here is pure: the runner passes in the records of one
 stage and the counters it scraped, and gets back numbers.

@@ -1,4 +1,4 @@
-"""Benchmark workload files (`bench/workloads/*.yaml`), accepted exactly as they are written.
+"""Benchmark workload files (`tandem/bench/workloads/*.yaml`), accepted exactly as they are written.
 
     name, model, engine_profile, gpus
     clusters: {name: {both: N} | {prefill: P, decode: D}}
