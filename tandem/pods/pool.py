@@ -61,10 +61,9 @@ class Pool:
             side_channel_port=side_channel_port,
             kv_load_failure_policy=kv_load_failure_policy,
         )
-        fronted = self.sidecar_port is not None
-        return Pod(
-            self, vllm, sidecar_port=(sidecar_port or self.sidecar_port) if fronted else None
-        )
+        if self.sidecar_port is None:
+            return Pod(self, vllm)
+        return Pod(self, vllm, self.sidecar_port if sidecar_port is None else sidecar_port)
 
 
 @dataclass(frozen=True, slots=True)
