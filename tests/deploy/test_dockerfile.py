@@ -8,6 +8,8 @@ import re
 import tomllib
 from pathlib import Path
 
+from tandem.cli.common import TOOL_PACKAGES
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / "deploy" / "Dockerfile.dockerignore"
@@ -71,5 +73,5 @@ def test_dockerignore_leaves_out_the_development_files() -> None:
 
     assert {".git", ".venv", "tests", "results", ".mypy_cache", ".pytest_cache"} <= ignored
     assert {".ruff_cache", "**/__pycache__"} <= ignored
-    assert {"tandem/bench", "tandem/planner"} <= ignored  # the tools
+    assert {package.replace(".", "/") for package in TOOL_PACKAGES} <= ignored  # the tools
     assert not ignored & {"pyproject.toml", "README.md", "tandem", "orchestrator", "sidecar"}

@@ -5,6 +5,9 @@ install, and a bug is left to be a bug."""
 from __future__ import annotations
 
 import argparse
+import re
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +15,8 @@ from tandem.cli import main, up
 from tandem.cli.common import TOOL_LIBRARIES, tools_installed
 from tandem.errors import StartupError, ToolsMissingError
 from tests.support.installs import python_without
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_usage_error_is_a_message_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,6 +52,15 @@ def test_a_process_that_did_not_come_up_exits_1(
 
     assert exit.value.code == 1
     assert capsys.readouterr().err == "tandem: pod-0 exited with status 3\n"
+
+
+def test_the_tool_libraries_are_the_tools_extra() -> None:
+    """What a tool command names as missing is what `pip install 'tandem[tools]'` installs."""
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["tools"]
+
+    assert {re.split(r"[<>=!~\[ ]", requirement)[0] for requirement in extra} == set(TOOL_LIBRARIES)
 
 
 @pytest.mark.parametrize("missing", ["matplotlib", "numpy.linalg", "tandem.planner.run"])

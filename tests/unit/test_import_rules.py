@@ -200,8 +200,8 @@ def test_the_component_folders_are_the_packages_components() -> None:
 def test_code_imports_tandem_only_under_its_own_name() -> None:
     """No module imports a component or a former top-level package by a bare name (which would
     load a second copy of it, or fail once installed)."""
-    bare = {*COMPONENTS, "mesh", "proto", "simulator", "cluster", "bench", "planner"}
-    bare |= {"kvcache", "costmodel"}
+    former = ("mesh", "proto", "simulator", "cluster", "bench", "planner", "kvcache", "costmodel")
+    bare = {*COMPONENTS, *former}
     sources = [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py")]
     sources += [path for component in COMPONENTS for path in (ROOT / component).rglob("*.py")]
     offending = sorted(
