@@ -11,14 +11,27 @@ COLUMNS = ("component", "role", "what", "address")
 
 
 def table(rows: Sequence[Sequence[str]], columns: Sequence[str] = COLUMNS) -> str:
-    """Rows under their column names, each column as wide as its widest cell."""
+    """Rows under their column names in a box, each column as wide as its widest cell.
+
+    Each row reads `│ cell │ cell │`, the form scripts that start a cluster and read its
+    addresses back match on (e.g. `│ prefill-0 ` then `127.0.0.1:PORT`)."""
     widths = [max(len(cell) for cell in column) for column in zip(columns, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True))
+        return "│ " + " │ ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " │"
 
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([line(columns).rstrip(), rule, *(line(row).rstrip() for row in rows)])
+    def rule(left: str, middle: str, right: str) -> str:
+        return left + middle.join("─" * (width + 2) for width in widths) + right
+
+    return "\n".join(
+        [
+            rule("┌", "┬", "┐"),
+            line(columns),
+            rule("├", "┼", "┤"),
+            *(line(row) for row in rows),
+            rule("└", "┴", "┘"),
+        ]
+    )
 
 
 def cluster_summary(cluster: LocalCluster) -> str:
