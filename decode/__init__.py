@@ -9,7 +9,12 @@ local vLLM on 8200, which pulls prefilled KV over NIXL as the NixlConnector's co
 from tandem.pods.pool import Pool
 
 DECODE = Pool(
-    role="decode", kv_role="kv_consumer", vllm_port=8200, sidecar_port=8000, pod_name="decode"
+    role="decode",
+    kv_role="kv_consumer",
+    vllm_port=8200,
+    sidecar_port=8000,
+    pod_name="decode",
+    max_num_batched_tokens=2048,
 )
 
 __all__ = ["DECODE"]

@@ -27,6 +27,9 @@ class EndpointState:
     last_error: str | None = None
     in_flight: int = 0
     in_flight_tokens: int = 0
+    serving: int = 0
+    itl_s: float | None = None
+    """Recent mean inter-token gap, seconds (`EndpointStore.record_scrape`)."""
     breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(CircuitBreakerConfig()))
 
     def schedulable(self, now: float) -> bool:
@@ -77,6 +80,7 @@ class EndpointStore:
         state = self._states.get(name)
         if state is None:
             return
+        state.itl_s = _learned_itl(state.itl_s, state.metrics, metrics)
         state.metrics = metrics
         state.healthy = True
         state.consecutive_failures = 0
@@ -108,14 +112,17 @@ class EndpointStore:
             return BreakerState.CLOSED if state.breaker.on_success() else None
         return BreakerState.OPEN if state.breaker.on_failure(now) else None
 
-    def acquire(self, name: str, tokens: int = 0, now: float | None = None) -> bool:
-        """Count a request sent there; returns True when it is the breaker's half-open probe
-        (`now` given)."""
+    def acquire(
+        self, name: str, tokens: int = 0, now: float | None = None, *, serves: bool = True
+    ) -> bool:
+        """Count a request sent there, to serve (decode) it or, not `serves`, only to prefill
+        it; returns True when it is the breaker's half-open probe (`now` given)."""
         state = self._states.get(name)
         if state is None:
             return False
         state.in_flight += 1
         state.in_flight_tokens += tokens
+        state.serving += serves
         return now is not None and state.breaker.on_dispatch(now)
 
     def abandon_probe(self, name: str) -> None:
@@ -130,10 +137,11 @@ class EndpointStore:
         if state is not None:
             state.in_flight_tokens = max(0, state.in_flight_tokens - tokens)
 
-    def release(self, name: str) -> None:
+    def release(self, name: str, *, serves: bool = True) -> None:
         state = self._states.get(name)
         if state is not None:
             state.in_flight = max(0, state.in_flight - 1)
+            state.serving = max(0, state.serving - serves)
 
     def views(self, now: float) -> list[EndpointView]:
         """A snapshot of the schedulable endpoints (healthy, breaker not open) for one
@@ -146,6 +154,8 @@ class EndpointStore:
                 and now - state.metrics.scraped_at <= self.staleness_s,
                 in_flight=state.in_flight,
                 in_flight_tokens=state.in_flight_tokens,
+                serving=state.serving,
+                itl_s=state.itl_s,
             )
             for state in self._states.values()
             if state.schedulable(now)
@@ -159,3 +169,25 @@ class EndpointStore:
         """(known, schedulable) endpoint counts."""
         schedulable = sum(1 for state in self._states.values() if state.schedulable(now))
         return len(self._states), schedulable
+
+
+ITL_SMOOTHING = 0.3
+"""Weight of the newest interval in the learned inter-token gap (an exponential average):
+an interval between two scrapes may hold only a few of a simulated pod's slowed-down steps."""
+
+
+def _learned_itl(
+    learned: float | None, before: EngineMetrics | None, after: EngineMetrics
+) -> float | None:
+    """The mean gap of the tokens generated between two scrapes, averaged into what was
+    learned; unchanged when no token was generated (or the pod restarted: counters fell).
+    In the pod's own seconds: a simulated pod reports its model time, as its clients see it."""
+    if before is None or before.itl_count is None or before.itl_sum_s is None:
+        return learned
+    if after.itl_count is None or after.itl_sum_s is None:
+        return learned
+    tokens = after.itl_count - before.itl_count
+    if tokens <= 0:
+        return learned
+    gap = (after.itl_sum_s - before.itl_sum_s) / tokens
+    return gap if learned is None else learned + ITL_SMOOTHING * (gap - learned)

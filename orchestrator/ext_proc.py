@@ -16,7 +16,10 @@ FULL_DUPLEX_STREAMED):
                                             request id header mutation, clear_route_cache,
                                             `envoy.lb` dynamic metadata
                      ◀───────────────────── request_body …: the same body, ≤ 62,000 bytes
-                                            each, end_of_stream on the last one
+                                            each, end_of_stream on the last one; without
+                                            the fields only tandem may set
+                                            (`kv_transfer_params`, its content-length
+                                            set to match) where the client sent them
                      ◀───────────────────── request_trailers, when the request ended in them
     response_headers ─────────────────────▶ prefill counted done; answered
     response_body …  ─────────────────────▶ echoed back unchanged
@@ -215,16 +218,14 @@ class ExtProcPicker:
         exchange.body += body.body
         if not body.end_of_stream:
             return []
-        return [
-            self._pick(exchange, bytes(exchange.body)),
-            *_body_chunks(bytes(exchange.body), end_of_stream=True),
-        ]
+        routing = self._pick(exchange, bytes(exchange.body))  # may rewrite exchange.body
+        return [routing, *_body_chunks(bytes(exchange.body), end_of_stream=True)]
 
     def _on_request_trailers(self, exchange: _Exchange) -> list[Any]:
         """Trailers end a request whose last body chunk did not say end_of_stream."""
         replies = []
         if not exchange.picked:
-            replies.append(self._pick(exchange, bytes(exchange.body)))
+            replies.append(self._pick(exchange, bytes(exchange.body)))  # may rewrite the body
             if exchange.body:
                 replies.extend(_body_chunks(bytes(exchange.body), end_of_stream=False))
         replies.append(ext_proc_pb2.ProcessingResponse(request_trailers=_TRAILERS_REPLY))
@@ -251,16 +252,26 @@ class ExtProcPicker:
 
     def _pick(self, exchange: _Exchange, body: bytes | None) -> Any:
         """Schedule the request, count its load and answer its request headers."""
+        rewritten: int | None = None
         if exchange.route is None or body is None:
             scheduling = SchedulingRequest(exchange.request_id, "", 0, _plain(exchange.headers))
         else:
-            scheduling = parse_inference_request(
+            parsed = parse_inference_request(
                 exchange.route,
                 body,
                 _plain(exchange.headers),
                 exchange.request_id,
                 self.config.gateway.chars_per_token,
-            ).scheduling
+            )
+            scheduling = parsed.scheduling
+            if parsed.dropped_fields:  # only tandem may set them: the pod gets the body without
+                exchange.body = bytearray(parsed.body)
+                rewritten = len(parsed.body)
+                for field_name in parsed.dropped_fields:
+                    self.router.metrics.client_fields_dropped.labels(field_name).inc()
+                    logger.warning(
+                        "client_field_dropped", request_id=exchange.request_id, field=field_name
+                    )
         result = self.router.schedule(scheduling)
         exchange.loads = self.router.acquire(scheduling, result)
         exchange.picked = True
@@ -273,7 +284,7 @@ class ExtProcPicker:
             decision=result.decision.value,
             reason=result.reason,
         )
-        return _routing_reply(exchange.request_id, result)
+        return _routing_reply(exchange.request_id, result, rewritten)
 
     def _end_response(self, exchange: _Exchange) -> None:
         exchange.response_ended = True
@@ -324,11 +335,14 @@ def add_ext_proc_servicer(
 _TRAILERS_REPLY = ext_proc_pb2.TrailersResponse()
 
 
-def _routing_reply(request_id: str, result: SchedulingResult) -> Any:
-    """The answer to the request headers: where to go, as header mutation and metadata."""
+def _routing_reply(request_id: str, result: SchedulingResult, body_bytes: int | None) -> Any:
+    """The answer to the request headers: where to go, as header mutation and metadata, and
+    the new `content-length` of a body the picker rewrote (`body_bytes`)."""
     decode = result.decode.best.view.endpoint.address
     prefill = [target.view.endpoint.address for target in result.prefill_targets]
     headers = {DESTINATION_HEADER: decode, REQUEST_ID_HEADER: request_id}
+    if body_bytes is not None:
+        headers["content-length"] = str(body_bytes)
     if prefill:
         # Ranked, as the HTTP gateway sends it: the sidecar falls back down the list.
         headers[PREFILLER_HEADER] = ",".join(prefill)

@@ -260,7 +260,7 @@ class Router:
                 self.scaling.record_prefill(loads.pool, tokens, now)
         if self.store.acquire(decode, 0 if prefill else tokens, now):
             loads.probes.add(decode)
-        if prefill and self.store.acquire(prefill, tokens, now):
+        if prefill and self.store.acquire(prefill, tokens, now, serves=False):
             loads.probes.add(prefill)
         return loads
 
@@ -285,7 +285,7 @@ class Router:
             loads.prefill_done = True
             self.store.release_tokens(loads.prefill or loads.decode, loads.tokens)
             if loads.prefill:
-                self.store.release(loads.prefill)
+                self.store.release(loads.prefill, serves=False)
             if computed and self.scaling is not None and loads.pool is not None:
                 self.scaling.record_prefilled(loads.pool, loads.tokens)
             self._capacity_changed()

@@ -33,9 +33,13 @@ KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 CACHE_INFO = "vllm:cache_config_info"
 WAITING_BY_REASON = "vllm:num_requests_waiting_by_reason"
 PROMPT_TOKENS_BY_SOURCE = "vllm:prompt_tokens_by_source"
+ITL = "vllm:inter_token_latency_seconds"
 
 
-_WANTED = (*WAITING, *RUNNING, *KV_USAGE, CACHE_INFO, WAITING_BY_REASON, PROMPT_TOKENS_BY_SOURCE)
+_WANTED = (
+    *WAITING, *RUNNING, *KV_USAGE, CACHE_INFO, WAITING_BY_REASON, PROMPT_TOKENS_BY_SOURCE,
+    f"{ITL}_sum", f"{ITL}_count",
+)  # fmt: skip
 
 
 def _wanted_lines(text: str) -> str:
@@ -61,7 +65,7 @@ def parse_engine_metrics(text: str, scraped_at: float) -> EngineMetrics:
             elif sample.name == f"{PROMPT_TOKENS_BY_SOURCE}_total":
                 if sample.labels.get("source") == "local_compute":
                     computed = (computed or 0.0) + sample.value
-            elif sample.name in (*WAITING, *RUNNING, *KV_USAGE):
+            elif sample.name in (*WAITING, *RUNNING, *KV_USAGE, f"{ITL}_sum", f"{ITL}_count"):
                 values[sample.name] = values.get(sample.name, 0.0) + sample.value
     missing = [names[0] for names in (WAITING, RUNNING, KV_USAGE) if _first(values, names) is None]
     if missing:
@@ -75,6 +79,8 @@ def parse_engine_metrics(text: str, scraped_at: float) -> EngineMetrics:
         num_gpu_blocks=num_gpu_blocks,
         waiting_for_capacity=None if waiting_for_capacity is None else int(waiting_for_capacity),
         computed_prompt_tokens=computed,
+        itl_sum_s=values.get(f"{ITL}_sum"),
+        itl_count=values.get(f"{ITL}_count"),
     )
 
 

@@ -31,6 +31,10 @@ class EngineMetrics:
     computed_prompt_tokens: float | None = None
     """vllm:prompt_tokens_by_source{source="local_compute"}, where the engine reports it: the
     prompt tokens it has computed itself since it started (a counter)."""
+    itl_sum_s: float | None = None
+    itl_count: float | None = None
+    """vllm:inter_token_latency_seconds' sum and count (counters): the gaps between the
+    tokens it generated since it started."""
 
     @property
     def kv_capacity_tokens(self) -> int | None:
@@ -52,6 +56,12 @@ class EndpointView:
     """Requests the orchestrator has sent there and not yet seen finish (always current)."""
     in_flight_tokens: int = 0
     """Uncached prompt tokens of those requests still being prefilled."""
+    serving: int = 0
+    """Of those, the requests it serves as their primary target (it decodes them), as
+    opposed to the prompts a prefill pod computes for another pod to decode."""
+    itl_s: float | None = None
+    """The pod's recent mean inter-token gap (seconds, as the pod reports them), learned from
+    its ITL histogram between scrapes; None until it has generated tokens while scraped."""
 
     @property
     def name(self) -> str:
@@ -117,6 +127,9 @@ class ProfileResult:
 class PDDecision(enum.StrEnum):
     DISAGGREGATE = "disaggregate"
     LOCAL = "local"
+    WHOLE_ON_PREFILL = "whole_on_prefill"
+    """A decider's choice only: the prefill pick serves the request whole (prefill and
+    decode). The profile handler makes that pod the primary target and the result LOCAL."""
 
 
 @dataclass(frozen=True, slots=True)

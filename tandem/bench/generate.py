@@ -39,7 +39,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tandem.bench.workload import MultiTurnData, RandomData, SharedPrefixData, Stage, Workload
+from tandem.bench.workload import (
+    MultiTurnData,
+    RandomData,
+    SharedPrefixData,
+    ShiftingMixData,
+    Stage,
+    Workload,
+)
 from tandem.kvcache.tokenizer import SYNTHETIC_WORDS
 
 _VOCABULARY = len(SYNTHETIC_WORDS)
@@ -66,6 +73,8 @@ class BenchRequest:
     """Index of the request whose answer this one waits for; None: sent at `arrival_s`."""
     think_s: float = 0.0
     """Model seconds between the end of `follows`'s answer and this request."""
+    prompt_len: int | None = None
+    """Tokens of its own where they differ from request to request (a shifting mix)."""
 
 
 def _word_ids(rng: random.Random, num_tokens: int, *, advance: bool = True) -> list[int]:
@@ -162,7 +171,8 @@ class PromptSet:
             if request.prompt_slot is None
             else f"{self.seed}:prompt:{request.prompt_slot}"
         )
-        ids = _word_ids(random.Random(own_seed), self.own_tokens, advance=False)
+        own_tokens = request.prompt_len or self.own_tokens
+        ids = _word_ids(random.Random(own_seed), own_tokens, advance=False)
         own = _words(ids)
         if request.group is None:
             return own, ids
@@ -183,7 +193,7 @@ class PromptSet:
         if request.conversation is not None:
             return self.shared_tokens(request) + self.own_tokens
         shared = self.system_prompt_tokens if request.group is not None else 0
-        return shared + self.own_tokens
+        return shared + (request.prompt_len or self.own_tokens)
 
     def shared_tokens(self, request: BenchRequest) -> int:
         """Leading tokens the request's prompt shares with others: its group's system
@@ -207,6 +217,8 @@ def build_prompts(workload: Workload) -> PromptSet:
             data.seed, (_words(system),), data.user_len, data.system_prompt_len, (system,),
             answer_tokens=data.output_len,
         )  # fmt: skip
+    if isinstance(data, ShiftingMixData):
+        return PromptSet(data.seed, (), data.phases[0].input_len)
     assert isinstance(data, RandomData)
     return PromptSet(data.seed, (), data.input_len)
 
@@ -243,6 +255,13 @@ def build_requests(
                 "use the tandem load harness"
             )
         return _conversations(workload, workload.data, stages)
+    if isinstance(workload.data, ShiftingMixData):
+        if prompt_pool:
+            raise ValueError(
+                f"{workload.name}: a shifting mix has no fixed prompt pool; "
+                "use the tandem load harness"
+            )
+        return _shifting_mix(workload, workload.data, stages)
     rng = random.Random(f"{workload.data.seed}:arrivals")
     groups = len(prompts.system_prompts)
     draw_group = _group_draw(workload, rng)
@@ -309,6 +328,34 @@ def _conversations(
     return requests
 
 
+def _shifting_mix(
+    workload: Workload, data: ShiftingMixData, stages: list[tuple[int, Stage]]
+) -> list[BenchRequest]:
+    """Poisson arrivals per stage, each request with its phase's lengths; a stage shortened
+    from its declared duration has its phases shortened in proportion."""
+    rng = random.Random(f"{data.seed}:arrivals")
+    declared = workload.load.stages
+    requests: list[BenchRequest] = []
+    start = 0.0
+    for stage_index, stage in stages:
+        full = declared[stage_index].duration if stage_index >= 0 else stage.duration
+        phase_s = data.phase_s * stage.duration / full
+        for arrival in _arrivals(rng, stage, start, workload.load.type):
+            phase = data.phases[int((arrival - start) / phase_s) % len(data.phases)]
+            requests.append(
+                BenchRequest(
+                    request_id=f"{workload.name}-{len(requests):06d}",
+                    stage=stage_index,
+                    arrival_s=arrival,
+                    index=len(requests),
+                    max_tokens=phase.output_len,
+                    prompt_len=phase.input_len,
+                )
+            )
+        start += stage.duration
+    return requests
+
+
 def next_turns(requests: Sequence[BenchRequest]) -> dict[int, BenchRequest]:
     """Each request's index → the request that follows it (multi-turn workloads)."""
     return {r.follows: r for r in requests if r.follows is not None}
@@ -333,7 +380,7 @@ def _prompt_pool(workload: Workload) -> list[int]:
     inference-perf shuffles its pre-generated prompts (kubernetes-sigs/inference-perf:
     inference_perf/datagen/shared_prefix_datagen.py, `load_lazy_data` takes index % count)."""
     data = workload.data
-    assert not isinstance(data, MultiTurnData)  # build_requests refuses it
+    assert not isinstance(data, MultiTurnData | ShiftingMixData)  # build_requests refuses them
     size = (
         data.num_groups * data.prompts_per_group
         if isinstance(data, SharedPrefixData)

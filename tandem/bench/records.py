@@ -84,6 +84,10 @@ class StageSummary:
     tail_slo_attainment: float | None = None
     """Share of the stage's requests that also kept their P99 inter-token gap within the
     workload's tail bound; None when the workload sets none."""
+    p90_slo_attainment: float | None = None
+    """DistServe's form: the smaller of the shares of the stage's requests that succeeded
+    within the TTFT target and within the mean-ITL (TPOT) target, each judged alone; at 0.9 or
+    above, the stage's P90 TTFT and P90 TPOT meet their targets. None in older results."""
     rejected: int = 0
     """Requests the orchestrator refused with a reason (429/503 `x-tandem-reject-reason`)."""
     admitted_slo_attainment: float | None = None

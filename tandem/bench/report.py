@@ -112,10 +112,12 @@ def _goodput_table(results: BenchResults) -> str:
     rows = [
         [f"`{r.cluster}`", f"`{r.policy}`", str(r.gpus), f"{r.goodput:.2f}", _per_gpu(r)]
         + ([_rate(r.tail_goodput)] if tail else [])
+        + [_rate(r.p90_goodput)]
         for r in results.runs
     ]
     header = ["cluster", "policy", "GPUs", "goodput (req/s)", "goodput per GPU (req/s)"]
     header += ["goodput under the tail SLO (req/s)"] if tail else []
+    header += ["goodput under P90 TTFT and P90 TPOT (req/s)"]
     return "## Goodput\n\n" + _table(header, rows)
 
 
@@ -219,6 +221,7 @@ def _run_table(run: RunResult) -> str:
         "success",
         "SLO attainment",
         *(["tail SLO attainment"] if run.tail_goodput is not None else []),
+        *(["P90 SLO attainment"] if run.p90_goodput is not None else []),
         *(["refused", "admitted SLO attainment"] if refusals else []),
         "hit rate (ceiling; KV bound)",
         *(["desired replicas (mean)"] if scaling else []),
@@ -237,6 +240,7 @@ def _run_table(run: RunResult) -> str:
             _percent(s.success_rate),
             _percent(s.slo_attainment),
             *([_percent(s.tail_slo_attainment)] if run.tail_goodput is not None else []),
+            *([_percent(s.p90_slo_attainment)] if run.p90_goodput is not None else []),
             *([str(s.rejected), _percent(s.admitted_slo_attainment)] if refusals else []),
             _hit_rate(s),
             *([_desired(s, run.shape)] if scaling else []),
@@ -249,6 +253,8 @@ def _run_table(run: RunResult) -> str:
     summary = f"Goodput {run.goodput:.2f} req/s ({_per_gpu(run)} per GPU)."
     if run.tail_goodput is not None:
         summary += f" Under the tail SLO: {run.tail_goodput:.2f} req/s."
+    if run.p90_goodput is not None:
+        summary += f" Under P90 TTFT and P90 TPOT: {run.p90_goodput:.2f} req/s."
     return f"{title}\n\n{summary}\n\n" + _table(header, rows)
 
 

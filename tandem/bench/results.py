@@ -39,6 +39,9 @@ the cluster's KV, answers included: perfect routing with the real capacity).
 requests are those conversations' turns.
 - **Tail SLO** (where the workload sets `slo.itl_p99_ms`): the SLO above and, besides, each \
 request's own P99 inter-token gap ≤ `slo.itl_p99_ms`; tail goodput is goodput under it.
+- **P90 SLO** (DistServe's form): a stage meets it when its P90 TTFT ≤ `slo.ttft_ms` and the \
+P90 of its requests' TPOT (each request's mean ITL) ≤ `slo.itl_ms`, failed requests counting \
+as misses; P90 goodput is goodput under it (its attainment: the smaller of the two shares).
 - **Throughput** of a stage: its successful requests (and their tokens) per second of the \
 longer of the stage's duration and its completion window (first send to last completion, as \
 inference-perf counts): a system that keeps up shows the offered rate, one that falls behind \
@@ -89,6 +92,8 @@ class RunResult:
     machine_limited_stages: list[int] = field(default_factory=list)
     tail_goodput: float | None = None
     """Goodput under the tail SLO, when the workload sets one."""
+    p90_goodput: float | None = None
+    """Goodput under DistServe's P90 TTFT / P90 TPOT form; None in older results."""
 
     @classmethod
     def from_stages(
@@ -113,8 +118,11 @@ class RunResult:
             goodput=goodput(stages, GOODPUT_THRESHOLD),
             notes=list(notes or []),
             machine_limited_stages=[s.stage for s in stages if s.machine_limited],
-            tail_goodput=goodput(stages, GOODPUT_THRESHOLD, tail=True)
+            tail_goodput=goodput(stages, GOODPUT_THRESHOLD, form="tail")
             if stages and all(s.tail_slo_attainment is not None for s in stages)
+            else None,
+            p90_goodput=goodput(stages, GOODPUT_THRESHOLD, form="p90")
+            if stages and all(s.p90_slo_attainment is not None for s in stages)
             else None,
         )
 
@@ -204,6 +212,7 @@ def _run_document(run: RunResult, token_gaps: bool) -> dict[str, Any]:
         "goodput": run.goodput,
         "goodput_per_gpu": run.goodput_per_gpu,
         "tail_goodput": run.tail_goodput,
+        "p90_goodput": run.p90_goodput,
         "notes": run.notes,
         "machine_limited_stages": run.machine_limited_stages,
         "stages": [asdict(stage) for stage in run.stages],
@@ -234,6 +243,7 @@ def _run_from(document: dict[str, Any]) -> RunResult:
         notes=document["notes"],
         machine_limited_stages=document["machine_limited_stages"],
         tail_goodput=document.get("tail_goodput"),
+        p90_goodput=document.get("p90_goodput"),
     )
 
 

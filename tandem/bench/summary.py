@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -127,6 +127,8 @@ def summarize_stage(
     input_tokens = sum(r.prompt_tokens for r in succeeded)
     output_tokens = sum(r.output_tokens for r in succeeded)
     good = sum(meets_slo(r, slo_ttft_s, slo_itl_s) for r in records)
+    ttft_met = sum(meets_slo(r, slo_ttft_s, math.inf) for r in records)
+    tpot_met = sum(meets_slo(r, math.inf, slo_itl_s) for r in records)
     tail_attainment = None
     if slo_itl_p99_s is not None:
         tail_good = sum(meets_slo(r, slo_ttft_s, slo_itl_s, slo_itl_p99_s) for r in records)
@@ -155,6 +157,7 @@ def summarize_stage(
         generator_lag_p99_s=lag_p99,
         machine_limited=cpu_saturated or lag_p99 > lag_limit_s,
         tail_slo_attainment=tail_attainment,
+        p90_slo_attainment=min(ttft_met, tpot_met) / requests if requests else 0.0,
         rejected=rejected,
         admitted_slo_attainment=good / admitted if admitted else None,
         hit_rate_ceiling=hit_rate_ceiling,
@@ -175,11 +178,20 @@ def completion_window_s(records: Sequence[RequestRecord]) -> float | None:
     return window if window > 0 else None
 
 
+SloForm = Literal["mean", "tail", "p90"]
+"""How a stage is judged: `mean`, each request's TTFT and mean ITL within target; `tail`, its
+own P99 gap as well; `p90`, DistServe's form, the stage's P90 TTFT and P90 per-request TPOT
+(mean ITL) each within target."""
+
+
 def goodput(
-    summaries: Sequence[StageSummary], threshold: float = GOODPUT_THRESHOLD, *, tail: bool = False
+    summaries: Sequence[StageSummary],
+    threshold: float = GOODPUT_THRESHOLD,
+    *,
+    form: SloForm = "mean",
 ) -> float:
-    """The highest rate at which SLO attainment (with `tail`, under the tail SLO) holds at
-    `threshold`, interpolated linearly.
+    """The highest rate at which SLO attainment (under the SLO `form`) holds at `threshold`,
+    interpolated linearly.
 
     Stages are walked in increasing rate and the walk stops at the first stage below the
     threshold: a later stage that meets it again does not count, since attainment that
@@ -190,11 +202,12 @@ def goodput(
     ladder = sorted(summaries, key=lambda s: s.rate)
 
     def attainment(summary: StageSummary) -> float:
-        if not tail:
+        if form == "mean":
             return summary.slo_attainment
-        if summary.tail_slo_attainment is None:
-            raise ValueError(f"stage {summary.stage} was not judged under a tail SLO")
-        return summary.tail_slo_attainment
+        value = summary.tail_slo_attainment if form == "tail" else summary.p90_slo_attainment
+        if value is None:
+            raise ValueError(f"stage {summary.stage} was not judged under the {form} SLO form")
+        return value
 
     previous: StageSummary | None = None
     for summary in ladder:

@@ -6,6 +6,7 @@
            question_len, output_len, seed, zipf_s?}
         | {type: random, num_prompts, input_len, output_len, seed}
         | {type: multi_turn, system_prompt_len, user_len, output_len, turns, think_time_s, seed}
+        | {type: shifting_mix, phase_s, phases: [{input_len, output_len}, ...], seed}
     engine_profiles?: {prefill|decode|both: profile}   (per-pool override; tandem plan only)
     load: {type: poisson | constant, warmup?: {rate, duration}, stages: [{rate, duration}, ...]}
     slo: {ttft_ms, itl_ms, itl_p99_ms?}
@@ -97,6 +98,28 @@ class MultiTurnData(_Strict):
     seed: int = 0
 
 
+class MixPhase(_Strict):
+    input_len: int = Field(ge=1)
+    output_len: int = Field(ge=1)
+
+
+class ShiftingMixData(_Strict):
+    """Prompts of their own whose lengths follow phases: the first `phase_s` model seconds of
+    each load stage send the first phase's lengths, the next `phase_s` the second's, and so
+    on, round again. Where a stage is shortened (`--quick`), its phases shrink with it, so
+    it still walks every phase."""
+
+    type: Literal["shifting_mix"]
+    phase_s: float = Field(gt=0)
+    phases: list[MixPhase] = Field(min_length=2)
+    seed: int = 0
+
+    @property
+    def output_len(self) -> int:
+        """The longest answer of any phase."""
+        return max(phase.output_len for phase in self.phases)
+
+
 class Stage(_Strict):
     rate: float = Field(gt=0)
     duration: float = Field(gt=0)
@@ -145,7 +168,10 @@ class Workload(_Strict):
     parallelism than decode pods, as llm-d's P/D guide deploys them)."""
     gpus: int = Field(ge=1)
     clusters: dict[str, ClusterShape] = Field(min_length=1)
-    data: Annotated[SharedPrefixData | RandomData | MultiTurnData, Field(discriminator="type")]
+    data: Annotated[
+        SharedPrefixData | RandomData | MultiTurnData | ShiftingMixData,
+        Field(discriminator="type"),
+    ]
     load: Load
     slo: Slo
     admission: Admission | None = None

@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     for result in results.runs:
-        print(f"{result.cluster} / {result.policy}: goodput {result.goodput:.2f} req/s")
+        forms = [("tail SLO", result.tail_goodput), ("P90 TTFT/TPOT", result.p90_goodput)]
+        under = "".join(f", {value:.2f} under {name}" for name, value in forms if value is not None)
+        print(f"{result.cluster} / {result.policy}: goodput {result.goodput:.2f} req/s{under}")
     print(f"results, report and plots: {output}/")
     return 0

@@ -126,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         tail = (
             "" if result.tail_goodput is None else f", {result.tail_goodput:.2f} under the tail SLO"
         )
+        if result.p90_goodput is not None:
+            tail += f", {result.p90_goodput:.2f} under P90 TTFT/TPOT"
         print(
             f"{result.cluster} / {result.policy}: goodput {result.goodput:.2f} req/s "
             f"({result.goodput_per_gpu:.3f} per GPU){tail}, simulated in {seconds:.0f} s"

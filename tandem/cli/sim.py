@@ -228,7 +228,6 @@ def _with_overrides(launch: VllmLaunch, config: SimPodConfig, options: SimOption
     for flag, value in (
         ("--num-gpu-blocks-override", options.num_gpu_blocks),
         ("--max-num-seqs", options.max_num_seqs),
-        ("--max-num-batched-tokens", options.max_num_batched_tokens),
         ("--tokenizer", options.tokenizer),
     ):
         if value is not None:
@@ -244,6 +243,7 @@ def _with_overrides(launch: VllmLaunch, config: SimPodConfig, options: SimOption
         kv_lease_duration=config.kv_lease_duration,
         kv_load_failure_policy=config.kv_load_failure_policy,
         max_model_len=config.max_model_len,
+        max_num_batched_tokens=options.max_num_batched_tokens or launch.max_num_batched_tokens,
         extra_args=(*launch.extra_args, *extra),
         tls=server_tls(
             options.ssl_certfile, options.ssl_keyfile, options.ssl_ca_certs, options.ssl_cert_reqs

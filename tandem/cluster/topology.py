@@ -125,8 +125,11 @@ def _sim(name: str, launch: VllmLaunch, spec: ClusterSpec, side_channel_port: in
         "--host", spec.host, "--port", str(launch.port),
         "--side-channel-port", str(side_channel_port), "--engine-id", name,
         "--time-scale", str(spec.time_scale), "--kv-events-config", events,
-        "--log-level", "warning", *spec.pod_args,
+        "--log-level", "warning",
     )  # fmt: skip
+    if launch.max_num_batched_tokens is not None:
+        argv += ("--max-num-batched-tokens", str(launch.max_num_batched_tokens))
+    argv += tuple(spec.pod_args)
     return Component(
         name, "simulated vLLM", argv, launch.port, "/health", launch.pool_role, "OpenAI API"
     )

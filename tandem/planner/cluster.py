@@ -283,6 +283,8 @@ class VirtualCluster:
             block_size=engine.config.block_size,
             num_gpu_blocks=engine.config.num_gpu_blocks,
             computed_prompt_tokens=engine.stats.prompt_tokens_by_source["local_compute"],
+            itl_sum_s=engine.stats.inter_token_latency.total,
+            itl_count=engine.stats.inter_token_latency.count,
         )
         self.router.store.record_scrape(pod.name, metrics)
         endpoint = self.router.store.state(pod.name)

@@ -34,7 +34,7 @@ from tandem.orchestrator.scheduling.config import EndpointPickerConfig
 from tandem.planner.cluster import PathModel, VirtualCluster
 from tandem.planner.harness import HARNESSES
 
-DECIDER_TYPES = ("prefix-based-pd-decider", "load-aware-pd-decider")
+DECIDER_TYPES = ("prefix-based-pd-decider", "load-aware-pd-decider", "elastic-pd-decider")
 """Deciders whose `nonCachedTokens` floor `--thresholds` sets."""
 
 

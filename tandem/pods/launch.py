@@ -78,6 +78,10 @@ class VllmLaunch:
     gpu_memory_utilization: float = 0.9
     block_size: int = 16
     max_model_len: int | None = None
+    max_num_batched_tokens: int | None = None
+    """vLLM's `--max-num-batched-tokens`, the tokens one engine step computes; None keeps
+    vLLM's default (8192 on a large GPU). A smaller budget bounds how long a prompt computed
+    on the pod stalls the requests it is decoding."""
     ucx_tls: str = "all"
     kv_events_port: int | None = KV_EVENTS_PORT
     """None: the pod publishes no KV events."""
@@ -150,6 +154,8 @@ class VllmLaunch:
         ]  # fmt: skip
         if self.max_model_len is not None:
             args += ["--max-model-len", str(self.max_model_len)]
+        if self.max_num_batched_tokens is not None:
+            args += ["--max-num-batched-tokens", str(self.max_num_batched_tokens)]
         if self.dtype is not None:
             args += ["--dtype", self.dtype]
         if self.enforce_eager:

@@ -35,6 +35,8 @@ class Pool:
     """Where the routing sidecar in front of vLLM serves, if one does."""
     pod_name: str = "pod"
     """Pods of a local cluster are named `{pod_name}-{i}`."""
+    max_num_batched_tokens: int | None = None
+    """vLLM's `--max-num-batched-tokens` for the pool's pods; None: vLLM's default."""
 
     def pod(
         self,
@@ -60,6 +62,7 @@ class Pool:
             served_model_name=served_model_name,
             side_channel_port=side_channel_port,
             kv_load_failure_policy=kv_load_failure_policy,
+            max_num_batched_tokens=self.max_num_batched_tokens,
         )
         if self.sidecar_port is None:
             return Pod(self, vllm)

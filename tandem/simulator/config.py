@@ -6,6 +6,7 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tandem.costmodel.capacity import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from tandem.costmodel.profiles import EngineProfile, get_profile
 from tandem.errors import UnknownProfileError
 from tandem.kvcache.events import KVEventsConfig
@@ -46,7 +47,7 @@ class SimPodConfig(BaseModel):
     """KV capacity in blocks; defaults to the profile's capacity."""
     max_model_len: int | None = Field(None, ge=1)
     max_num_seqs: int = Field(1024, ge=1)
-    max_num_batched_tokens: int = Field(8192, ge=1)
+    max_num_batched_tokens: int = Field(DEFAULT_MAX_NUM_BATCHED_TOKENS, ge=1)
     long_prefill_token_threshold: int = Field(0, ge=0)
     enable_prefix_caching: bool = True
     enable_prompt_tokens_details: bool = False
@@ -134,6 +135,7 @@ def simulated_pod(
         time_scale=time_scale,
         block_size=launch.block_size,
         max_model_len=launch.max_model_len,
+        max_num_batched_tokens=launch.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS,
         enable_prompt_tokens_details=True,
         enable_server_load_tracking=True,
         kv_role=launch.kv_role,

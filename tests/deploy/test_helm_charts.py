@@ -98,6 +98,7 @@ def launch_from_values(role: Role, values: Mapping[str, Any]) -> VllmLaunch:
         gpu_memory_utilization=values["gpuMemoryUtilization"],
         block_size=values["blockSize"],
         max_model_len=values.get("maxModelLen"),
+        max_num_batched_tokens=values.get("maxNumBatchedTokens"),
         kv_lease_duration=kv["leaseDuration"],
         ucx_tls=kv["ucxTls"],
         kv_events_port=events["port"] if events["enabled"] else None,
@@ -409,6 +410,8 @@ def test_simulated_mode_runs_tandem_sim_without_gpus(
         "--kv-lease-duration", "30",
         "--kv-load-failure-policy", "fail",
         "--kv-events-config", launch_from_values(role, r.values).kv_events_argument(),
+    ] + [
+        *(["--max-num-batched-tokens", "2048"] if role == "decode" else []),
     ]  # fmt: skip
     assert sim["env"] == [
         POD_NAME,

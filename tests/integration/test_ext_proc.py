@@ -293,6 +293,29 @@ async def test_local_decision_removes_a_client_prefiller_header_and_makes_a_requ
         envoy.call.cancel()
 
 
+async def test_fields_only_tandem_may_set_never_reach_the_pod() -> None:
+    """A pod that serves the request whole (a prefill pod among them) would act on a client's
+    `kv_transfer_params`: the body goes on without them, its length set to match."""
+    body = json.loads(SHORT)
+    sent = json.dumps({**body, "kv_transfer_params": {"do_remote_decode": True}}).encode()
+    router = make_router(pd_orchestrator(), PD_CLUSTER)
+    async with picker(router) as stub:
+        envoy = EnvoyStream(stub)
+        await envoy.send_request(sent)
+        reply = await envoy.read()
+        forwarded = b"".join(chunk.body for chunk in await envoy.read_body())
+
+        assert json.loads(forwarded) == body
+        headers = set_headers(reply.request_headers.response.header_mutation)
+        assert headers["content-length"] == str(len(forwarded))
+        dropped = {"field": "kv_transfer_params"}
+        assert (
+            router.metrics.registry.get_sample_value("tandem_client_fields_dropped_total", dropped)
+            == 1
+        )
+        envoy.call.cancel()
+
+
 async def test_metadata_lists_the_ranked_decode_fallbacks_after_the_primary() -> None:
     scheduler = copy.deepcopy(TANDEM)
     for plugin in scheduler["plugins"]:

@@ -120,6 +120,27 @@ def test_cached_prompt_prefills_on_the_decode_pod(pd_cluster: RealCluster) -> No
     assert details.cached_tokens == delta(before, after, CACHE_HIT)
 
 
+def test_a_prefill_pod_serves_a_whole_request(pd_cluster: RealCluster) -> None:
+    """What the elastic decider's whole-on-prefill placement relies on: a `kv_producer` pod
+    serves a request that carries no `kv_transfer_params` as any pod would (every prompt
+    token computed and every answer token generated there) and holds no KV for a decoder
+    once it has answered."""
+    prefill = pd_cluster.component_url("prefill-0")
+    whole = OpenAI(
+        base_url=f"{prefill}/v1", api_key="unused", max_retries=0, timeout=REQUEST_TIMEOUT_S
+    )
+    before = samples(prefill)
+
+    completion = whole.completions.create(model=MODEL, prompt=words(600), max_tokens=8)
+
+    after = samples(prefill)
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 8
+    assert delta(before, after, LOCAL) == completion.usage.prompt_tokens
+    assert delta(before, after, "vllm:generation_tokens_total{}") == 8
+    assert wait_until(lambda: _idle(pd_cluster), timeout_s=10, interval_s=0.5)
+
+
 def _idle(pd: RealCluster) -> bool:
     prefill, decode = (
         samples(pd.component_url("prefill-0")),

@@ -15,7 +15,7 @@ vllm:num_requests_running{engine="0",model_name="m"} 0.0
 # TYPE vllm:num_requests_waiting gauge
 vllm:num_requests_waiting{engine="0",model_name="m"} 0.0
 # TYPE vllm:kv_cache_usage_perc gauge
-vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.0
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} %s
 """
 
 
@@ -27,6 +27,8 @@ class Recorder:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     status: int = 200
     delay_s: float = 0.0
+    kv_usage: float = 0.0
+    """What its /metrics says of its KV cache use (0..1)."""
 
     async def record(self, request: Request) -> dict[str, Any]:
         """Keep the request's headers (lower case) and JSON body; return the body."""
@@ -36,20 +38,20 @@ class Recorder:
         return body
 
 
-def fake_model_server() -> FastAPI:
+def fake_model_server(kv_usage: float = 0.0) -> FastAPI:
     """An app that answers /metrics with the vLLM samples a scraper needs."""
     app = FastAPI()
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(VLLM_METRICS, media_type="text/plain")
+        return Response(VLLM_METRICS % kv_usage, media_type="text/plain")
 
     return app
 
 
 def recording_server(recorder: Recorder) -> FastAPI:
     """Answers completions with a fixed body after `delay_s`, recording headers and bodies."""
-    app = fake_model_server()
+    app = fake_model_server(recorder.kv_usage)
 
     @app.post("/v1/completions")
     @app.post("/v1/chat/completions")

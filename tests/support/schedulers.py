@@ -17,6 +17,6 @@ def disaggregating_tandem() -> dict[str, Any]:
     pod that decodes nothing, which is every pod of a test that sends one request at a
     time; a test of the P/D path needs the long prompt sent to the prefill pool."""
     document: dict[str, Any] = yaml.safe_load((CONFIG_DIR / "tandem.yaml").read_text())
-    [decider] = [p for p in document["plugins"] if p["type"] == "load-aware-pd-decider"]
+    [decider] = [p for p in document["plugins"] if p["type"] == "elastic-pd-decider"]
     decider["parameters"]["idleDecodePrefill"] = False
     return document

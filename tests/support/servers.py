@@ -18,19 +18,32 @@ from tandem.simulator.config import SimPodConfig
 from tandem.simulator.server import create_app
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+def _ephemeral_port() -> int:
+    """A port the kernel picks (Linux's ephemeral range, 32768 and up)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, below the ephemeral range:
+    there, an outgoing connection could take it between this check and the server's bind."""
+    while True:
+        port = 10_000 + _ephemeral_port() % 10_000
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
 def cluster_base_port() -> int:
     """A base port for a local cluster (`ClusterSpec.base_port`): its pods, side channels and
     KV event ports (up to about base + 2,100) stay below Linux's ephemeral range (32768 and
-    up), where another test's outgoing connection could hold one."""
-    return 20_000 + free_port() % 10_000
+    up), where another test's outgoing connection could hold one, and above `free_port`'s."""
+    return 20_000 + _ephemeral_port() % 10_000
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import httpx
 import pytest
@@ -180,13 +181,40 @@ def test_without_a_tail_bound_there_is_no_tail_attainment() -> None:
     assert summary.tail_slo_attainment is None
 
 
+def test_p90_attainment_judges_ttft_and_tpot_each_alone() -> None:
+    """DistServe's form: 10 requests, 1 late (TTFT), 1 slow (TPOT), 1 failed: 80 % within
+    each target alone, so the stage's P90s miss, as mean-ITL attainment (70 %) does."""
+    records = [_record(n) for n in range(7)] + [
+        _record(7, ttft_s=1.5),
+        _record(8, itl_s=(0.06, 0.07)),
+        _record(9, success=False),
+    ]
+
+    summary = summarize_stage(
+        0, 1.0, 10.0, records, SLO_TTFT_S, SLO_ITL_S, hit_rate=None, cpu_saturated=False
+    )
+
+    assert (summary.slo_attainment, summary.p90_slo_attainment) == (0.7, 0.8)
+
+
+def test_p90_goodput_walks_the_p90_attainment() -> None:
+    stages = [
+        dataclasses.replace(_summary(rate, 1.0), p90_slo_attainment=p90)
+        for rate, p90 in ((10, 1.0), (20, 0.95), (30, 0.8))
+    ]
+
+    assert goodput(stages, form="p90") == pytest.approx(20 + 10 * (0.95 - 0.9) / 0.15)
+    with pytest.raises(ValueError, match="p90 SLO form"):
+        goodput([_summary(10, 1.0)], form="p90")
+
+
 def test_tail_goodput_walks_the_tail_attainment() -> None:
     stages = [_summary(10, 1.0, tail=1.0), _summary(20, 1.0, tail=0.7), _summary(30, 1.0, tail=0)]
 
     assert goodput(stages) == 30
-    assert goodput(stages, tail=True) == pytest.approx(10 + 10 * (1.0 - 0.9) / 0.3)
-    with pytest.raises(ValueError, match="tail SLO"):
-        goodput([_summary(10, 1.0)], tail=True)
+    assert goodput(stages, form="tail") == pytest.approx(10 + 10 * (1.0 - 0.9) / 0.3)
+    with pytest.raises(ValueError, match="tail SLO form"):
+        goodput([_summary(10, 1.0)], form="tail")
 
 
 def test_latency_percentiles_cover_successful_requests_and_every_gap() -> None:

@@ -372,3 +372,38 @@ def test_the_kv_bound_of_a_conversation_is_its_previous_prompt_s_whole_blocks(
         0: 32 / (46 + 62),
         1: 32 / 46,
     }
+
+
+def _phases(workload: Workload, requests: list[BenchRequest]) -> list[tuple[int, int]]:
+    """Each request's (prompt tokens, max tokens), in arrival order."""
+    prompts = build_prompts(workload)
+    return [(prompts.tokens(r), r.max_tokens) for r in requests]
+
+
+def test_a_shifting_mix_alternates_its_phases_within_each_stage() -> None:
+    workload = load_workload("shifting-mix-small")
+    requests = build_requests(workload, build_prompts(workload), schedule(workload))
+    rag, chat = (6000, 100), (1500, 1000)
+
+    first_stage = [r for r in requests if r.stage == 0]
+    phase = [int(r.arrival_s // 120) for r in first_stage]
+    lengths = _phases(workload, first_stage)
+    assert set(phase) == {0, 1, 2, 3}  # a 480 s stage holds four two-minute phases
+    assert all(
+        length == (rag if p % 2 == 0 else chat) for p, length in zip(phase, lengths, strict=True)
+    )
+    second = [r for r in requests if r.stage == 1]
+    assert _phases(workload, second[:1]) == [rag]  # each stage starts with the first phase
+    texts = [build_prompts(workload).text(r)[:200] for r in requests[:200]]
+    assert len(set(texts)) == len(texts)  # every prompt its own
+
+
+def test_a_quick_shifting_mix_walks_every_phase_of_its_shortened_stages() -> None:
+    workload = load_workload("shifting-mix-small")
+    requests = build_requests(workload, build_prompts(workload), schedule(workload, quick=True))
+
+    for index, _ in schedule(workload, quick=True):
+        lengths = set(_phases(workload, [r for r in requests if r.stage == index]))
+        assert lengths == {(6000, 100), (1500, 1000)}, index
+    with pytest.raises(ValueError, match="no fixed prompt pool"):
+        build_requests(workload, build_prompts(workload), schedule(workload), prompt_pool=True)

@@ -193,7 +193,7 @@ def test_the_planner_drives_the_live_router_scheduler_and_engines() -> None:
 
 @pytest.mark.parametrize(
     ("policy", "decider_type"),
-    [("tandem", "load-aware-pd-decider"), ("token-load", "prefix-based-pd-decider")],
+    [("tandem", "elastic-pd-decider"), ("token-load", "prefix-based-pd-decider")],
 )
 def test_threshold_variants_set_the_deciders_threshold(policy: str, decider_type: str) -> None:
     config = load_config_file(CONFIGS / f"{policy}.yaml")

@@ -7,6 +7,7 @@ from tandem.orchestrator.scheduling.plugins.approx_prefix_cache_producer import 
     ApproxPrefixCacheProducer,
 )
 from tandem.orchestrator.scheduling.plugins.decode_itl_scorer import DecodeItlScorer
+from tandem.orchestrator.scheduling.plugins.elastic_pd_decider import ElasticPDDecider
 from tandem.orchestrator.scheduling.plugins.kv_cache_utilization_scorer import (
     KVCacheUtilizationScorer,
 )
@@ -45,7 +46,7 @@ def builtin_registry() -> PluginRegistry:
         RandomPicker, WeightedRandomPicker, RoundRobinPicker, DisaggProfileHandler,
         SingleProfileHandler, PrefixBasedPDDecider, AlwaysDisaggPDDecider,
         ApproxPrefixCacheProducer, LoadAwarePDDecider, TokenLoadScorer, DecodeItlScorer,
-        PrecisePrefixCacheProducer,
+        PrecisePrefixCacheProducer, ElasticPDDecider,
     ):  # fmt: skip
         registry.register(plugin)
     registry.register(LabelSelectorFilter, "by-label-selector")

@@ -85,32 +85,42 @@ class LoadAwarePDDecider(PrefixBasedPDDecider):
         if floor[0] is PDDecision.LOCAL or prefill is None:
             return floor
         p = self.parameters
-        prompt_tokens = cycle.request.num_prompt_tokens
-        uncached = prompt_tokens - cycle.matched_tokens(decode.name)
-        rate = p.prefillTokensPerSecond
-        local_rate = p.decodePrefillTokensPerSecond or rate
-        decoding = _busy(decode.view)
+        uncached = cycle.request.num_prompt_tokens - cycle.matched_tokens(decode.name)
+        local_rate = p.decodePrefillTokensPerSecond or p.prefillTokensPerSecond
+        decoding = decodes(decode.view)
         if not decoding and p.idleDecodePrefill:
             return PDDecision.LOCAL, "decode_pod_idle"
         stall_ms = 1000 * min(uncached, p.maxNumBatchedTokens) / local_rate
         if p.itlBudgetMs is not None and decoding and stall_ms > p.itlBudgetMs:
             return PDDecision.DISAGGREGATE, "local_prefill_over_itl_budget"
-        target = prefill.best
-        queued_s = target.view.in_flight_tokens / rate
-        remote_s = queued_s + (prompt_tokens - cycle.matched_tokens(target.name)) / rate
-        local_queued_s = decode.view.in_flight_tokens / local_rate
-        local_s = local_queued_s + uncached / local_rate
-        if (
-            1000 * queued_s > p.maxPrefillWaitMs
-            and 1000 * local_queued_s <= p.maxPrefillWaitMs
-            and local_s < remote_s
-        ):
+        if prefill_pool_busy(cycle, decode, prefill.best, p):
             return PDDecision.LOCAL, "prefill_pool_busy"
         return PDDecision.DISAGGREGATE, "uncached_above_threshold"
 
 
-def _busy(view: EndpointView) -> bool:
-    """Whether the pod has requests to decode: from here (always current), or, as its last
+def prefill_pool_busy(
+    cycle: Cycle, decode: ScoredEndpoint, target: ScoredEndpoint, p: LoadAwareParameters
+) -> bool:
+    """Whether the prompt is better prefilled on the decode pod: the prefill pick's queue
+    wait past `maxPrefillWaitMs`, the decode pod's own queue of local prefills within it, and
+    the prompt done sooner there. The queues are the orchestrator's in-flight uncached
+    tokens over each pool's rate."""
+    rate = p.prefillTokensPerSecond
+    local_rate = p.decodePrefillTokensPerSecond or rate
+    prompt_tokens = cycle.request.num_prompt_tokens
+    queued_s = target.view.in_flight_tokens / rate
+    remote_s = queued_s + (prompt_tokens - cycle.matched_tokens(target.name)) / rate
+    local_queued_s = decode.view.in_flight_tokens / local_rate
+    local_s = local_queued_s + (prompt_tokens - cycle.matched_tokens(decode.name)) / local_rate
+    return (
+        1000 * queued_s > p.maxPrefillWaitMs
+        and 1000 * local_queued_s <= p.maxPrefillWaitMs
+        and local_s < remote_s
+    )
+
+
+def decodes(view: EndpointView) -> bool:
+    """Whether a decode pod has requests to decode: from here (always current), or, as its last
     fresh scrape says, from another orchestrator replica."""
     metrics = view.fresh_metrics
     scraped = metrics is not None and (metrics.running or metrics.waiting)

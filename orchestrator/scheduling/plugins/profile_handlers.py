@@ -3,8 +3,10 @@
 `disagg-profile-handler` is tandem's two-pass handler. With `stageOrder: prefill-first`
 (tandem's default) it ranks the prefill pool, then the decode pool, then asks the decider;
 with `decode-first` (llm-d's default) it ranks the prefill pool only when the decider wants a
-remote prefill. The decode pick is always the primary target. A decode pod that is an
-aggregated pod (`llm-d.ai/role: both`, no sidecar) always prefills locally.
+remote prefill. The decode pick is the primary target, unless the decider has the prefill pick
+serve the request whole (`elastic-pd-decider`): then the prefill pod is, and the request is
+local to it. A decode pod that is an aggregated pod (`llm-d.ai/role: both`, no sidecar)
+always prefills locally.
 """
 
 from __future__ import annotations
@@ -93,6 +95,10 @@ class DisaggProfileHandler(Plugin):
         if self.decider is None:
             return SchedulingResult(decode, prefill, PDDecision.LOCAL, "disaggregation_off")
         decision, reason = self.decider.decide(cycle, decode.best, prefill)
+        if decision is PDDecision.WHOLE_ON_PREFILL:
+            if prefill is None:
+                raise ValueError(f"{reason}: a whole-on-prefill decision without a prefill pick")
+            return SchedulingResult(prefill, prefill, PDDecision.LOCAL, reason)
         if decision is PDDecision.DISAGGREGATE and prefill is None:
             if self.parameters.stageOrder == "decode-first":
                 prefill = prefill_profile.run(cycle, endpoints)

@@ -61,6 +61,7 @@ def make_view(
     in_flight: int = 0,
     in_flight_tokens: int = 0,
     labels: Mapping[str, str] | None = None,
+    itl_s: float | None = None,
 ) -> EndpointView:
     """An endpoint as a cycle sees it; `has_metrics=False` means never scraped."""
     metrics = (
@@ -74,6 +75,7 @@ def make_view(
         metrics_fresh=fresh and has_metrics,
         in_flight=in_flight,
         in_flight_tokens=in_flight_tokens,
+        itl_s=itl_s,
     )
 
 

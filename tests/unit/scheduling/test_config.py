@@ -376,7 +376,7 @@ def test_tandem_variants_differ_from_tandem_yaml_only_in_the_decider_s_parameter
     def without_decider_parameters(name: str) -> Any:
         document = yaml.safe_load((CONFIG_DIR / name).read_text())
         for plugin in document["plugins"]:
-            if plugin["type"] == "load-aware-pd-decider":
+            if plugin["type"] == "elastic-pd-decider":
                 plugin.pop("parameters")
         return document
 

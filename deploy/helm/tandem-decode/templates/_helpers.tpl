@@ -92,6 +92,9 @@ written by hand: toJson would sort its keys.
 {{- if $v.maxModelLen -}}
 {{- $args = concat $args (list "--max-model-len" (toString (int $v.maxModelLen))) -}}
 {{- end -}}
+{{- if $v.maxNumBatchedTokens -}}
+{{- $args = concat $args (list "--max-num-batched-tokens" (toString (int $v.maxNumBatchedTokens))) -}}
+{{- end -}}
 {{- $args = concat $args (list "--kv-transfer-config" $kvConfig) -}}
 {{- with (include "tandem-decode.kvEventsConfig" .) -}}
 {{- $args = concat $args (list "--kv-events-config" .) -}}
@@ -130,6 +133,9 @@ its KV cache events for the orchestrator's precise prefix index; empty when disa
   "--kv-events-config" (include "tandem-decode.kvEventsConfig" . | default "{\"enable_kv_cache_events\":false}") -}}
 {{- if $v.maxModelLen -}}
 {{- $args = concat $args (list "--max-model-len" (toString (int $v.maxModelLen))) -}}
+{{- end -}}
+{{- if $v.maxNumBatchedTokens -}}
+{{- $args = concat $args (list "--max-num-batched-tokens" (toString (int $v.maxNumBatchedTokens))) -}}
 {{- end -}}
 {{- toYaml $args -}}
 {{- end -}}

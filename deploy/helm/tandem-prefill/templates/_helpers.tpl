@@ -80,6 +80,9 @@ written by hand: toJson would sort its keys.
 {{- if $v.maxModelLen -}}
 {{- $args = concat $args (list "--max-model-len" (toString (int $v.maxModelLen))) -}}
 {{- end -}}
+{{- if $v.maxNumBatchedTokens -}}
+{{- $args = concat $args (list "--max-num-batched-tokens" (toString (int $v.maxNumBatchedTokens))) -}}
+{{- end -}}
 {{- $args = concat $args (list "--kv-transfer-config" $kvConfig) -}}
 {{- with (include "tandem-prefill.kvEventsConfig" .) -}}
 {{- $args = concat $args (list "--kv-events-config" .) -}}
@@ -119,6 +122,9 @@ its KV cache events for the orchestrator's precise prefix index; empty when disa
   "--kv-events-config" (include "tandem-prefill.kvEventsConfig" . | default "{\"enable_kv_cache_events\":false}") -}}
 {{- if $v.maxModelLen -}}
 {{- $args = concat $args (list "--max-model-len" (toString (int $v.maxModelLen))) -}}
+{{- end -}}
+{{- if $v.maxNumBatchedTokens -}}
+{{- $args = concat $args (list "--max-num-batched-tokens" (toString (int $v.maxNumBatchedTokens))) -}}
 {{- end -}}
 {{- $args = concat $args (fromYamlArray (include "tandem-prefill.tlsArgs" .)) -}}
 {{- toYaml $args -}}
