@@ -410,7 +410,6 @@ def test_simulated_mode_runs_tandem_sim_without_gpus(
         "--kv-lease-duration", "30",
         "--kv-load-failure-policy", "fail",
         "--kv-events-config", launch_from_values(role, r.values).kv_events_argument(),
-    ] + [
         *(["--max-num-batched-tokens", "2048"] if role == "decode" else []),
     ]  # fmt: skip
     assert sim["env"] == [

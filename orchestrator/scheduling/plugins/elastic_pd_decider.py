@@ -19,10 +19,13 @@ The rules, in order (each counted with its reason in `tandem_pd_decisions_total`
 1. U on D below `nonCachedTokens`: local (`uncached_below_threshold`): moving the KV costs
    more than computing it.
 2. `wholeOnPrefill`, D short of KV room (its last fresh scrape: KV use at or above
-   `decodeKvUsageLimit`, or requests waiting for room) and P has no prompt queued: whole on P
-   (`decode_pool_short`).
+   `decodeKvUsageLimit`, or requests waiting for room) and P's queue wait within
+   `maxPrefillWaitMs`: whole on P (`decode_pool_short`).
 3. D decodes nothing and `idleDecodePrefill`: local (`decode_pod_idle`): nobody's tokens wait.
-4. P's queue wait above `maxPrefillWaitMs`, D's own queue of local prefills within it, and the
+4. D holds more of the prompt than P (a conversation's last answer lives only on the pod that
+   decoded it) and a local prefill stays within the budgets below: local
+   (`decode_pod_holds_more`): less to compute, and no KV to move.
+5. P's queue wait above `maxPrefillWaitMs`, D's own queue of local prefills within it, and the
    prompt done sooner on D: local (`prefill_pool_busy`), unless the step it would make D run
    (`decodeStepMs` plus the prompt tokens of the step: D's queued local ones and this one's,
    up to `maxNumBatchedTokens`, at D's rate) passes `itlBudgetMs`: then split
@@ -30,7 +33,7 @@ The rules, in order (each counted with its reason in `tandem_pd_decisions_total`
    too where D's recent mean gap, learned from its own ITL histogram, has reached
    `meanItlBudgetMs` (`local_prefill_over_mean_itl_budget`): the local prefills it already
    takes stretch every step they share, and a pod that does nothing else must not take more.
-5. Otherwise split (`uncached_above_threshold`).
+6. Otherwise split (`uncached_above_threshold`).
 
 Run the decode pods with a small step budget (vLLM's `--max-num-batched-tokens`; the decode
 pool's default is 2048) and tell the decider the same `maxNumBatchedTokens`: then a local
@@ -100,23 +103,38 @@ class ElasticPDDecider(PrefixBasedPDDecider):
             return floor
         p = self.parameters
         target = prefill.best
-        idle_prefill_pod = target.view.in_flight_tokens == 0
-        if p.wholeOnPrefill and _short_of_room(decode.view, p) and idle_prefill_pod:
+        prefill_wait_ms = 1000 * target.view.in_flight_tokens / p.prefillTokensPerSecond
+        room_on_prefill = prefill_wait_ms <= p.maxPrefillWaitMs
+        if p.wholeOnPrefill and _short_of_room(decode.view, p) and room_on_prefill:
             return PDDecision.WHOLE_ON_PREFILL, "decode_pool_short"
         if not decodes(decode.view) and p.idleDecodePrefill:
             return PDDecision.LOCAL, "decode_pod_idle"
+        uncached = cycle.request.num_prompt_tokens - cycle.matched_tokens(decode.name)
+        remote_uncached = cycle.request.num_prompt_tokens - cycle.matched_tokens(target.name)
+        over_budget = _over_budget(decode.view, uncached, p)
+        if uncached < remote_uncached and over_budget is None:
+            return PDDecision.LOCAL, "decode_pod_holds_more"
         if prefill_pool_busy(cycle, decode, target, p):
-            uncached = cycle.request.num_prompt_tokens - cycle.matched_tokens(decode.name)
-            local_rate = p.decodePrefillTokensPerSecond or p.prefillTokensPerSecond
-            step_tokens = min(decode.view.in_flight_tokens + uncached, p.maxNumBatchedTokens)
-            step_ms = p.decodeStepMs + 1000 * step_tokens / local_rate
-            if p.itlBudgetMs is not None and step_ms > p.itlBudgetMs:
-                return PDDecision.DISAGGREGATE, "local_prefill_over_itl_budget"
-            itl_ms = None if decode.view.itl_s is None else 1000 * decode.view.itl_s
-            if p.meanItlBudgetMs is not None and itl_ms is not None and itl_ms >= p.meanItlBudgetMs:
-                return PDDecision.DISAGGREGATE, "local_prefill_over_mean_itl_budget"
+            if over_budget is not None:
+                return PDDecision.DISAGGREGATE, over_budget
             return PDDecision.LOCAL, "prefill_pool_busy"
         return PDDecision.DISAGGREGATE, "uncached_above_threshold"
+
+
+def _over_budget(view: EndpointView, uncached: int, p: ElasticParameters) -> str | None:
+    """Why prefilling `uncached` tokens on a busy decode pod would stretch its requests' gaps
+    past a budget, or None when it would not: the step it would run (`decodeStepMs` plus the
+    step's prompt tokens, its queued local ones and these, at most `maxNumBatchedTokens`,
+    at its rate) against `itlBudgetMs`, and its learned mean gap against `meanItlBudgetMs`."""
+    local_rate = p.decodePrefillTokensPerSecond or p.prefillTokensPerSecond
+    step_tokens = min(view.in_flight_tokens + uncached, p.maxNumBatchedTokens)
+    step_ms = p.decodeStepMs + 1000 * step_tokens / local_rate
+    if p.itlBudgetMs is not None and step_ms > p.itlBudgetMs:
+        return "local_prefill_over_itl_budget"
+    itl_ms = None if view.itl_s is None else 1000 * view.itl_s
+    if p.meanItlBudgetMs is not None and itl_ms is not None and itl_ms >= p.meanItlBudgetMs:
+        return "local_prefill_over_mean_itl_budget"
+    return None
 
 
 def _short_of_room(view: EndpointView, p: ElasticParameters) -> bool:

@@ -38,10 +38,11 @@ def _case(
     decode_kv_usage: float = 0.5,
     cached_on_decode: int = 0,
     decode_itl_ms: float | None = None,
+    cached_on_prefill: int = 0,
 ) -> Any:
     return pytest.param(
         BASE | (parameters or {}), prefill_queue, local_queue, decoding, decode_kv_usage,
-        cached_on_decode, decode_itl_ms, decision, reason, id=id,
+        cached_on_decode, cached_on_prefill, decode_itl_ms, decision, reason, id=id,
     )  # fmt: skip
 
 
@@ -54,8 +55,10 @@ CASES = [
     _case(WHOLE, "decode_pool_short", decode_kv_usage=0.9, id="full-decode-pod"),
     _case(WHOLE, "decode_pool_short", decode_kv_usage=0.95, decoding=0,
           id="full-before-idle"),
-    _case(REMOTE, "uncached_above_threshold", decode_kv_usage=0.95, prefill_queue=1,
-          id="not-on-a-prefill-pod-with-a-queue"),
+    _case(WHOLE, "decode_pool_short", decode_kv_usage=0.95, prefill_queue=500,
+          id="on-a-prefill-pod-whose-queue-is-within-the-wait"),
+    _case(REMOTE, "uncached_above_threshold", decode_kv_usage=0.95, prefill_queue=501,
+          local_queue=501, id="not-on-a-prefill-pod-whose-queue-is-past-it"),
     _case(REMOTE, "uncached_above_threshold", decode_kv_usage=0.95,
           parameters={"wholeOnPrefill": False}, id="whole-on-prefill-off"),
     _case(REMOTE, "uncached_above_threshold", decode_kv_usage=0.8,
@@ -96,12 +99,24 @@ CASES = [
           parameters={"meanItlBudgetMs": 35}, id="a-decode-pod-whose-gap-is-not-known-yet"),
     _case(LOCAL, "prefill_pool_busy", prefill_queue=2000, decode_itl_ms=80,
           id="no-mean-gap-budget"),
+    # The decode pod holds more of the prompt than the prefill pick (a conversation's last
+    # answer, which only the pod that decoded it holds): computing the rest there is less
+    # work, within the budgets.
+    _case(LOCAL, "decode_pod_holds_more", cached_on_decode=6, cached_on_prefill=5,
+          id="the-decode-pod-holds-more"),
+    _case(REMOTE, "uncached_above_threshold", cached_on_decode=5, cached_on_prefill=5,
+          id="both-hold-as-much"),
+    _case(REMOTE, "uncached_above_threshold", cached_on_decode=6, cached_on_prefill=5,
+          parameters={"itlBudgetMs": 275}, id="holding-more-but-over-the-step-budget"),
+    _case(REMOTE, "uncached_above_threshold", cached_on_decode=6, cached_on_prefill=5,
+          decode_itl_ms=40, parameters={"meanItlBudgetMs": 35},
+          id="holding-more-but-over-the-mean-gap-budget"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("parameters", "prefill_queue", "local_queue", "decoding", "decode_kv_usage",
-     "cached_on_decode", "decode_itl_ms", "decision", "reason"),
+     "cached_on_decode", "cached_on_prefill", "decode_itl_ms", "decision", "reason"),
     CASES,
 )  # fmt: skip
 def test_elastic_pd_decider(
@@ -111,13 +126,16 @@ def test_elastic_pd_decider(
     decoding: int,
     decode_kv_usage: float,
     cached_on_decode: int,
+    cached_on_prefill: int,
     decode_itl_ms: float | None,
     decision: PDDecision,
     reason: str,
 ) -> None:
     index = PrefixIndex()
     request = make_request(PROMPT_10_BLOCKS)
-    index.record("d0", index.hashes(request.prompt)[:cached_on_decode])
+    hashes = index.hashes(request.prompt)
+    index.record("d0", hashes[:cached_on_decode])
+    index.record("p0", hashes[:cached_on_prefill])
     decode = ScoredEndpoint(
         make_view(
             "d0",
