@@ -247,21 +247,18 @@ def build_requests(
 ) -> list[BenchRequest]:
     """Poisson arrivals per stage, one after the other; each request drawn a group, or with
     `prompt_pool` the next prompt of the pool's shuffled cycle (the same arrival times). A
-    multi-turn workload's arrivals start conversations (`_conversations`)."""
-    if isinstance(workload.data, MultiTurnData):
+    multi-turn workload's arrivals start conversations (`_conversations`); a shifting mix's
+    requests take their phase's lengths (`_shifting_mix`)."""
+    data = workload.data
+    if isinstance(data, MultiTurnData | ShiftingMixData):
         if prompt_pool:
             raise ValueError(
-                f"{workload.name}: a multi-turn workload has no fixed prompt pool; "
-                "use the tandem load harness"
+                f"{workload.name}: a {data.type.replace('_', ' ')} workload has no fixed "
+                "prompt pool; use the tandem load harness"
             )
-        return _conversations(workload, workload.data, stages)
-    if isinstance(workload.data, ShiftingMixData):
-        if prompt_pool:
-            raise ValueError(
-                f"{workload.name}: a shifting mix has no fixed prompt pool; "
-                "use the tandem load harness"
-            )
-        return _shifting_mix(workload, workload.data, stages)
+        if isinstance(data, MultiTurnData):
+            return _conversations(workload, data, stages)
+        return _shifting_mix(workload, data, stages)
     rng = random.Random(f"{workload.data.seed}:arrivals")
     groups = len(prompts.system_prompts)
     draw_group = _group_draw(workload, rng)
