@@ -27,7 +27,6 @@ class EndpointState:
     last_error: str | None = None
     in_flight: int = 0
     in_flight_tokens: int = 0
-    serving: int = 0
     itl_s: float | None = None
     """Recent mean inter-token gap, seconds (`EndpointStore.record_scrape`)."""
     breaker: CircuitBreaker = field(default_factory=lambda: CircuitBreaker(CircuitBreakerConfig()))
@@ -112,17 +111,14 @@ class EndpointStore:
             return BreakerState.CLOSED if state.breaker.on_success() else None
         return BreakerState.OPEN if state.breaker.on_failure(now) else None
 
-    def acquire(
-        self, name: str, tokens: int = 0, now: float | None = None, *, serves: bool = True
-    ) -> bool:
-        """Count a request sent there, to serve (decode) it or, not `serves`, only to prefill
-        it; returns True when it is the breaker's half-open probe (`now` given)."""
+    def acquire(self, name: str, tokens: int = 0, now: float | None = None) -> bool:
+        """Count a request sent there; returns True when it is the breaker's half-open probe
+        (`now` given)."""
         state = self._states.get(name)
         if state is None:
             return False
         state.in_flight += 1
         state.in_flight_tokens += tokens
-        state.serving += serves
         return now is not None and state.breaker.on_dispatch(now)
 
     def abandon_probe(self, name: str) -> None:
@@ -137,11 +133,10 @@ class EndpointStore:
         if state is not None:
             state.in_flight_tokens = max(0, state.in_flight_tokens - tokens)
 
-    def release(self, name: str, *, serves: bool = True) -> None:
+    def release(self, name: str) -> None:
         state = self._states.get(name)
         if state is not None:
             state.in_flight = max(0, state.in_flight - 1)
-            state.serving = max(0, state.serving - serves)
 
     def views(self, now: float) -> list[EndpointView]:
         """A snapshot of the schedulable endpoints (healthy, breaker not open) for one
@@ -154,7 +149,6 @@ class EndpointStore:
                 and now - state.metrics.scraped_at <= self.staleness_s,
                 in_flight=state.in_flight,
                 in_flight_tokens=state.in_flight_tokens,
-                serving=state.serving,
                 itl_s=state.itl_s,
             )
             for state in self._states.values()

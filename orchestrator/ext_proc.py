@@ -267,11 +267,7 @@ class ExtProcPicker:
             if parsed.dropped_fields:  # only tandem may set them: the pod gets the body without
                 exchange.body = bytearray(parsed.body)
                 rewritten = len(parsed.body)
-                for field_name in parsed.dropped_fields:
-                    self.router.metrics.client_fields_dropped.labels(field_name).inc()
-                    logger.warning(
-                        "client_field_dropped", request_id=exchange.request_id, field=field_name
-                    )
+                self.router.client_fields_dropped(exchange.request_id, parsed.dropped_fields)
         result = self.router.schedule(scheduling)
         exchange.loads = self.router.acquire(scheduling, result)
         exchange.picked = True

@@ -126,9 +126,7 @@ class Gateway:
                 self.config.gateway.chars_per_token,
             )
             priority = priority_of(request.headers)
-            for field in parsed.dropped_fields:
-                self.metrics.client_fields_dropped.labels(field).inc()
-                logger.warning("client_field_dropped", request_id=request_id, field=field)
+            self.router.client_fields_dropped(request_id, parsed.dropped_fields)
             response = await cancel_on_disconnect(request, self._send(request, parsed, priority))
             status = response.status_code
             response.headers[REQUEST_ID_HEADER] = request_id

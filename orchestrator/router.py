@@ -241,6 +241,13 @@ class Router:
             self.metrics.picks.labels(result.prefill.profile, prefill).inc()
         return result
 
+    def client_fields_dropped(self, request_id: str, fields: Sequence[str]) -> None:
+        """Count and log the fields only tandem may set that a client sent (and that were
+        removed from its body before it went on)."""
+        for name in fields:
+            self.metrics.client_fields_dropped.labels(name).inc()
+            logger.warning("client_field_dropped", request_id=request_id, field=name)
+
     # -- load accounting ------------------------------------------------------------------
 
     def acquire(self, request: SchedulingRequest, result: SchedulingResult) -> Loads:
@@ -260,7 +267,7 @@ class Router:
                 self.scaling.record_prefill(loads.pool, tokens, now)
         if self.store.acquire(decode, 0 if prefill else tokens, now):
             loads.probes.add(decode)
-        if prefill and self.store.acquire(prefill, tokens, now, serves=False):
+        if prefill and self.store.acquire(prefill, tokens, now):
             loads.probes.add(prefill)
         return loads
 
@@ -285,7 +292,7 @@ class Router:
             loads.prefill_done = True
             self.store.release_tokens(loads.prefill or loads.decode, loads.tokens)
             if loads.prefill:
-                self.store.release(loads.prefill, serves=False)
+                self.store.release(loads.prefill)
             if computed and self.scaling is not None and loads.pool is not None:
                 self.scaling.record_prefilled(loads.pool, loads.tokens)
             self._capacity_changed()

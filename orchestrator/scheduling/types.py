@@ -56,9 +56,6 @@ class EndpointView:
     """Requests the orchestrator has sent there and not yet seen finish (always current)."""
     in_flight_tokens: int = 0
     """Uncached prompt tokens of those requests still being prefilled."""
-    serving: int = 0
-    """Of those, the requests it serves as their primary target (it decodes them), as
-    opposed to the prompts a prefill pod computes for another pod to decode."""
     itl_s: float | None = None
     """The pod's recent mean inter-token gap (seconds, as the pod reports them), learned from
     its ITL histogram between scrapes; None until it has generated tokens while scraped."""

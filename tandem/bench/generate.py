@@ -279,7 +279,7 @@ def build_requests(
                     stage=stage_index,
                     arrival_s=arrival,
                     index=len(requests),
-                    max_tokens=workload.data.output_len,
+                    max_tokens=data.output_len,
                     group=group,
                     prompt_slot=slot,
                 )

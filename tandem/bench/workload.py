@@ -114,11 +114,6 @@ class ShiftingMixData(_Strict):
     phases: list[MixPhase] = Field(min_length=2)
     seed: int = 0
 
-    @property
-    def output_len(self) -> int:
-        """The longest answer of any phase."""
-        return max(phase.output_len for phase in self.phases)
-
 
 class Stage(_Strict):
     rate: float = Field(gt=0)

@@ -12,7 +12,7 @@ placements are:
   one step computes D's running tokens and up to `maxNumBatchedTokens` of prompt (vLLM runs
   decodes first and fills the rest of the step's budget with prompt chunks).
 - **whole on P**: P serves it, prefill and decode, as an aggregated pod would. For when the
-  decode pool is short of KV room and a prefill pod has nothing queued.
+  decode pool is short of KV room and a prefill pod's queue is short.
 
 The rules, in order (each counted with its reason in `tandem_pd_decisions_total`):
 
@@ -80,8 +80,8 @@ class ElasticParameters(LoadAwareParameters):
         "promise, less a margin (unset: no bound)",
     )  # fmt: skip
     wholeOnPrefill: bool = Field(
-        True, description="let a prefill pod with nothing queued serve a request whole when "
-        "the decode pick is short of KV room",
+        True, description="let a prefill pod whose queue wait is within maxPrefillWaitMs "
+        "serve a request whole when the decode pick is short of KV room",
     )  # fmt: skip
     decodeKvUsageLimit: float = Field(
         0.9, gt=0, le=1, description="KV use at which a decode pod counts as short of room"
