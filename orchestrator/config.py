@@ -16,6 +16,7 @@
     admission: {max_queue_per_pool: 1024, max_wait_s: 2.0}
     grpc: {enabled: true, host: 0.0.0.0, port: 9002}   # the Pick API and gRPC health
     scaling: {profile: llama-3.1-8b-h100-tp1, ttft_s: 0.5, itl_s: 0.05}  # desired replicas
+    rebalance: {prefill: {min: 1, max: 6}, decode: {min: 2, max: 7}}  # pods move between pools
 
 Validated at start; a bad file stops the process with a message naming the field. While
 running, a changed scheduler configuration is applied in place and an invalid one is refused
@@ -174,6 +175,39 @@ class ScalingConfig(_Strict):
         return self.pool_profiles.get(pool, self.profile)
 
 
+class RoleBounds(_Strict):
+    """How many pods one pool may have while pods move between the pools."""
+
+    min: int = Field(1, ge=1)
+    """A pool keeps at least one pod: an empty pool says nothing of its own demand."""
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RoleBounds:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class RebalanceConfig(_Strict):
+    """Moving pods between the prefill and decode pools as the mix of the load changes
+    (`orchestrator/rebalance.py`); the two pools' pods add up to the same total throughout.
+    Needs `scaling`, whose signals say what each pool needs."""
+
+    prefill: RoleBounds
+    decode: RoleBounds
+    interval_s: float = Field(60.0, gt=0)
+    """No move starts sooner than this after the last one started (model seconds for
+    simulated pods)."""
+    margin: float = Field(0.1, ge=0, lt=1)
+    """A move must cut the bottleneck (the busier pool's load per pod) by this share, so
+    that the split does not move on noise; one pod more in a pool of n cuts its load per
+    pod by 1/(n+1), so keep it under that for the pools' sizes."""
+    min_load: float = Field(0.5, ge=0)
+    """Moves only while the busier pool's load per pod (1.0: every pod as busy as the SLO
+    allows) is at least this; at light load any split serves."""
+
+
 class OrchestratorConfig(_Strict):
     model: str | None = None
     scheduler: str | dict[str, Any] = "tandem"
@@ -189,6 +223,8 @@ class OrchestratorConfig(_Strict):
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     scaling: ScalingConfig | None = None
     """Export each pool's desired replicas; off without an engine profile."""
+    rebalance: RebalanceConfig | None = None
+    """Move pods between the prefill and decode pools within bounds; off unless given."""
     seed: int | None = None
     """Seeds the scheduler's tie-breaking, for repeatable benchmarks."""
 
@@ -204,6 +240,13 @@ class OrchestratorConfig(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate endpoint names: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _rebalance_reads_scaling(self) -> OrchestratorConfig:
+        if self.rebalance is not None and self.scaling is None:
+            raise ValueError("rebalance needs scaling (an engine profile): the scaling "
+                             "signals say what each pool needs")  # fmt: skip
         return self
 
     def scheduler_config(self, base_dir: Path | None = None) -> EndpointPickerConfig:

@@ -159,6 +159,12 @@ class GatewayMetrics:
             "(the scaling signals' calibration).",
             ["pool"], registry=r,
         )  # fmt: skip
+        self.pool_moves = Counter(
+            "tandem_pool_moves",
+            "Pods the rebalancer moved from one pool to the other, by source, target and "
+            "reason.",
+            ["source", "target", "reason"], registry=r,
+        )  # fmt: skip
         self.config_reloads = Counter(
             "tandem_config_reloads", "Configuration changes seen, by result (applied, rejected).",
             ["result"], registry=r,

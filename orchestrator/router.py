@@ -19,6 +19,7 @@ from tandem.orchestrator.circuit_breaker import BreakerState
 from tandem.orchestrator.config import OrchestratorConfig
 from tandem.orchestrator.endpoints import EndpointStore
 from tandem.orchestrator.metrics import GatewayMetrics
+from tandem.orchestrator.rebalance import Move, Rebalancer
 from tandem.orchestrator.scaling import PoolNeeds, ScalingSignal, pool_of
 from tandem.orchestrator.scheduling.saturation import (
     PREFILL_POOL_ROLES,
@@ -86,10 +87,13 @@ class Router:
     came in, the endpoints changed): admission's cue to place waiting requests."""
     scaling: ScalingSignal | None = field(init=False)
     """Each pool's desired replicas, where the configuration names the pods' profile."""
+    rebalancer: Rebalancer | None = field(init=False)
+    """Which way the P:D split should move, where the configuration asks for moves."""
 
     def __post_init__(self) -> None:
-        scaling = self.config.scaling
+        scaling, rebalance = self.config.scaling, self.config.rebalance
         self.scaling = None if scaling is None else ScalingSignal(scaling)
+        self.rebalancer = None if rebalance is None else Rebalancer(rebalance)
 
     @property
     def encodes_sessions(self) -> bool:
@@ -137,6 +141,20 @@ class Router:
         if self.scaling is None:
             return {}
         return self.scaling.needs(self.store.states(), self.clock())
+
+    def propose_move(self) -> Move | None:
+        """The pod move between the pools to start now (counted and logged), or None."""
+        if self.rebalancer is None:
+            return None
+        move = self.rebalancer.propose(self.pool_needs(), self.clock())
+        if move is not None:
+            self.metrics.pool_moves.labels(move.source, move.target, move.reason).inc()
+            logger.info(
+                "pool_move", source=move.source, target=move.target, reason=move.reason,
+                load_per_pod=f"{move.load_per_pod:.2f}",
+                load_per_pod_after=f"{move.load_per_pod_after:.2f}",
+            )  # fmt: skip
+        return move
 
     def refresh_gauges(self) -> None:
         now = self.clock()

@@ -33,6 +33,7 @@ it reads endpoint states and the requests it is told of.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -76,6 +77,12 @@ class PoolNeeds:
     """What one pod prefills per second at the window's mean prompt length."""
     token_ratio: float = 1.0
     """Prompt tokens the pool's pods computed per token the orchestrator predicted."""
+
+    @property
+    def load(self) -> float:
+        """Pods the pool needs, unrounded: its prefill need plus its decode need."""
+        n = self.needs
+        return max(n["prefill_rate"], n["prefill_backlog"]) + max(n["kv"], n["itl"])
 
 
 @dataclass(slots=True)
@@ -171,19 +178,20 @@ class ScalingSignal:
             context = sum(m.kv_usage * (m.kv_capacity_tokens or pod_tokens) for m in scraped)
             needs["kv"] = sum(m.kv_usage for m in scraped) / c.kv_utilization
             needs["itl"] = decode_pods_for_itl(step, running, round(context), c.itl_s)
-        total = max(needs["prefill_rate"], needs["prefill_backlog"]) + max(
-            needs["kv"], needs["itl"]
-        )
-        # A hair under a whole pod is that pod: float error must not add one.
-        desired = c.max_replicas if math.isinf(total) else math.ceil(total - 1e-9)
-        return PoolNeeds(
+        result = PoolNeeds(
             pool=pool,
             replicas=len(states),
-            desired=min(c.max_replicas, max(c.min_replicas, desired)),
+            desired=0,
             needs=needs,
             prefill_tokens_per_s=demand,
             pod_prefill_tokens_per_s=pod_rate,
             token_ratio=ratio,
+        )
+        total = result.load
+        # A hair under a whole pod is that pod: float error must not add one.
+        desired = c.max_replicas if math.isinf(total) else math.ceil(total - 1e-9)
+        return dataclasses.replace(
+            result, desired=min(c.max_replicas, max(c.min_replicas, desired))
         )
 
     def _span(self, now: float) -> float:

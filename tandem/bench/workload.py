@@ -34,6 +34,7 @@ from pydantic import (
 
 from tandem.costmodel.profiles import get_profile
 from tandem.errors import WorkloadError, field_problems
+from tandem.orchestrator.config import RebalanceConfig
 
 WORKLOAD_DIR = Path(__file__).parent / "workloads"
 
@@ -46,6 +47,9 @@ class ClusterShape(_Strict):
     both: int = Field(0, ge=0)
     prefill: int = Field(0, ge=0)
     decode: int = Field(0, ge=0)
+    rebalance: RebalanceConfig | None = None
+    """Pods move between the prefill and decode pools within these bounds (an elastic
+    cluster); `prefill` and `decode` are the split it starts from."""
 
     @model_validator(mode="after")
     def _one_layout(self) -> ClusterShape:
@@ -53,6 +57,17 @@ class ClusterShape(_Strict):
             raise ValueError("a cluster is either aggregated (both) or prefill + decode")
         if not self.both and not self.decode:
             raise ValueError("a cluster needs pods: both: N, or decode: N (with prefill: M)")
+        bounds = self.rebalance
+        if bounds is not None:
+            if self.both:
+                raise ValueError("rebalance moves pods between prefill and decode pools")
+            for role, count, within in (
+                ("prefill", self.prefill, bounds.prefill),
+                ("decode", self.decode, bounds.decode),
+            ):
+                if not within.min <= count <= within.max:
+                    raise ValueError(f"{role}: {count} pods, outside rebalance.{role} "
+                                     f"[{within.min}, {within.max}]")  # fmt: skip
         return self
 
     @property

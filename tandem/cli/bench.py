@@ -70,11 +70,20 @@ def run(args: argparse.Namespace) -> int:
         from tandem.bench.workload import load_workload
 
     workload = load_workload(options.workload)
-    clusters = split_list(options.clusters) or tuple(workload.clusters)
+    # Pods that move between the pools are simulated by `tandem plan` only.
+    elastic = [name for name, shape in workload.clusters.items() if shape.rebalance]
+    static = tuple(name for name in workload.clusters if name not in elastic)
+    clusters = split_list(options.clusters) or static
     unknown = [c for c in clusters if c not in workload.clusters]
     if unknown:
         raise UsageError(
             f"unknown clusters {unknown}; the workload has {', '.join(workload.clusters)}"
+        )
+    if asked := [c for c in clusters if c in elastic]:
+        raise UsageError(
+            f"{', '.join(asked)}: its pods move between the pools (rebalance), which "
+            f"`tandem plan {workload.name}` simulates; tandem bench runs fixed pools "
+            f"({', '.join(static)})"
         )
     if options.quick and not options.clusters:
         clusters = clusters[:1]

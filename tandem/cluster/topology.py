@@ -157,11 +157,17 @@ def pool_pods(
 ) -> list[PoolPod]:
     """Every pod of a shape, each defined by its pool; `profile` is every pod's engine
     profile, or each pool's (keys both, prefill, decode)."""
-    pods: list[PoolPod] = []
-    for pool, count in ((AGGREGATED, aggregated), (PREFILL, prefill), (DECODE, decode)):
-        engine = profile if isinstance(profile, str) else profile[pool.role]
-        pods += [PoolPod(f"{pool.pod_name}-{i}", pool.pod(engine)) for i in range(count)]
-    return pods
+    counts = ((AGGREGATED, aggregated), (PREFILL, prefill), (DECODE, decode))
+    return [pool_pod(pool, i, profile) for pool, count in counts for i in range(count)]
+
+
+def pool_pod(pool: Pool, index: int, profile: str | Mapping[str, str]) -> PoolPod:
+    """Pod `index` of `pool` (e.g. `decode-3`), with its pool's engine profile."""
+    engine = profile if isinstance(profile, str) else profile[pool.role]
+    return PoolPod(f"{pool.pod_name}-{index}", pool.pod(engine))
+
+
+POOLS_BY_ROLE: dict[str, Pool] = {pool.role: pool for pool in (AGGREGATED, PREFILL, DECODE)}
 
 
 def plan_cluster(spec: ClusterSpec) -> Plan:

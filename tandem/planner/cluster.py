@@ -17,7 +17,11 @@ the live path adds around them:
   precise index `kv_event_lag_s` later, in order;
 * **scaling signals** (given a `ScalingConfig`): every `scaling_sample_s` the router's
   desired replicas per pool are sampled, as a HorizontalPodAutoscaler would read them, and
-  averaged per stage.
+  averaged per stage;
+* **moves between the pools** (given a `RebalanceConfig`): every `rebalance_check_s` the
+  router's rebalancer is asked which way the split should move; a moving pod leaves the
+  router's endpoints at once, stops once nothing it serves is left (its requests ended, its
+  prefilled KV read), and comes back in the other role, under a new name, `restart_s` later.
 
 Each request produces the same `RequestRecord` the live load generator writes, so `tandem
 plan` and `tandem bench` summarize identically.
@@ -25,6 +29,7 @@ plan` and `tandem bench` summarize identically.
 
 from __future__ import annotations
 
+import itertools
 import json
 import operator
 import random
@@ -34,14 +39,15 @@ from dataclasses import dataclass, field
 from tandem.bench.generate import BenchRequest, PromptSet, next_turns
 from tandem.bench.records import RequestRecord
 from tandem.bench.workload import ClusterShape
-from tandem.cluster.topology import pool_pods
+from tandem.cluster.topology import POOLS_BY_ROLE, PoolPod, pool_pod, pool_pods
 from tandem.discovery.endpoints import ROLE_LABEL, Endpoint
 from tandem.errors import KVReadError, OpenAIError
 from tandem.kvcache.events import EventBatch, KVEvent
-from tandem.orchestrator.config import OrchestratorConfig, ScalingConfig
+from tandem.orchestrator.config import OrchestratorConfig, RebalanceConfig, ScalingConfig
 from tandem.orchestrator.endpoints import EndpointStore
 from tandem.orchestrator.inference_request import parse_inference_request
 from tandem.orchestrator.metrics import GatewayMetrics
+from tandem.orchestrator.rebalance import Move
 from tandem.orchestrator.router import Loads, Router
 from tandem.orchestrator.scheduling.config import EndpointPickerConfig, build_scheduler
 from tandem.orchestrator.scheduling.types import EngineMetrics, SchedulingResult
@@ -78,6 +84,12 @@ class PathModel:
     scaling_sample_s: float = 1.0
     """How often the desired replicas are read (a Prometheus scrape is 15-30 s; finer here,
     for the stage means)."""
+    rebalance_check_s: float = 1.0
+    """How often the rebalancer is asked for a move, and a draining pod checked."""
+    restart_s: float = 60.0
+    """From a drained pod's stop to its start in the other role, answering: a new pod of an
+    8B model on one GPU loads its weights from local disk, compiles from its cache and
+    captures CUDA graphs in about a minute. Set it to what your pods take."""
 
     def scaled(self, time_scale: float) -> PathModel:
         """The path of a live run at `time_scale` (wall costs shrink in model time)."""
@@ -89,6 +101,8 @@ class PathModel:
             expiry_tick_s=self.expiry_tick_s,
             kv_event_lag_s=self.kv_event_lag_s / time_scale,
             scaling_sample_s=self.scaling_sample_s,
+            rebalance_check_s=self.rebalance_check_s,
+            restart_s=self.restart_s,
         )
 
 
@@ -104,6 +118,21 @@ class _Flight:
     loads: Loads | None = None
     last_token_s: float | None = None
     decode_pod: VirtualPod | None = None
+
+
+@dataclass(slots=True)
+class PodMove:
+    """One pod's move from one pool to the other, as it went."""
+
+    move: Move
+    pod: str
+    """The pod that left its pool."""
+    started_s: float
+    stopped_s: float | None = None
+    """When it had drained and stopped."""
+    new_pod: str | None = None
+    ended_s: float | None = None
+    """When it answered in its new role."""
 
 
 @dataclass(eq=False)
@@ -133,6 +162,13 @@ class VirtualCluster:
     """The stage of the latest arrival: the one the scaling samples belong to."""
     _desired: dict[int, dict[str, list[int]]] = field(default_factory=dict)
     """Desired replicas sampled during each stage, by pool."""
+    profile: str | Mapping[str, str] = "llama-3.1-8b-h100-tp1"
+    """Every pod's engine profile, or each pool's: what a pod started in a new role runs."""
+    moves: list[PodMove] = field(default_factory=list)
+    """Every move between the pools, the one under way last."""
+    retired: list[VirtualPod] = field(default_factory=list)
+    """Pods stopped to move to the other pool."""
+    _fast_forward: bool = True
 
     @classmethod
     def build(
@@ -148,12 +184,13 @@ class VirtualCluster:
         on_done: Callable[[RequestRecord], None] | None = None,
         fast_forward: bool = True,
         scaling: ScalingConfig | None = None,
+        rebalance: RebalanceConfig | None = None,
     ) -> VirtualCluster:
         path = path or PathModel()
         loop = EventLoop()
         config = OrchestratorConfig.model_validate(
             {"scrape": {"interval_s": path.scrape_interval_s, "staleness_s": path.staleness_s},
-             "scaling": scaling}
+             "scaling": scaling, "rebalance": rebalance}
         )  # fmt: skip
         # As `tandem bench` runs the orchestrator: seeded tie-breaks, no model configured.
         router_scheduler = build_scheduler(scheduler, rng=random.Random(seed), prefix_seed="")
@@ -164,31 +201,48 @@ class VirtualCluster:
             metrics=GatewayMetrics(),
             clock=loop.clock,
         )
-        cluster = cls(loop, router, {}, path, prompts, model, on_done)
-        precise = router_scheduler.precise
+        cluster = cls(loop, router, {}, path, prompts, model, on_done, profile=profile)
+        cluster._fast_forward = fast_forward
         pools = pool_pods(
             aggregated=shape.both, prefill=shape.prefill, decode=shape.decode, profile=profile
         )
         for definition in pools:  # named and defined as `tandem up` does
-            pod_config = simulated_pod(definition.pod.vllm)
-            if precise is None:  # nobody reads them: spare the events
-                pod_config = pod_config.model_copy(update={"kv_events_config": None})
-            name = definition.name
-            pod = VirtualPod.build(name, definition.role, pod_config, loop, cluster._remote_load)
-            pod.fast_forward = fast_forward
-            if precise is not None:
-                pod.on_kv_events = cluster._kv_events
-                precise.index.resync(name, [], 0.0)  # followed from its first event
-            cluster.pods[name] = pod
-        router.on_endpoints(
-            [
-                Endpoint(name, name, 8000, {ROLE_LABEL: pod.role})
-                for name, pod in cluster.pods.items()
-            ]
-        )
+            cluster._add_pod(definition)
+        cluster._publish_endpoints()
         for pod in cluster.pods.values():
             cluster._scrape(pod)
         return cluster
+
+    def _add_pod(self, definition: PoolPod) -> VirtualPod:
+        precise = self.router.scheduler.precise
+        pod_config = simulated_pod(definition.pod.vllm)
+        if precise is None:  # nobody reads them: spare the events
+            pod_config = pod_config.model_copy(update={"kv_events_config": None})
+        name = definition.name
+        pod = VirtualPod.build(name, definition.role, pod_config, self.loop, self._remote_load)
+        pod.fast_forward = self._fast_forward
+        if precise is not None:
+            pod.on_kv_events = self._kv_events
+            precise.index.resync(name, [], 0.0)  # followed from its first event
+        self.pods[name] = pod
+        return pod
+
+    def _publish_endpoints(self) -> None:
+        """The router's endpoints: every pod but one leaving its pool."""
+        leaving = self._moving.pod if self._moving is not None else None
+        self.router.on_endpoints(
+            [
+                Endpoint(name, name, 8000, {ROLE_LABEL: pod.role})
+                for name, pod in self.pods.items()
+                if name != leaving
+            ]
+        )
+
+    @property
+    def _moving(self) -> PodMove | None:
+        """The move under way, if one is."""
+        last = self.moves[-1] if self.moves else None
+        return last if last is not None and last.ended_s is None else None
 
     def _start_periodic(self) -> None:
         """(Re)start each pod's scrapes, lease expiry and heartbeats from now; loops of an
@@ -198,16 +252,24 @@ class VirtualCluster:
         for index, pod in enumerate(pods):
             # Scrapes spread over the interval, as independent pollers drift apart.
             phase = self.path.scrape_interval_s * index / max(1, len(pods))
-            self.loop.at(now + phase, self._scrape_loop, pod, epoch)
-            self.loop.at(now + self.path.expiry_tick_s, self._expiry_loop, pod, epoch)
-            if pod.role == "decode":
-                interval = pod.engine.held.heartbeat_interval
-                self.loop.at(now + interval, self._heartbeat_loop, pod, epoch)
+            self._start_pod_loops(pod, epoch, phase)
         if self.router.scaling is not None:
             self.loop.at(now + self.path.scaling_sample_s, self._scaling_loop, epoch)
+        if self.router.rebalancer is not None:
+            self.loop.at(now + self.path.rebalance_check_s, self._rebalance_loop, epoch)
 
-    def _ticking(self, epoch: int) -> bool:
-        return self._pending > 0 and epoch == self._epoch
+    def _start_pod_loops(self, pod: VirtualPod, epoch: int, phase: float = 0.0) -> None:
+        now = self.loop.now
+        self.loop.at(now + phase, self._scrape_loop, pod, epoch)
+        self.loop.at(now + self.path.expiry_tick_s, self._expiry_loop, pod, epoch)
+        if pod.role == "decode":
+            interval = pod.engine.held.heartbeat_interval
+            self.loop.at(now + interval, self._heartbeat_loop, pod, epoch)
+
+    def _ticking(self, epoch: int, pod: VirtualPod | None = None) -> bool:
+        """Whether a periodic loop goes on: its run is current, and its pod still runs."""
+        alive = pod is None or self.pods.get(pod.name) is pod
+        return self._pending > 0 and epoch == self._epoch and alive
 
     # -- running --------------------------------------------------------------------------
 
@@ -266,10 +328,12 @@ class VirtualCluster:
             for stage, pools in self._desired.items()
         }
 
-    def utilization(self) -> dict[str, float]:
-        """Share of the elapsed virtual time each pod spent in steps."""
+    def utilization(self) -> dict[str, tuple[str, float]]:
+        """Each pod's role and the share of the elapsed virtual time it spent in steps
+        (pods moved to the other pool under their old names)."""
         elapsed = self.loop.now or 1.0
-        return {name: pod.busy_s / elapsed for name, pod in self.pods.items()}
+        pods = [*self.retired, *self.pods.values()]
+        return {pod.name: (pod.role, pod.busy_s / elapsed) for pod in pods}
 
     # -- periodic work --------------------------------------------------------------------
 
@@ -305,7 +369,7 @@ class VirtualCluster:
 
     def _scrape_loop(self, pod: VirtualPod, epoch: int) -> None:
         self._scrape(pod)
-        if self._ticking(epoch):
+        if self._ticking(epoch, pod):
             self.loop.after(self.path.scrape_interval_s, self._scrape_loop, pod, epoch)
 
     def _scaling_loop(self, epoch: int) -> None:
@@ -319,7 +383,7 @@ class VirtualCluster:
     def _expiry_loop(self, pod: VirtualPod, epoch: int) -> None:
         if pod.engine.expire_held(self.loop.now):
             pod.wake()
-        if self._ticking(epoch):
+        if self._ticking(epoch, pod):
             self.loop.after(self.path.expiry_tick_s, self._expiry_loop, pod, epoch)
 
     def _heartbeat_loop(self, consumer: VirtualPod, epoch: int) -> None:
@@ -332,9 +396,59 @@ class VirtualCluster:
                     producer.engine.heartbeat_held(
                         [request.remote.remote_request_id], self.loop.now
                     )
-        if self._ticking(epoch):
+        if self._ticking(epoch, consumer):
             interval = consumer.engine.held.heartbeat_interval
             self.loop.after(interval, self._heartbeat_loop, consumer, epoch)
+
+    # -- moves between the pools ----------------------------------------------------------
+
+    def _rebalance_loop(self, epoch: int) -> None:
+        if self._moving is None:
+            move = self.router.propose_move()
+            if move is not None:
+                self._start_move(move)
+        if self._ticking(epoch):
+            self.loop.after(self.path.rebalance_check_s, self._rebalance_loop, epoch)
+
+    def _start_move(self, move: Move) -> None:
+        """Take the source pool's least busy pod out of the router's endpoints; it stops
+        once drained."""
+        pods = [pod for pod in self.pods.values() if pod.role == move.source]
+        leaving = min(pods, key=lambda p: (p.num_running() + p.engine.num_waiting, p.name))
+        moving = PodMove(move, leaving.name, self.loop.now)
+        self.moves.append(moving)
+        self._publish_endpoints()
+        # Requests routed to it just before reach it within a hop: check from a tick on.
+        self.loop.after(self.path.rebalance_check_s, self._drain_check, moving, leaving)
+
+    def _drain_check(self, moving: PodMove, pod: VirtualPod) -> None:
+        if not pod.drained() or self._serves(pod.name):
+            self.loop.after(self.path.rebalance_check_s, self._drain_check, moving, pod)
+            return
+        moving.stopped_s = self.loop.now
+        del self.pods[pod.name]
+        self.retired.append(pod)
+        self.loop.after(self.path.restart_s, self._restarted, moving)
+
+    def _serves(self, name: str) -> bool:
+        """Whether a request in flight is bound for the pod: it decodes there, or its
+        prefill there has yet to be read."""
+        return any(
+            loads.decode == name or (loads.prefill == name and not loads.prefill_done)
+            for loads in (flight.loads for flight in self._in_flight.values())
+            if loads is not None
+        )
+
+    def _restarted(self, moving: PodMove) -> None:
+        """The stopped pod answers again, in its new pool, under a new name."""
+        pool = POOLS_BY_ROLE[moving.move.target]
+        taken = {pod.name for pod in (*self.retired, *self.pods.values())}
+        index = next(i for i in itertools.count() if f"{pool.pod_name}-{i}" not in taken)
+        pod = self._add_pod(pool_pod(pool, index, self.profile))
+        moving.new_pod, moving.ended_s = pod.name, self.loop.now
+        self._publish_endpoints()
+        self._scrape(pod)
+        self._start_pod_loops(pod, self._epoch)
 
     # -- the request path -----------------------------------------------------------------
 

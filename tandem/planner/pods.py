@@ -169,6 +169,16 @@ class VirtualPod:
             return self.engine.num_running
         return steady.run.num_running(self._started(steady))
 
+    def drained(self) -> bool:
+        """Nothing runs, waits or streams here, and no prefilled KV waits for its reader:
+        the pod can stop without losing a request or a decoder's KV."""
+        return (
+            self.num_running() == 0
+            and self.engine.num_waiting == 0
+            and not self._streams
+            and not self.engine.held.requests
+        )
+
     def observe(self) -> None:
         """Apply the planned decode steps that have started by now, and hand every token
         produced so far to its client (the run goes on)."""

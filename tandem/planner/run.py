@@ -179,10 +179,22 @@ def recommend(runs: Sequence[RunResult]) -> Recommendation | None:
 
 def _utilization_note(cluster: VirtualCluster) -> str:
     by_role: dict[str, list[float]] = {}
-    for name, share in cluster.utilization().items():
-        by_role.setdefault(cluster.pods[name].role, []).append(share)
+    for role, share in cluster.utilization().values():
+        by_role.setdefault(role, []).append(share)
     parts = [f"{role} {sum(v) / len(v):.0%}" for role, v in sorted(by_role.items())]
     return "pool utilization (busy share of the run): " + ", ".join(parts)
+
+
+def _moves_note(cluster: VirtualCluster) -> str:
+    """Every move between the pools: when, which pod became which, and why."""
+    if not cluster.moves:
+        return "no pod moved between the pools"
+    moves = [
+        f"{m.started_s:.0f} s {m.pod} → {m.new_pod or '(restarting)'} ({m.move.reason}, "
+        f"{m.move.load_per_pod:.2f} → {m.move.load_per_pod_after:.2f} per pod)"
+        for m in cluster.moves
+    ]
+    return f"{len(moves)} pod moves between the pools: " + ", ".join(moves)
 
 
 @dataclass(slots=True)
@@ -238,14 +250,17 @@ def _simulate(
     cluster = VirtualCluster.build(
         job.shape, workload.role_profiles(), job.config, prompts, workload.model,
         path=options.path, seed=options.seed, on_done=on_done,
-        scaling=scaling_config(workload),
+        scaling=scaling_config(workload), rebalance=job.shape.rebalance,
     )  # fmt: skip
     starts = None
     if options.harness == "inference-perf":
         starts = stage_starts(schedule(workload, quick=options.quick))
     records = cluster.run(requests, stage_starts=starts)
     seconds = time.perf_counter() - started
-    return _Outcome(records, _utilization_note(cluster), seconds, cluster.desired_replicas())
+    notes = [_utilization_note(cluster)]
+    if job.shape.rebalance is not None:
+        notes.append(_moves_note(cluster))
+    return _Outcome(records, "; ".join(notes), seconds, cluster.desired_replicas())
 
 
 def _label(job: _Job) -> str:
@@ -295,7 +310,7 @@ def run_plan(
         runs.append(
             RunResult.from_stages(
                 cluster=job.cluster,
-                shape=job.shape.model_dump(exclude_defaults=True),
+                shape=job.shape.model_dump(exclude_defaults=True, exclude={"rebalance"}),
                 policy=job.label,
                 gpus=workload.gpus_of(job.shape),
                 stages=summarize_run(

@@ -160,12 +160,19 @@ def test_client_gone_mid_decode_frees_both_pods(pd_cluster: RealCluster) -> None
         "model": MODEL, "prompt": words(600), "max_tokens": 3000, "ignore_eos": True,
         "stream": True,
     }  # fmt: skip
-    before = samples(decode)
+    before, gateway_before = samples(decode), samples(pd_cluster.url)
     with open_request(pd_cluster.url, "/v1/completions", body) as connection:
         connection.settimeout(REQUEST_TIMEOUT_S)
         received = b""
         while received.count(b"data: ") < 4:
             received += connection.recv(65536)
+        decisions = {
+            name: value
+            for name, value in samples(pd_cluster.url).items()
+            if name.startswith("tandem_pd_decisions_total")
+            and value != gateway_before.get(name, 0.0)
+        }
+        assert decisions == {REMOTE: gateway_before.get(REMOTE, 0.0) + 1}
         assert samples(decode)["vllm:num_requests_running{}"] == 1
 
     assert wait_until(lambda: _idle(pd_cluster), timeout_s=KV_LEASE_S + 10, interval_s=0.5)

@@ -95,3 +95,15 @@ def test_without_the_tools_code_the_command_line_offers_the_serving_commands() -
     assert result.returncode == 0, result.stderr
     offered = result.stdout.split("{", 1)[1].split("}", 1)[0]
     assert offered.split(",") == ["sim", "up", "orchestrator", "sidecar"]
+
+
+def test_tandem_bench_sends_an_elastic_cluster_to_tandem_plan(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", "shifting-mix-small", "--clusters", "elastic-8", "--quick"])
+
+    assert exit.value.code == 2
+    message = capsys.readouterr().err
+    assert "elastic-8: its pods move between the pools" in message
+    assert "`tandem plan shifting-mix-small`" in message

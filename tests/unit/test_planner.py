@@ -36,6 +36,7 @@ from tandem.planner.run import (
     parse_ratios,
     recommend,
     run_plan,
+    scaling_config,
     shapes,
     with_threshold,
 )
@@ -669,3 +670,40 @@ def test_the_desired_replicas_of_each_pool_track_the_load_of_the_ladder(tmp_path
     assert (tmp_path / "out" / "desired_replicas.png").stat().st_size > 0
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["runs"][0]["stages"][-1]["desired_replicas"]["prefill"] == prefill[-1]
+
+
+def test_an_elastic_cluster_moves_a_pod_to_the_busier_pool_and_back(tmp_path: Path) -> None:
+    # Prefill-heavy minutes, then decode-heavy ones, on 4 pods that start 2:2 and may go
+    # to 3:1 or 1:3.
+    workload = write_workload(
+        tmp_path, "llama-3.1-8b-h100-tp1",
+        "gpus: 4\nclusters:\n  elastic-4:\n    prefill: 2\n    decode: 2\n"
+        "    rebalance: {prefill: {min: 1, max: 3}, decode: {min: 1, max: 3}, interval_s: 20}\n"
+        "data: {type: shifting_mix, phase_s: 90, seed: 3, phases: [{input_len: 6000, "
+        "output_len: 20}, {input_len: 300, output_len: 1500}]}\n"
+        "load: {type: poisson, stages: [{rate: 12, duration: 180}]}\n"
+        "slo: {ttft_ms: 1000, itl_ms: 25}\n",
+    )  # fmt: skip
+    cluster = virtual_cluster(
+        workload, "elastic-4", workload.engine_profile,
+        path=PathModel(restart_s=10.0), scaling=scaling_config(workload),
+        rebalance=workload.clusters["elastic-4"].rebalance,
+    )  # fmt: skip
+    requests = build_requests(workload, cluster.prompts, schedule(workload))
+
+    records = cluster.run(requests)
+
+    moves = [(m.move.target, m.started_s) for m in cluster.moves]
+    # The first phase moves a decode pod to prefill, the second moves pods back.
+    assert moves[0][0] == "prefill"
+    assert moves[0][1] < 90
+    assert any(target == "decode" and started > 90 for target, started in moves)
+    assert all(m.ended_s == pytest.approx((m.stopped_s or 0) + 10.0) for m in cluster.moves)
+    # Nothing lost across the moves, and every pod ends with its KV free.
+    assert len(records) == len(requests)
+    assert all(record.success for record in records)
+    for pod in cluster.pods.values():
+        assert pod.drained()
+        assert pod.engine.kv_usage == 0
+    assert len(cluster.pods) == 4
+    assert {e.name for e in cluster.router.store.endpoints()} == set(cluster.pods)

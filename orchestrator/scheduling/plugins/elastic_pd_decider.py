@@ -19,7 +19,8 @@ The rules, in order (each counted with its reason in `tandem_pd_decisions_total`
 1. U on D below `nonCachedTokens`: local (`uncached_below_threshold`): moving the KV costs
    more than computing it.
 2. `wholeOnPrefill`, D short of KV room (its last fresh scrape: KV use at or above
-   `decodeKvUsageLimit`, or requests waiting for room) and P's queue wait within
+   `decodeKvUsageLimit`; a queue alone is not, vLLM's `capacity` waiting reason counts a
+   request that waits a step for the token budget too) and P's queue wait within
    `maxPrefillWaitMs`: whole on P (`decode_pool_short`).
 3. D decodes nothing and `idleDecodePrefill`: local (`decode_pod_idle`): nobody's tokens wait.
 4. D holds more of the prompt than P (a conversation's last answer lives only on the pod that
@@ -142,4 +143,4 @@ def _short_of_room(view: EndpointView, p: ElasticParameters) -> bool:
     metrics = view.fresh_metrics
     if metrics is None:
         return False
-    return metrics.kv_usage >= p.decodeKvUsageLimit or bool(metrics.waiting_for_capacity)
+    return metrics.kv_usage >= p.decodeKvUsageLimit
