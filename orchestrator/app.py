@@ -22,7 +22,7 @@ from tandem.discovery.kubernetes import KubernetesEndpoints
 from tandem.http.handlers import install_error_handlers
 from tandem.orchestrator.admission import Admission
 from tandem.orchestrator.api import api
-from tandem.orchestrator.config import OrchestratorConfig
+from tandem.orchestrator.config import OrchestratorConfig, RebalanceConfig
 from tandem.orchestrator.endpoints import EndpointStore
 from tandem.orchestrator.gateway import Gateway
 from tandem.orchestrator.grpc_server import GrpcServer, start_grpc_server
@@ -104,6 +104,8 @@ async def _lifespan(app: FastAPI, parts: _Parts) -> AsyncIterator[None]:
         gateway.tasks.append(
             asyncio.create_task(_reloader(parts, parts.config_path, gateway).run())
         )
+    if config.rebalance is not None:
+        gateway.tasks.append(asyncio.create_task(_rebalance(gateway.router, config.rebalance)))
     app.state.gateway = gateway
     grpc_server: GrpcServer | None = None
     try:
@@ -161,6 +163,14 @@ def _gateway(
     return gateway
 
 
+async def _rebalance(router: Router, config: RebalanceConfig) -> None:
+    """Look for a pod move between the pools every `check_s`; a move sets the pools'
+    target split, which whoever runs the pods acts on (`tandem up` does)."""
+    while True:
+        await asyncio.sleep(config.check_s)
+        router.rebalance()
+
+
 def _reloader(parts: _Parts, path: Path, gateway: Gateway) -> ConfigReloader:
     """Applies scheduler changes in the config file while running."""
 
@@ -168,11 +178,13 @@ def _reloader(parts: _Parts, path: Path, gateway: Gateway) -> ConfigReloader:
         gateway.router.replace_scheduler(parts.new_scheduler(changed))
         gateway.follow_kv_events()
 
+    static = parts.source is None and parts.config.kubernetes is None
     return ConfigReloader(
         path,
         parts.config,
         reload,
         on_result=lambda result: gateway.metrics.config_reloads.labels(result).inc(),
+        on_endpoints=gateway.on_endpoints if static else None,
     )
 
 

@@ -203,9 +203,17 @@ class RebalanceConfig(_Strict):
     """A move must cut the bottleneck (the busier pool's load per pod) by this share, so
     that the split does not move on noise; one pod more in a pool of n cuts its load per
     pod by 1/(n+1), so keep it under that for the pools' sizes."""
-    min_load: float = Field(0.5, ge=0)
+    min_load: float = Field(1.0, ge=0)
     """Moves only while the busier pool's load per pod (1.0: every pod as busy as the SLO
-    allows) is at least this; at light load any split serves."""
+    allows) is at least this: below it the pools meet the SLO as they are."""
+    move_timeout_s: float = Field(600.0, gt=0)
+    """A move not landed by then (the pod neither left nor came back in its new pool) is
+    given up, and the split weighed again."""
+    check_s: float = Field(2.0, gt=0)
+    """How often a running orchestrator looks for a move."""
+    sustain_s: float = Field(60.0, ge=0)
+    """A move starts only once the load has asked for it for this long: a pod's drain and
+    restart take about a minute, which a shorter shift does not repay."""
 
 
 class OrchestratorConfig(_Strict):

@@ -159,6 +159,12 @@ class GatewayMetrics:
             "(the scaling signals' calibration).",
             ["pool"], registry=r,
         )  # fmt: skip
+        self.pool_target = Gauge(
+            "tandem_pool_target_replicas",
+            "The split the rebalancer's last move leads to: each pool's pods once it has "
+            "landed (what `tandem up`, or an operator, acts on).",
+            ["pool"], registry=r,
+        )  # fmt: skip
         self.pool_moves = Counter(
             "tandem_pool_moves",
             "Pods the rebalancer moved from one pool to the other, by source, target and "

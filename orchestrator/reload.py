@@ -4,7 +4,9 @@ The orchestrator's file (on Kubernetes, a mounted ConfigMap) is re-read every
 `reload.interval_s`, together with the scheduler file it names. When the scheduler
 configuration changed and is valid, the new scheduler replaces the running one between two
 requests; an invalid file is refused with a log line and the running configuration stays.
-Changes to anything else (ports, discovery, scraping) are logged as needing a restart.
+A changed static `endpoints` list is applied too (pods added, or taken out to drain, as
+`tandem up` does when a pod moves between the pools). Changes to anything else (ports,
+discovery, scraping) are logged as needing a restart.
 
 Content is compared, not modification times: Kubernetes updates a ConfigMap volume by
 swapping a symlink, which leaves the visible files' times unreliable.
@@ -14,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from tandem.discovery.endpoints import Endpoint
 from tandem.errors import OrchestratorConfigError, SchedulerConfigError
 from tandem.logs import EventLog
 from tandem.orchestrator.config import (
@@ -39,9 +42,11 @@ class ConfigReloader:
         apply: Callable[[EndpointPickerConfig], None],
         *,
         on_result: Callable[[str], None] | None = None,
+        on_endpoints: Callable[[Sequence[Endpoint]], None] | None = None,
     ) -> None:
         """`apply` builds and installs a scheduler; it raises SchedulerConfigError to refuse.
-        `on_result` hears "applied" or "rejected" (for metrics)."""
+        `on_result` hears "applied" or "rejected" (for metrics); `on_endpoints`, given where
+        the endpoints are the file's static list, receives a changed list."""
         self.path = path
         self.started = running
         """What the process runs with, except the scheduler (which reloads)."""
@@ -50,6 +55,7 @@ class ConfigReloader:
         self._scheduler = running.scheduler_config(path.parent)
         self._apply = apply
         self._on_result = on_result
+        self._on_endpoints = on_endpoints
         self._fingerprint = self._read_fingerprint(running)
 
     async def run(self) -> None:
@@ -76,12 +82,15 @@ class ConfigReloader:
                 note="the running configuration stays",
             )
             return self._result("rejected")
-        changed = self._scheduler != scheduler
+        changed = ["scheduler"] if self._scheduler != scheduler else []
+        if self._on_endpoints is not None and config.endpoints != self.running.endpoints:
+            self._on_endpoints([entry.endpoint() for entry in config.endpoints])
+            changed.append("endpoints")
         self._note_restart_fields(config)
         self.running, self._scheduler = config, scheduler
         if not changed:
             return None
-        logger.info("config_reload_applied", path=self.path, changed="scheduler")
+        logger.info("config_reload_applied", path=self.path, changed=",".join(changed))
         return self._result("applied")
 
     def _result(self, result: str) -> str:
@@ -90,8 +99,9 @@ class ConfigReloader:
         return result
 
     def _note_restart_fields(self, config: OrchestratorConfig) -> None:
-        before = self.started.model_dump(exclude={"scheduler"})
-        after = config.model_dump(exclude={"scheduler"})
+        applied = {"scheduler", "endpoints"} if self._on_endpoints else {"scheduler"}
+        before = self.started.model_dump(exclude=applied)
+        after = config.model_dump(exclude=applied)
         changed = sorted(key for key in after if after[key] != before.get(key))
         if changed:
             logger.warning(

@@ -19,6 +19,7 @@ from tandem.orchestrator.circuit_breaker import BreakerState
 from tandem.orchestrator.config import OrchestratorConfig
 from tandem.orchestrator.endpoints import EndpointStore
 from tandem.orchestrator.metrics import GatewayMetrics
+from tandem.orchestrator.rebalance import POOLS as REBALANCED
 from tandem.orchestrator.rebalance import Move, Rebalancer
 from tandem.orchestrator.scaling import PoolNeeds, ScalingSignal, pool_of
 from tandem.orchestrator.scheduling.saturation import (
@@ -142,18 +143,30 @@ class Router:
             return {}
         return self.scaling.needs(self.store.states(), self.clock())
 
-    def propose_move(self) -> Move | None:
-        """The pod move between the pools to start now (counted and logged), or None."""
-        if self.rebalancer is None:
+    def rebalance(self) -> Move | None:
+        """Look once for a pod move between the pools: the move to start now (counted,
+        logged, and the pools' target split, `tandem_pool_target_replicas`, set to the split
+        after it), or None. Nothing new starts while the last move is under way."""
+        rebalancer = self.rebalancer
+        if rebalancer is None:
             return None
-        move = self.rebalancer.propose(self.pool_needs(), self.clock())
-        if move is not None:
-            self.metrics.pool_moves.labels(move.source, move.target, move.reason).inc()
-            logger.info(
-                "pool_move", source=move.source, target=move.target, reason=move.reason,
-                load_per_pod=f"{move.load_per_pod:.2f}",
-                load_per_pod_after=f"{move.load_per_pod_after:.2f}",
-            )  # fmt: skip
+        needs, now = self.pool_needs(), self.clock()
+        split = {pool: needs[pool].replicas if pool in needs else 0 for pool in REBALANCED}
+        if rebalancer.under_way(split, now):
+            return None
+        if rebalancer.target is not None and rebalancer.target != split:
+            logger.warning("pool_move_dropped", target=rebalancer.target, split=split)
+        move = rebalancer.propose(needs, now)
+        if move is None:
+            return None
+        for pool, count in rebalancer.start(move, split, now).items():
+            self.metrics.pool_target.labels(pool).set(count)
+        self.metrics.pool_moves.labels(move.source, move.target, move.reason).inc()
+        logger.info(
+            "pool_move", source=move.source, target=move.target, reason=move.reason,
+            load_per_pod=f"{move.load_per_pod:.2f}",
+            load_per_pod_after=f"{move.load_per_pod_after:.2f}",
+        )  # fmt: skip
         return move
 
     def refresh_gauges(self) -> None:

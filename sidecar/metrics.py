@@ -43,6 +43,12 @@ class SidecarMetrics:
             "Body fields only tandem may set (kv_transfer_params) removed from requests.",
             ["field"], registry=r,
         )  # fmt: skip
+        self.in_flight = Gauge(
+            "tandem_sidecar_requests_in_flight",
+            "Requests the sidecar holds before vLLM has them: prefilling elsewhere, or being "
+            "handed over (a draining pod stops only once this and vLLM's own counts are 0).",
+            registry=r,
+        )
         self.vllm_up = Gauge(
             "tandem_sidecar_vllm_up",
             "1 while the pod's local vLLM answers, 0 once a request or a /metrics read found it "

@@ -95,7 +95,11 @@ class Sidecar:
             "tandem.sidecar", context=extract(request.headers), kind=SpanKind.SERVER
         ) as span:
             span.set_attribute("tandem.request_id", request_id)
-            return await self._inference(request, request_id, span)
+            self.metrics.in_flight.inc()
+            try:
+                return await self._inference(request, request_id, span)
+            finally:
+                self.metrics.in_flight.dec()
 
     async def _inference(self, request: Request, request_id: str, span: Span) -> Response:
         headers = upstream_headers(request.headers, drop=frozenset({PREFILLER_HEADER}))

@@ -27,6 +27,7 @@ class PlanCommandOptions:
     jobs: int
     harness: str
     compare_with: str | None
+    restart_s: float | None
 
 
 def add_parser(subparsers: Subparsers) -> None:
@@ -69,6 +70,14 @@ def add_parser(subparsers: Subparsers) -> None:
         ),
     )
     parser.add_argument(
+        "--restart-s",
+        type=float,
+        help=(
+            "model seconds from a pod's stop to its start in the other pool, in clusters "
+            "whose pods move (rebalance); default: a minute, what an 8B model on one GPU takes"
+        ),
+    )
+    parser.add_argument(
         "--compare-with",
         metavar="RESULTS_JSON",
         help="replay a live `tandem bench` run in virtual time and compare it stage by stage",
@@ -82,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         from tandem.bench.progress import progress_bars
         from tandem.bench.results import load_results
         from tandem.bench.workload import load_workload
+        from tandem.planner.cluster import PathModel
         from tandem.planner.compare import compare_runs, markdown, replay
         from tandem.planner.run import PlanOptions, parse_ratios, parse_thresholds, run_plan
 
@@ -116,6 +126,11 @@ def run(args: argparse.Namespace) -> int:
                 quick=options.quick,
                 jobs=max(1, options.jobs),
                 harness=options.harness,
+                path=(
+                    PathModel()
+                    if options.restart_s is None
+                    else PathModel(restart_s=options.restart_s)
+                ),
             ),
             on_start=started,
             on_done=lambda _: progress.advance(next(reversed(tasks.values()))[0]),

@@ -31,6 +31,7 @@ class UpOptions:
     port: int
     base_port: int
     grpc_port: int | None
+    rebalance: bool
     run_dir: str | None
 
 
@@ -68,6 +69,12 @@ def add_parser(subparsers: Subparsers) -> None:
         help="also serve the orchestrator's gRPC faces (Pick API, Envoy ext_proc endpoint "
         "picker, health) on this port",
     )
+    parser.add_argument(
+        "--rebalance",
+        action="store_true",
+        help="move pods between the prefill and decode pools as the load asks (each pool "
+        "keeps at least one pod; docs/operator-guide.md, Moving pods between the pools)",
+    )
     parser.add_argument("--run-dir", help="where logs and generated configs go")
     parser.set_defaults(handler=run)
 
@@ -82,9 +89,13 @@ def run(args: argparse.Namespace) -> int:
     aggregated = options.aggregated
     if aggregated and (options.prefill or options.decode):
         raise UsageError("choose either --aggregated N or --prefill/--decode, not both")
+    prefill = 0 if aggregated else (1 if options.prefill is None else options.prefill)
+    decode = 0 if aggregated else (1 if options.decode is None else options.decode)
+    most = prefill + decode - 1
+    rebalance = {"prefill": {"max": most}, "decode": {"max": most}} if options.rebalance else None
     spec = ClusterSpec(
-        prefill=0 if aggregated else (1 if options.prefill is None else options.prefill),
-        decode=0 if aggregated else (1 if options.decode is None else options.decode),
+        prefill=prefill,
+        decode=decode,
         aggregated=aggregated,
         profile=options.profile,
         scheduler=options.scheduler,
@@ -94,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         base_port=options.base_port,
         engine=options.engine,
         grpc_port=options.grpc_port,
+        rebalance=rebalance,
     )
     run_dir = Path(options.run_dir) if options.run_dir else default_run_dir()
     cluster = LocalCluster(spec, run_dir)

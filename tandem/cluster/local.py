@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import json
 import os
 import signal
@@ -22,8 +23,16 @@ from pathlib import Path
 import httpx
 
 from tandem.cluster import real_engine, tiny_model
+from tandem.cluster.mover import PoolMover
 from tandem.cluster.readiness import wait_ready
-from tandem.cluster.topology import ClusterSpec, Component, orchestrator_component, plan_cluster
+from tandem.cluster.topology import (
+    POOLS_BY_ROLE,
+    ClusterSpec,
+    Component,
+    orchestrator_component,
+    place_in_slot,
+    plan_cluster,
+)
 from tandem.errors import StartupError
 from tandem.logs import EventLog
 
@@ -55,6 +64,8 @@ class LocalCluster:
         self.run_dir = run_dir
         self.plan = plan_cluster(spec)
         self.processes: list[tuple[Component, subprocess.Popen[bytes]]] = []
+        self.mover: PoolMover | None = None
+        """Follows the orchestrator's target split, where the pods move between the pools."""
 
     @property
     def url(self) -> str:
@@ -67,15 +78,70 @@ class LocalCluster:
             if self.spec.model_dir == tiny_model.model_dir():
                 tiny_model.ensure_model()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        config_path = self.run_dir / "orchestrator.yaml"
-        config_path.write_text(json.dumps(self.plan.orchestrator_config, indent=2) + "\n")
-        orchestrator = orchestrator_component(self.spec, config_path)
+        self._write_config()
+        orchestrator = orchestrator_component(self.spec, self.config_path)
         try:
             self._start_all(self.plan.components, timeout_s)
             self._start_all([orchestrator], timeout_s)
         except BaseException:
             self.stop()
             raise
+        if self.spec.rebalance is not None:
+            self.mover = PoolMover(self)
+            self.mover.start()
+
+    @property
+    def config_path(self) -> Path:
+        return self.run_dir / "orchestrator.yaml"
+
+    def _write_config(self) -> None:
+        """The orchestrator's file, replaced whole (it re-reads it, a half-written file
+        never)."""
+        partial = self.config_path.with_suffix(".yaml.new")
+        partial.write_text(json.dumps(self.plan.orchestrator_config, indent=2) + "\n")
+        partial.replace(self.config_path)
+
+    def _endpoints(self) -> list[dict[str, object]]:
+        endpoints = self.plan.orchestrator_config["endpoints"]
+        assert isinstance(endpoints, list)
+        return endpoints
+
+    def serving(self) -> dict[str, list[str]]:
+        """The pods in the orchestrator's endpoint list, by role."""
+        by_role: dict[str, list[str]] = {}
+        for endpoint in self._endpoints():
+            by_role.setdefault(str(endpoint["role"]), []).append(str(endpoint["name"]))
+        return by_role
+
+    def withdraw(self, name: str) -> None:
+        """Take a pod out of the orchestrator's endpoints: it gets no new requests."""
+        endpoints = self._endpoints()
+        endpoints[:] = [e for e in endpoints if e["name"] != name]
+        self._write_config()
+
+    def pod_url(self, name: str) -> str:
+        """Where a pod answers: its vLLM, or a decode pod's sidecar in front of it."""
+        component = next(c for c, _ in self.processes if c.name == name)
+        return f"http://{self.spec.host}:{component.port}"
+
+    def replace_pod(self, name: str, role: str, timeout_s: float = 60.0) -> str:
+        """Stop a withdrawn pod and start a new one of `role` in its slot (the next free
+        name of that pool); returns its name once it is healthy and in the endpoints. Call
+        it from a thread that lives as long as the cluster: the new pod's processes get
+        SIGTERM when the thread that started them ends (`_die_with_parent`)."""
+        slot = self.plan.slots.pop(name)
+        for component in [c for c, _ in self.processes if c.name in (name, f"{name}-vllm")]:
+            self._stop_component(component.name, grace_s=30.0)
+        used = {component.name for component in self.plan.components}
+        pool = POOLS_BY_ROLE[role].pod_name
+        index = next(i for i in itertools.count() if f"{pool}-{i}" not in used)
+        placed = place_in_slot(self.spec, slot, role, index)
+        self.plan.components += placed.components
+        self._start_all(placed.components, timeout_s)
+        self.plan.slots[placed.name] = slot
+        self._endpoints().append(placed.endpoint)
+        self._write_config()
+        return placed.name
 
     def _start_all(self, components: Sequence[Component], timeout_s: float) -> None:
         for component in components:
@@ -115,6 +181,8 @@ class LocalCluster:
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM every child (orchestrator first), then SIGKILL what is left."""
+        if self.mover is not None:
+            self.mover.stop()
         for _, process in reversed(self.processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -146,6 +214,11 @@ class LocalCluster:
     def restart(self, name: str, timeout_s: float = 60.0, grace_s: float = 30.0) -> None:
         """Stop one component (SIGTERM, then SIGKILL after `grace_s`) and start it again, as
         a rolling update or a restarted container would; returns once it is healthy."""
+        component = self._stop_component(name, grace_s)
+        self._start_all([component], timeout_s)
+
+    def _stop_component(self, name: str, grace_s: float) -> Component:
+        """SIGTERM one component, SIGKILL it after `grace_s`; returns what it was."""
         index, component = next((i, c) for i, (c, _) in enumerate(self.processes) if c.name == name)
         process = self.processes.pop(index)[1]
         if process.poll() is None:
@@ -155,7 +228,7 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 logger.warning("component_killed", name=name)
         _kill_group(process)
-        self._start_all([component], timeout_s)
+        return component
 
     def _process(self, name: str) -> subprocess.Popen[bytes]:
         return next(p for c, p in self.processes if c.name == name)

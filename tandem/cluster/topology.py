@@ -58,18 +58,25 @@ class ClusterSpec:
     """Extra arguments for every sidecar (`tandem sidecar`'s, e.g. --prefill-timeout)."""
     grpc_port: int | None = None
     """Serve the orchestrator's gRPC faces (Pick API, Envoy ext_proc, health) on this port."""
+    rebalance: Mapping[str, object] | None = None
+    """The orchestrator's `rebalance` section: pods move between the pools (P/D only), each
+    restarting in its slot."""
 
     def __post_init__(self) -> None:
         if self.aggregated and (self.prefill or self.decode):
             raise UsageError("choose either --aggregated N or --prefill/--decode, not both")
         if not self.aggregated and (self.prefill < 0 or self.decode < 1):
             raise UsageError("a P/D cluster needs at least one decode pod")
+        if self.rebalance is not None and self.aggregated:
+            raise UsageError("pods move between prefill and decode pools: give --prefill/--decode")
         if self.engine not in ENGINES:
             raise UsageError(f"unknown engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
 
 
 LOCAL_SCRAPE_INTERVAL_S = 0.25
 """Local clusters scrape twice as often as the orchestrator's default: their pods are few."""
+LOCAL_RELOAD_INTERVAL_S = 0.5
+"""A local cluster whose pods move re-reads its endpoint list this often."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,8 @@ class Plan:
 
     components: list[Component] = field(default_factory=list)
     orchestrator_config: dict[str, object] = field(default_factory=dict)
+    slots: dict[str, int] = field(default_factory=dict)
+    """Each pod's slot: its place in the port layout."""
 
 
 def _tandem(*args: str) -> tuple[str, ...]:
@@ -178,26 +187,21 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
     endpoints: list[dict[str, object]] = []
     prefill_addresses: list[str] = []
     decode = spec.decode if not spec.aggregated else 0
-    for named in pool_pods(
+    pods = pool_pods(
         aggregated=spec.aggregated, prefill=spec.prefill, decode=decode, profile=spec.profile
-    ):
-        launch = _with_events(
-            replace(named.pod.vllm, port=port, side_channel_port=side_channel), spec, side_channel
-        )
-        if named.pod.sidecar_port is not None:
-            fronted = replace(named.pod, vllm=launch, sidecar_port=port + 1)
-            plan.components.append(_pod(f"{named.name}-vllm", launch, spec, side_channel))
-            plan.components.append(_sidecar(named.name, fronted, spec, prefill_addresses))
-            endpoints.append(
-                _endpoint(named.name, spec.host, fronted.serving_port, named.role, launch)
-            )
-            port += 1
-        else:
-            plan.components.append(_pod(named.name, launch, spec, side_channel))
-            endpoints.append(_endpoint(named.name, spec.host, port, named.role, launch))
-            if named.role == "prefill":
-                prefill_addresses.append(f"{spec.host}:{port}")
-        port, side_channel = port + 1, side_channel + 1
+    )
+    if spec.rebalance is not None:  # any slot may come to hold a prefill pod
+        prefill_addresses = [slot_address(spec, slot) for slot in range(len(pods))]
+    for slot, named in enumerate(pods):
+        if spec.rebalance is not None:
+            port, side_channel = spec.base_port + 2 * slot, spec.base_port + 1000 + slot
+        placed = _place(named, spec, port, side_channel, prefill_addresses)
+        plan.components += placed.components
+        endpoints.append(placed.endpoint)
+        plan.slots[named.name] = slot
+        if named.role == "prefill" and spec.rebalance is None:
+            prefill_addresses.append(f"{spec.host}:{port}")
+        port, side_channel = port + len(placed.components), side_channel + 1
     max_wait_s = spec.admission_max_wait_s or AdmissionConfig().max_wait_s
     plan.orchestrator_config = {
         "scheduler": spec.scheduler,
@@ -217,6 +221,12 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
             "ttft_s": DEFAULT_TTFT_S * spec.time_scale,
             "itl_s": DEFAULT_ITL_S * spec.time_scale,
         }
+    if spec.rebalance is not None:
+        # The orchestrator weighs the pools with the scaling signals (the profile's model,
+        # for real pods too), and follows the endpoint list `LocalCluster` rewrites.
+        plan.orchestrator_config.setdefault("scaling", {"profile": spec.profile})
+        plan.orchestrator_config["rebalance"] = dict(spec.rebalance)
+        plan.orchestrator_config["reload"] = {"interval_s": LOCAL_RELOAD_INTERVAL_S}
     if spec.grpc_port is not None:
         plan.orchestrator_config["grpc"] = {
             "enabled": True,
@@ -224,6 +234,52 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
             "port": spec.grpc_port,
         }
     return plan
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedPod:
+    """One pod's processes (vLLM, and a decode pod's sidecar) and its orchestrator endpoint."""
+
+    name: str
+    components: list[Component]
+    endpoint: dict[str, object]
+
+
+def _place(
+    named: PoolPod, spec: ClusterSpec, port: int, side_channel: int, prefill_addresses: list[str]
+) -> PlacedPod:
+    launch = _with_events(
+        replace(named.pod.vllm, port=port, side_channel_port=side_channel), spec, side_channel
+    )
+    if named.pod.sidecar_port is None:
+        pod = _pod(named.name, launch, spec, side_channel)
+        endpoint = _endpoint(named.name, spec.host, port, named.role, launch)
+        return PlacedPod(named.name, [pod], endpoint)
+    fronted = replace(named.pod, vllm=launch, sidecar_port=port + 1)
+    components = [
+        _pod(f"{named.name}-vllm", launch, spec, side_channel),
+        _sidecar(named.name, fronted, spec, prefill_addresses),
+    ]
+    endpoint = _endpoint(named.name, spec.host, fronted.serving_port, named.role, launch)
+    return PlacedPod(named.name, components, endpoint)
+
+
+def slot_address(spec: ClusterSpec, slot: int) -> str:
+    """Where the vLLM of a cluster's pod slot answers, whichever its role (pods that move
+    between the pools restart in their slot: two ports each, vLLM's and a sidecar's)."""
+    return f"{spec.host}:{spec.base_port + 2 * slot}"
+
+
+def place_in_slot(spec: ClusterSpec, slot: int, role: str, index: int) -> PlacedPod:
+    """Pod `index` of the `role` pool (e.g. decode-5) in a slot of a cluster whose pods move
+    between the pools, with the same ports, side channel and KV event ports as the slot's
+    first pod had."""
+    if spec.rebalance is None:
+        raise ValueError("pods keep their slots only in a cluster that rebalances")
+    named = pool_pod(POOLS_BY_ROLE[role], index, spec.profile)
+    addresses = [slot_address(spec, i) for i in range(spec.prefill + spec.decode)]
+    port, side_channel = spec.base_port + 2 * slot, spec.base_port + 1000 + slot
+    return _place(named, spec, port, side_channel, addresses)
 
 
 def orchestrator_component(spec: ClusterSpec, config_path: Path) -> Component:

@@ -404,7 +404,7 @@ class VirtualCluster:
 
     def _rebalance_loop(self, epoch: int) -> None:
         if self._moving is None:
-            move = self.router.propose_move()
+            move = self.router.rebalance()
             if move is not None:
                 self._start_move(move)
         if self._ticking(epoch):

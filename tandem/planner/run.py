@@ -391,7 +391,8 @@ def _path_metadata(path: PathModel) -> dict[str, str]:
         "Modelled path": (
             f"gateway hop {path.gateway_s * 1000:g} ms each way, sidecar leg "
             f"{path.sidecar_s * 1000:g} ms, scrape every {path.scrape_interval_s * 1000:g} ms, "
-            "KV transfer from the engine profile"
+            "KV transfer from the engine profile; a pod moving between the pools restarts "
+            f"in {path.restart_s:g} s"
         )
     }
 

@@ -25,7 +25,7 @@ RATE = 5.0
 FAULT_AT_S = 2.0
 
 
-def under_load(cluster: LocalCluster, inject: Callable[[], None]) -> tuple[LoadResult, float]:
+def under_load(cluster: LocalCluster, inject: Callable[[], object]) -> tuple[LoadResult, float]:
     """Run the load; `FAULT_AT_S` in, call `inject` (off the event loop: it may block).
     Returns the outcomes and when the fault began (seconds from the first request)."""
 

@@ -678,7 +678,8 @@ def test_an_elastic_cluster_moves_a_pod_to_the_busier_pool_and_back(tmp_path: Pa
     workload = write_workload(
         tmp_path, "llama-3.1-8b-h100-tp1",
         "gpus: 4\nclusters:\n  elastic-4:\n    prefill: 2\n    decode: 2\n"
-        "    rebalance: {prefill: {min: 1, max: 3}, decode: {min: 1, max: 3}, interval_s: 20}\n"
+        "    rebalance: {prefill: {min: 1, max: 3}, decode: {min: 1, max: 3}, interval_s: 20,\n"
+        "                min_load: 0.5, sustain_s: 5}\n"
         "data: {type: shifting_mix, phase_s: 90, seed: 3, phases: [{input_len: 6000, "
         "output_len: 20}, {input_len: 300, output_len: 1500}]}\n"
         "load: {type: poisson, stages: [{rate: 12, duration: 180}]}\n"

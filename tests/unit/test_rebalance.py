@@ -22,6 +22,7 @@ CONFIG = RebalanceConfig(
     interval_s=30,
     margin=0.1,
     min_load=0.5,
+    sustain_s=0,
 )
 
 
@@ -95,6 +96,22 @@ def test_no_move_starts_within_the_interval_of_the_last() -> None:
     assert rebalancer.propose(busy_prefill, now=40.0) is not None
 
 
+def test_a_move_starts_once_the_load_has_asked_for_it_for_sustain_s() -> None:
+    rebalancer = Rebalancer(CONFIG.model_copy(update={"sustain_s": 60}))
+    busy_prefill = {"prefill": needs("prefill", 3, prefill=4.5), "decode": needs("decode", 5)}
+    busy_decode = {"prefill": needs("prefill", 3), "decode": needs("decode", 5, decode=9.0)}
+    balanced = {"prefill": needs("prefill", 3, prefill=1.2), "decode": needs("decode", 5)}
+
+    assert rebalancer.propose(busy_prefill, now=0.0) is None
+    assert rebalancer.propose(busy_prefill, now=59.0) is None
+    assert rebalancer.propose(balanced, now=60.0) is None  # the shift ended: start over
+    assert rebalancer.propose(busy_prefill, now=70.0) is None
+    assert rebalancer.propose(busy_decode, now=130.0) is None  # the other way: start over
+    move = rebalancer.propose(busy_decode, now=190.0)
+    assert move is not None
+    assert move.target == "decode"
+
+
 def test_a_pool_with_no_pods_serving_is_left_alone() -> None:
     # Its demand is not observed (e.g. its only pod is the one moving).
     rebalancer = Rebalancer(CONFIG)
@@ -111,14 +128,14 @@ def test_the_router_weighs_its_pools_and_counts_each_move() -> None:
             name, EngineMetrics(0, 100, 0.95, 0.0, block_size=16, num_gpu_blocks=28_125)
         )
 
-    move = router.propose_move()
+    move = router.rebalance()
 
     assert move is not None
     assert (move.source, move.target) == ("prefill", "decode")
     exported = generate_latest(router.metrics.registry).decode()
     moved = 'tandem_pool_moves_total{reason="decode_pool_busier",source="prefill",target="decode"}'
     assert f"{moved} 1.0" in exported
-    assert router.propose_move() is None  # within the interval
+    assert router.rebalance() is None  # within the interval
 
 
 @pytest.mark.parametrize(

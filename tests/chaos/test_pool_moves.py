@@ -1,0 +1,102 @@
+"""Pods moving between the pools of a live local deployment: the orchestrator's rebalancer
+sets a target split, `tandem up`'s mover drains a pod and restarts it in the other role, and
+no request is lost while it does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tandem.cluster.local import LocalCluster
+from tandem.cluster.topology import ClusterSpec
+from tests.chaos.conftest import TIME_SCALE
+from tests.chaos.test_faults import REQUESTS, check, samples, total, under_load
+from tests.support.servers import cluster_base_port, free_port, wait_until
+
+pytestmark = pytest.mark.chaos
+
+NEVER = 1e9
+
+
+def elastic(tmp_path: Path, **rebalance: Any) -> LocalCluster:
+    """2 prefill + 2 decode simulated pods, either pool allowed 1 to 3 of them."""
+    spec = ClusterSpec(
+        prefill=2,
+        decode=2,
+        time_scale=TIME_SCALE,
+        port=free_port(),
+        base_port=cluster_base_port(),
+        seed=3,
+        rebalance={"prefill": {"max": 3}, "decode": {"max": 3}, "check_s": 0.5, **rebalance},
+    )
+    return LocalCluster(spec, tmp_path / "run")
+
+
+@pytest.fixture
+def still(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A cluster whose rebalancer never asks for a move (the test moves a pod itself)."""
+    with elastic(tmp_path, min_load=NEVER) as running:
+        yield running
+
+
+@pytest.fixture
+def eager(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A cluster whose rebalancer moves a pod at its first look, then never again."""
+    with elastic(tmp_path, min_load=0, margin=0, sustain_s=0, interval_s=NEVER) as running:
+        yield running
+
+
+def test_a_pod_moves_to_the_other_pool_under_load_and_nothing_is_lost(
+    still: LocalCluster,
+) -> None:
+    mover = still.mover
+    assert mover is not None
+
+    result, _ = under_load(still, lambda: mover.request_move("prefill-1", "decode").result(60))
+
+    [move] = mover.moves
+    check("move a prefill pod to the decode pool", result, touched=1)
+    assert result.count("completed") == REQUESTS, result.describe()
+    assert (move.pod, move.new_pod) == ("prefill-1", "decode-2")
+    assert still.serving() == {
+        "prefill": ["prefill-0"],
+        "decode": ["decode-0", "decode-1", "decode-2"],
+    }
+    # The orchestrator routes to the new pod; nothing of the old one runs.
+    names = {component.name for component in still.all_components()}
+    assert "prefill-1" not in names
+    assert {"decode-2", "decode-2-vllm"} <= names
+    counters = samples(still)
+    assert counters["tandem_pool_replicas{pool=decode}"] == 3
+    body = {"model": "meta-llama/Llama-3.1-8B-Instruct", "prompt": "hello " * 40, "max_tokens": 4}
+    for _ in range(12):
+        assert httpx.post(f"{still.url}/v1/completions", json=body, timeout=30).status_code == 200
+    picks = total(samples(still), "tandem_picks_total")
+    assert picks > 0
+    assert samples(still, "decode-2-vllm")["vllm:request_success_total{finished_reason=length}"] > 0
+
+
+def test_the_orchestrator_s_target_split_is_what_the_mover_makes(eager: LocalCluster) -> None:
+    mover = eager.mover
+    assert mover is not None
+
+    assert wait_until(lambda: len(mover.moves) == 1, timeout_s=60, interval_s=0.25)
+
+    # The first look finds every pod idle: moving a prefill pod to decode costs nothing.
+    counters = samples(eager)
+    assert (
+        counters["tandem_pool_moves_total{reason=decode_pool_busier,source=prefill,target=decode}"]
+        == 1
+    )
+    assert counters["tandem_pool_target_replicas{pool=prefill}"] == 1
+    assert counters["tandem_pool_target_replicas{pool=decode}"] == 3
+    assert {role: len(names) for role, names in eager.serving().items()} == {
+        "prefill": 1, "decode": 3
+    }  # fmt: skip
+    time.sleep(2.0)  # the interval holds: no second move
+    assert len(mover.moves) == 1
