@@ -171,3 +171,26 @@ def load_round_robin() -> dict[str, object]:
     load_config_file(CONFIG_DIR / "round-robin.yaml")  # it is a valid config
     document: dict[str, object] = yaml.safe_load((CONFIG_DIR / "round-robin.yaml").read_text())
     return document
+
+
+def test_a_changed_static_endpoint_list_is_applied_without_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pod = {"name": "decode-0", "host": "127.0.0.1", "port": 8200, "role": "decode"}
+    path = write_config(tmp_path, TANDEM, endpoints=[pod])
+    applied, seen = Applied(), list[list[str]]()
+    reloader = ConfigReloader(
+        path, load_orchestrator_config(path), applied,
+        on_endpoints=lambda endpoints: seen.append([e.name for e in endpoints]),
+    )  # fmt: skip
+
+    other = {"name": "decode-1", "host": "127.0.0.1", "port": 8202, "role": "decode"}
+    write_config(tmp_path, TANDEM, endpoints=[pod, other])
+    with caplog.at_level(logging.WARNING, logger="tandem.reload"):
+        assert reloader.check() == "applied"
+    write_config(tmp_path, TANDEM, endpoints=[other])
+    assert reloader.check() == "applied"
+
+    assert seen == [["decode-0", "decode-1"], ["decode-1"]]
+    assert applied.configs == []  # the scheduler did not change
+    assert "config_reload_needs_restart" not in caplog.text

@@ -138,3 +138,13 @@ def real_pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
 def dying_prefill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
     """A P/D cluster of its own, for a test that kills its prefill pod."""
     yield from _real_cluster(tmp_path_factory.mktemp("dying"), prefill=1, decode=1)
+
+
+@pytest.fixture(scope="module")
+def elastic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealCluster]:
+    """2 real prefill pods and 1 real decode pod that may move between the pools; the
+    rebalancer never asks for a move on its own (a test asks the mover for one)."""
+    yield from _real_cluster(
+        tmp_path_factory.mktemp("elastic"), prefill=2, decode=1,
+        rebalance={"prefill": {"max": 2}, "decode": {"max": 2}, "min_load": 1e9},
+    )  # fmt: skip
