@@ -5,7 +5,7 @@ A pod's KV role is fixed while it runs (vLLM's NixlConnector takes `kv_producer`
 `kv_consumer` at start), so the split moves a pod at a time: one pod of the pool that can
 spare it is drained and restarted in the other role, and the pools' total stays the same.
 This module only decides; who drains and restarts a pod is the deployment's business
-(the virtual cluster of `tandem plan` does it in model time).
+(`tandem up`'s mover does it, and the virtual cluster of `tandem plan` in model time).
 
 Each pool's load is what the scaling signals say it needs (`PoolNeeds.load`, in pods: its
 prefill need plus its decode need, each against what a pod sustains within the SLO), so a
@@ -14,10 +14,9 @@ well as its busier pool does, so a move is worth making when it lowers the large
 two pools' load per pod — the bottleneck — by at least `margin`, while that bottleneck is
 at least `min_load` (at light load any split serves), and has been so for `sustain_s`: a
 move costs a pod's drain and restart, which a shift shorter than that does not repay. A
-move that would make the other
-pool a worse bottleneck is never made, so at a steady load the split settles rather than
-swinging back and forth. No move starts within `interval_s` of the last one, and none
-takes a pool outside its bounds. DistServe sizes each phase's instances to its share of the
+move that would make the other pool a worse bottleneck is never made, so at a steady load
+the split settles rather than swinging back and forth. No move starts within `interval_s`
+of the last one, and none takes a pool outside its bounds. DistServe sizes each phase's instances to its share of the
 load offline (Zhong et al., OSDI 2024, §4); this does it online, a pod at a time.
 """
 

@@ -154,8 +154,12 @@ class Router:
         split = {pool: needs[pool].replicas if pool in needs else 0 for pool in REBALANCED}
         if rebalancer.under_way(split, now):
             return None
-        if rebalancer.target is not None and rebalancer.target != split:
-            logger.warning("pool_move_dropped", target=rebalancer.target, split=split)
+        if rebalancer.target is not None:  # landed, or given up: the split is the target
+            if rebalancer.target != split:
+                logger.warning("pool_move_given_up", target=rebalancer.target, split=split)
+            rebalancer.target = None
+            for pool, count in split.items():
+                self.metrics.pool_target.labels(pool).set(count)
         move = rebalancer.propose(needs, now)
         if move is None:
             return None

@@ -31,10 +31,9 @@ def chaos_dir() -> Path:
     return Path(os.environ.get("TANDEM_CHAOS_DIR", ".tandem/chaos"))
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    """A fresh local P/D deployment on free loopback ports."""
-    spec = ClusterSpec(
+def chaos_spec(**fields: Any) -> ClusterSpec:
+    """2 prefill + 2 decode simulated pods on free loopback ports, at `TIME_SCALE`."""
+    return ClusterSpec(
         prefill=2,
         decode=2,
         time_scale=TIME_SCALE,
@@ -42,9 +41,15 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         # Pods and side channels (base + 1000) below the ephemeral range free ports come from.
         base_port=cluster_base_port(),
         seed=3,
-        # A prefill pod that stops answering is given up on after 5 s, not 2 minutes.
-        sidecar_args=("--prefill-timeout", "5"),
+        **fields,
     )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A fresh local P/D deployment on free loopback ports."""
+    # A prefill pod that stops answering is given up on after 5 s, not 2 minutes.
+    spec = chaos_spec(sidecar_args=("--prefill-timeout", "5"))
     with LocalCluster(spec, tmp_path / "run") as running:
         yield running
 

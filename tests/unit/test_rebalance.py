@@ -167,3 +167,19 @@ def test_an_elastic_cluster_starts_within_its_bounds() -> None:
     with pytest.raises(ValueError, match="between prefill and decode pools"):
         ClusterShape(both=8, rebalance=CONFIG)
     assert ClusterShape(prefill=3, decode=5, rebalance=CONFIG).pods == 8
+
+
+def test_a_move_is_under_way_until_it_lands_or_times_out() -> None:
+    rebalancer = Rebalancer(CONFIG.model_copy(update={"move_timeout_s": 100}))
+    move = rebalancer.propose(
+        {"prefill": needs("prefill", 3, prefill=4.5), "decode": needs("decode", 5)}, now=0.0
+    )
+    assert move is not None
+    target = rebalancer.start(move, {"prefill": 3, "decode": 5}, now=0.0)
+
+    assert target == {"prefill": 4, "decode": 4}
+    assert rebalancer.under_way({"prefill": 3, "decode": 5}, now=1.0)  # yet to leave
+    assert rebalancer.under_way({"prefill": 3, "decode": 4}, now=5.0)  # restarting
+    assert not rebalancer.under_way({"prefill": 4, "decode": 4}, now=9.0)  # landed
+    assert not rebalancer.under_way({"prefill": 3, "decode": 4}, now=100.0)  # too long
+    assert not rebalancer.under_way({"prefill": 3, "decode": 3}, now=9.0)  # a pod lost
