@@ -79,6 +79,15 @@ def add_parser(subparsers: Subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
+def rebalance_section(prefill: int, decode: int) -> dict[str, object]:
+    """The orchestrator's `rebalance` for `--rebalance`: each pool keeps at least one pod and
+    may take every other; the rest are the orchestrator's defaults."""
+    if prefill < 1 or decode < 1:
+        raise UsageError("--rebalance moves pods between two pools: give each at least one pod")
+    most = prefill + decode - 1
+    return {"prefill": {"min": 1, "max": most}, "decode": {"min": 1, "max": most}}
+
+
 def run(args: argparse.Namespace) -> int:
     options = options_from(UpOptions, args)
     configure_logging("info")
@@ -91,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("choose either --aggregated N or --prefill/--decode, not both")
     prefill = 0 if aggregated else (1 if options.prefill is None else options.prefill)
     decode = 0 if aggregated else (1 if options.decode is None else options.decode)
-    most = prefill + decode - 1
-    rebalance = {"prefill": {"max": most}, "decode": {"max": most}} if options.rebalance else None
+    rebalance = rebalance_section(prefill, decode) if options.rebalance else None
     spec = ClusterSpec(
         prefill=prefill,
         decode=decode,
@@ -128,6 +136,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         cluster.start()
         print_cluster(cluster)
+        if rebalance is not None:
+            print(
+                "pods move between the pools as the load asks (each keeps 1 to "
+                f"{prefill + decode - 1}); each move is logged here (pod_move_started, "
+                "pod_move_ended)"
+            )
         signal.pause()
     except KeyboardInterrupt:
         pass

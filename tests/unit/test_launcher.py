@@ -179,3 +179,39 @@ def test_simulated_pods_are_sized_by_their_profile_in_their_time() -> None:
     assert (scaling.ttft_s, scaling.itl_s) == pytest.approx((2.0, 0.2))
     real = plan_cluster(ClusterSpec(engine="vllm", model_dir=Path("model"))).orchestrator_config
     assert "scaling" not in real  # the CPU engine runs no profile
+
+
+def test_pods_that_move_keep_a_slot_of_two_ports_each_and_every_sidecar_allows_every_slot() -> None:
+    from tandem.cluster.topology import place_in_slot
+
+    spec = ClusterSpec(
+        prefill=2, decode=1, base_port=9000, rebalance={"prefill": {"max": 2}, "decode": {"max": 2}}
+    )
+    plan = plan_cluster(spec)
+
+    ports = {c.name: c.port for c in plan.components}
+    assert ports == {"prefill-0": 9000, "prefill-1": 9002, "decode-0-vllm": 9004, "decode-0": 9005}
+    assert plan.slots == {"prefill-0": 0, "prefill-1": 1, "decode-0": 2}
+    [sidecar] = [c for c in plan.components if c.kind == "sidecar"]
+    allowed = sidecar.argv[sidecar.argv.index("--prefill-endpoints") + 1]
+    assert allowed == "127.0.0.1:9000,127.0.0.1:9002,127.0.0.1:9004"
+    config = parse_orchestrator_config(plan.orchestrator_config)
+    assert config.rebalance is not None
+    assert config.scaling is not None
+    # prefill-1's slot, restarted as a decode pod: the same vLLM port, its sidecar next to it.
+    moved = place_in_slot(spec, 1, "decode", 1)
+    assert [(c.name, c.port) for c in moved.components] == [
+        ("decode-1-vllm", 9002),
+        ("decode-1", 9003),
+    ]
+    assert moved.endpoint["port"] == 9003
+
+
+def test_tandem_up_rebalance_lets_each_pool_keep_one_pod() -> None:
+    from tandem.cli.up import rebalance_section
+
+    section = rebalance_section(prefill=2, decode=3)
+
+    assert section == {"prefill": {"min": 1, "max": 4}, "decode": {"min": 1, "max": 4}}
+    with pytest.raises(UsageError, match="give each at least one pod"):
+        rebalance_section(prefill=0, decode=2)
