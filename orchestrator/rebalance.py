@@ -16,8 +16,9 @@ at least `min_load` (at light load any split serves), and has been so for `susta
 move costs a pod's drain and restart, which a shift shorter than that does not repay. A
 move that would make the other pool a worse bottleneck is never made, so at a steady load
 the split settles rather than swinging back and forth. No move starts within `interval_s`
-of the last one, and none takes a pool outside its bounds. DistServe sizes each phase's instances to its share of the
-load offline (Zhong et al., OSDI 2024, §4); this does it online, a pod at a time.
+of the last one, and none takes a pool outside its bounds. DistServe sizes each phase's
+instances to its share of the load offline (Zhong et al., OSDI 2024, §4); this does it
+online, a pod at a time.
 """
 
 from __future__ import annotations
