@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tandem.errors import StartupError
 from tandem.logs import EventLog
 
 if TYPE_CHECKING:
@@ -57,6 +58,9 @@ class PoolMover:
     poll_s: float = 0.5
     drain_timeout_s: float = 600.0
     """A pod still busy after this long is stopped anyway (its requests fail over)."""
+    start_timeout_s: float = 600.0
+    """How long the new pod may take to answer: a real engine starting beside busy pods on
+    a small machine takes minutes."""
     moves: list[LocalMove] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -89,6 +93,8 @@ class PoolMover:
                 return
             except (httpx.HTTPError, OSError, ValueError) as exc:
                 logger.warning("pool_mover_retry", error=exc)
+            except StartupError as exc:  # the new pod did not come up: its slot stays empty
+                logger.error("pod_move_failed", error=exc)
 
     def _asked_moves(self) -> None:
         while not self._asked.empty():
@@ -97,9 +103,10 @@ class PoolMover:
             left = len(self.cluster.serving()[source]) - 1
             try:
                 done.set_result(self.move(name, source, role, left))
-            except Exception as exc:
+            except BaseException as exc:  # the caller hears of it; the mover goes on
                 done.set_exception(exc)
-                raise
+                if isinstance(exc, MoveAborted):
+                    raise
 
     def step(self) -> LocalMove | None:
         """Look once; make the move the target asks for, if any."""
@@ -136,7 +143,7 @@ class PoolMover:
                 logger.warning("pod_drain_timed_out", pod=name, after_s=self.drain_timeout_s)
                 break
         drained = time.monotonic()
-        new = self.cluster.replace_pod(name, role)
+        new = self.cluster.replace_pod(name, role, timeout_s=self.start_timeout_s)
         move = LocalMove(name, new, started, drained, time.monotonic())
         self.moves.append(move)
         logger.info(

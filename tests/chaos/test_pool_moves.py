@@ -40,8 +40,11 @@ def still(tmp_path: Path) -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def eager(tmp_path: Path) -> Iterator[LocalCluster]:
-    """A cluster whose rebalancer moves a pod at its first look, then never again."""
-    with elastic(tmp_path, min_load=0, margin=0, sustain_s=0, interval_s=NEVER) as running:
+    """A cluster whose rebalancer moves a decode pod to prefill at its first look (the
+    decode pool may not grow), then never again."""
+    with elastic(
+        tmp_path, decode={"max": 2}, min_load=0, margin=0, sustain_s=0, interval_s=NEVER
+    ) as running:
         yield running
 
 
@@ -82,16 +85,17 @@ def test_the_orchestrator_s_target_split_is_what_the_mover_makes(eager: LocalClu
 
     assert wait_until(lambda: len(mover.moves) == 1, timeout_s=60, interval_s=0.25)
 
-    # The first look finds every pod idle: moving a prefill pod to decode costs nothing.
+    # The first look finds every pod idle: moving a decode pod (drained by its sidecar's
+    # count and its vLLM's) to prefill costs nothing.
     counters = samples(eager)
-    assert (
-        counters["tandem_pool_moves_total{reason=decode_pool_busier,source=prefill,target=decode}"]
-        == 1
-    )
-    assert counters["tandem_pool_target_replicas{pool=prefill}"] == 1
-    assert counters["tandem_pool_target_replicas{pool=decode}"] == 3
-    assert {role: len(names) for role, names in eager.serving().items()} == {
-        "prefill": 1, "decode": 3
-    }  # fmt: skip
+    moved = "tandem_pool_moves_total{reason=prefill_pool_busier,source=decode,target=prefill}"
+    assert counters[moved] == 1
+    assert counters["tandem_pool_target_replicas{pool=prefill}"] == 3
+    assert counters["tandem_pool_target_replicas{pool=decode}"] == 1
+    assert eager.serving() == {"prefill": ["prefill-0", "prefill-1", "prefill-2"],
+                               "decode": ["decode-1"]}  # fmt: skip
+    names = {component.name for component in eager.all_components()}
+    assert "prefill-2" in names
+    assert not names & {"decode-0", "decode-0-vllm"}  # the sidecar and its vLLM both stopped
     time.sleep(2.0)  # the interval holds: no second move
     assert len(mover.moves) == 1

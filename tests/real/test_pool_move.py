@@ -27,7 +27,8 @@ def test_a_real_prefill_pod_restarts_as_a_decode_pod_while_the_cluster_serves(
 
     def traffic() -> None:
         offset = 700
-        while not stop.is_set():
+        # A request every two seconds: the new pod's engine starts on the same two cores.
+        while not stop.wait(2.0):
             body = {"model": MODEL, "prompt": words(300, offset), "max_tokens": 8}
             statuses.append(complete(elastic.url, body, timeout=REQUEST_TIMEOUT_S).status_code)
             offset += 1
@@ -35,7 +36,7 @@ def test_a_real_prefill_pod_restarts_as_a_decode_pod_while_the_cluster_serves(
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()
     try:
-        move = mover.request_move("prefill-1", "decode").result(timeout=600)
+        move = mover.request_move("prefill-1", "decode").result(timeout=1200)
     finally:
         stop.set()
         sender.join(REQUEST_TIMEOUT_S)
