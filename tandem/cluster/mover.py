@@ -7,8 +7,8 @@ moves one: the pod the orchestrator has the fewest requests in flight to leaves 
 orchestrator's endpoint list (which the orchestrator re-reads: no new requests go there),
 drains (its engine runs and queues nothing and holds no KV, prefilled KV for a decoder
 included, and a decode pod's sidecar holds no request still prefilling elsewhere, twice in
-a row), stops, and a pod of the other
-role starts in its slot and joins the endpoint list once healthy. One move at a time.
+a row), stops, and a pod of the other role starts in its slot and joins the endpoint list
+once healthy. One move at a time.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tandem.errors import StartupError
 from tandem.logs import EventLog
+from tandem.orchestrator.rebalance import POOLS as ROLES
 
 if TYPE_CHECKING:
     from tandem.cluster.local import LocalCluster
 
 logger = EventLog(__name__)
 
-ROLES = ("prefill", "decode")
 TARGET = "tandem_pool_target_replicas"
 POOL_REPLICAS = "tandem_pool_replicas"
 IN_FLIGHT = "tandem_in_flight_requests"
@@ -99,8 +99,9 @@ class PoolMover:
     def _asked_moves(self) -> None:
         while not self._asked.empty():
             name, role, done = self._asked.get()
-            source = next(r for r, names in self.cluster.serving().items() if name in names)
-            left = len(self.cluster.serving()[source]) - 1
+            serving = self.cluster.serving()
+            source = next(role for role, names in serving.items() if name in names)
+            left = len(serving[source]) - 1
             try:
                 done.set_result(self.move(name, source, role, left))
             except BaseException as exc:  # the caller hears of it; the mover goes on

@@ -191,7 +191,7 @@ def plan_cluster(spec: ClusterSpec) -> Plan:
         aggregated=spec.aggregated, prefill=spec.prefill, decode=decode, profile=spec.profile
     )
     if spec.rebalance is not None:  # any slot may come to hold a prefill pod
-        prefill_addresses = [slot_address(spec, slot) for slot in range(len(pods))]
+        prefill_addresses = slot_addresses(spec)
     for slot, named in enumerate(pods):
         if spec.rebalance is not None:
             port, side_channel = spec.base_port + 2 * slot, spec.base_port + 1000 + slot
@@ -264,10 +264,12 @@ def _place(
     return PlacedPod(named.name, components, endpoint)
 
 
-def slot_address(spec: ClusterSpec, slot: int) -> str:
-    """Where the vLLM of a cluster's pod slot answers, whichever its role (pods that move
-    between the pools restart in their slot: two ports each, vLLM's and a sidecar's)."""
-    return f"{spec.host}:{spec.base_port + 2 * slot}"
+def slot_addresses(spec: ClusterSpec) -> list[str]:
+    """Where the vLLM of each of a rebalancing cluster's pod slots answers, whichever its
+    role (pods that move between the pools restart in their slot: two ports each, vLLM's
+    and a sidecar's)."""
+    slots = spec.prefill + spec.decode
+    return [f"{spec.host}:{spec.base_port + 2 * slot}" for slot in range(slots)]
 
 
 def place_in_slot(spec: ClusterSpec, slot: int, role: str, index: int) -> PlacedPod:
@@ -277,9 +279,8 @@ def place_in_slot(spec: ClusterSpec, slot: int, role: str, index: int) -> Placed
     if spec.rebalance is None:
         raise ValueError("pods keep their slots only in a cluster that rebalances")
     named = pool_pod(POOLS_BY_ROLE[role], index, spec.profile)
-    addresses = [slot_address(spec, i) for i in range(spec.prefill + spec.decode)]
     port, side_channel = spec.base_port + 2 * slot, spec.base_port + 1000 + slot
-    return _place(named, spec, port, side_channel, addresses)
+    return _place(named, spec, port, side_channel, slot_addresses(spec))
 
 
 def orchestrator_component(spec: ClusterSpec, config_path: Path) -> Component:
